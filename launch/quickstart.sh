@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's two Quick start commands. Each creates/uses .venv and installs what it needs.
+#   bash launch/quickstart.sh demo [quick|full] [WORKDIR]  -- the embedded miniature CLEANER study
+#   bash launch/quickstart.sh test [pytest args...]        -- the test suite (what CI runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmd="${1:-}"; shift || true
+
+venv=.venv
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+stamp="$venv/.installed-$(sha1sum setup.py | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -e '.[test,torch]'
+  touch "$stamp"
+fi
+# The sandbox runs tool code under bubblewrap; install it where we can (root + apt), else the
+# sandbox falls back to rlimits + process groups and warns loudly.
+if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get install -y -qq bubblewrap >/dev/null 2>&1 || echo "warning: could not install bubblewrap" >&2
+fi
+
+case "$cmd" in
+  test)
+    exec "$venv/bin/python" -m pytest -q -n 2 --timeout=900 "$@"
+    ;;
+  demo)
+    mode="${1:-full}"
+    workdir="${2:-/tmp/cleaner_jax_demo_$(date +%Y%m%d_%H%M%S)}"
+    exec "$venv/bin/python" launch/demo.py --mode="$mode" --workdir="$workdir"
+    ;;
+  *)
+    echo "usage: bash launch/quickstart.sh {demo [quick|full] [WORKDIR] | test [pytest args]}" >&2
+    exit 2
+    ;;
+esac
