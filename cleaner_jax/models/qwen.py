@@ -1,0 +1,244 @@
+"""Flax NNX Qwen2 / Qwen2.5 / Qwen3 dense decoder.
+
+Parameter names follow HF (`embed_tokens`, `layers[i].self_attn.q_proj`, `input_layernorm`, ...)
+so checkpoint import/export is transposes and reshapes. Linear kernels are stored `[in, out]`.
+
+Two ways in, one module:
+- training / scoring over packed rows: `model(tokens_BT, positions_BT, segment_ids_BT=...)`;
+  tokens attend causally within their own segment only (segment 0 is padding);
+- reads/writes of an explicit KV cache: `model(tokens_BT, positions_BT, cache=cache)`; the cache
+  object (a pytree, `kv_cache.DenseKVCache` or the sampler's paged cache) does the write and the
+  attention for each layer through `cache.update_and_attend(layer, q, k, v, positions)`.
+
+Letters: B batch, T query seq, S key seq, D embed, N query heads, K kv heads, G = N // K,
+H head dim, F mlp, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cleaner_jax.models.config import ModelConfig
+
+_NEG_INF = -1e30
+
+
+class KVCache(Protocol):
+    """What the model needs from a KV cache (a pytree that flows through jit)."""
+
+    def update_and_attend(
+        self, layer: int, q_BTNH: jax.Array, k_BTKH: jax.Array, v_BTKH: jax.Array,
+        positions_BT: jax.Array,
+    ) -> tuple[jax.Array, KVCache]: ...
+
+
+def rope_tables(positions_BT: jax.Array, head_dim: int, theta: float):
+    """cos/sin tables [B, T, H] of HF's rotate-half RoPE, in float32."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs_BTh = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    emb_BTH = jnp.concatenate([freqs_BTh, freqs_BTh], axis=-1)
+    return jnp.cos(emb_BTH), jnp.sin(emb_BTH)
+
+
+def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:
+    x = x_BTNH.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    out = x * cos_BTH[:, :, None, :] + rotated * sin_BTH[:, :, None, :]
+    return out.astype(x_BTNH.dtype)
+
+
+def attention_weights_mask(
+    q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, mask_BTS: jax.Array
+) -> jax.Array:
+    """Grouped-query attention with a boolean mask; float32 softmax. Returns [B, T, N, H]."""
+    b, t, n, h = q_BTNH.shape
+    k = k_BSKH.shape[2]
+    q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
+    logits_BKGTS = jnp.einsum(
+        "btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
+    ) * (h**-0.5)
+    logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, _NEG_INF)
+    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
+    # A query row with no visible key (padding) gets uniform weights; zero it instead.
+    probs_BKGTS = jnp.where(mask_BTS[:, None, None], probs_BKGTS, 0.0)
+    out_BTKGH = jnp.einsum(
+        "bkgts,bskh->btkgh", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH,
+        preferred_element_type=jnp.float32,
+    )
+    return out_BTKGH.reshape(b, t, n, h).astype(q_BTNH.dtype)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel (+ bias); kernel stored [in, out] in param_dtype, computed in dtype."""
+
+    def __init__(self, d_in: int, d_out: int, *, bias: bool, cfg: ModelConfig, rngs: nnx.Rngs):
+        init = jax.nn.initializers.normal(0.02)
+        self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), cfg.jnp_param_dtype))
+        self.bias = nnx.Param(jnp.zeros((d_out,), cfg.jnp_param_dtype)) if bias else None
+        self.dtype = cfg.jnp_dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, *, cfg: ModelConfig):
+        self.weight = nnx.Param(jnp.ones((dim,), cfg.jnp_param_dtype))
+        self.eps = cfg.rms_norm_eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        # HF casts back to the input dtype before the weight multiply; so do we.
+        return self.weight[...].astype(x.dtype) * y.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+        self.q_proj = Linear(d, n * h, bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.k_proj = Linear(d, k * h, bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.v_proj = Linear(d, k * h, bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
+        self.o_proj = Linear(n * h, d, bias=False, cfg=cfg, rngs=rngs)
+        self.q_norm = RMSNorm(h, cfg=cfg) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(h, cfg=cfg) if cfg.qk_norm else None
+        self.cfg = cfg
+
+    def qkv(self, x_BTD: jax.Array, positions_BT: jax.Array):
+        cfg = self.cfg
+        b, t, _ = x_BTD.shape
+        q_BTNH = self.q_proj(x_BTD).reshape(b, t, cfg.num_heads, cfg.head_dim)
+        k_BTKH = self.k_proj(x_BTD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        v_BTKH = self.v_proj(x_BTD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+        if self.q_norm is not None:
+            q_BTNH, k_BTKH = self.q_norm(q_BTNH), self.k_norm(k_BTKH)
+        cos, sin = rope_tables(positions_BT, cfg.head_dim, cfg.rope_theta)
+        return apply_rope(q_BTNH, cos, sin), apply_rope(k_BTKH, cos, sin), v_BTKH
+
+    def __call__(self, x_BTD, positions_BT, mask_BTS, layer, cache):
+        q_BTNH, k_BTKH, v_BTKH = self.qkv(x_BTD, positions_BT)
+        if cache is None:
+            out_BTNH = attention_weights_mask(q_BTNH, k_BTKH, v_BTKH, mask_BTS)
+        else:
+            out_BTNH, cache = cache.update_and_attend(layer, q_BTNH, k_BTKH, v_BTKH, positions_BT)
+        b, t = x_BTD.shape[:2]
+        return self.o_proj(out_BTNH.reshape(b, t, -1)), cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = Linear(d, f, bias=False, cfg=cfg, rngs=rngs)
+        self.up_proj = Linear(d, f, bias=False, cfg=cfg, rngs=rngs)
+        self.down_proj = Linear(f, d, bias=False, cfg=cfg, rngs=rngs)
+
+    def __call__(self, x_BTD):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg=cfg)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg=cfg)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x_BTD, positions_BT, mask_BTS, layer, cache):
+        attn_BTD, cache = self.self_attn(
+            self.input_layernorm(x_BTD), positions_BT, mask_BTS, layer, cache
+        )
+        x_BTD = x_BTD + attn_BTD
+        x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
+        return x_BTD, cache
+
+
+def _layer_forward(layer_module, x_BTD, positions_BT, mask_BTS):
+    return layer_module(x_BTD, positions_BT, mask_BTS, 0, None)[0]
+
+
+class Qwen(nnx.Module):
+    """The decoder. `__call__` returns (float32 logits [B, T, V], cache)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        init = jax.nn.initializers.normal(0.02)
+        self.embed_tokens = nnx.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            param_dtype=cfg.jnp_param_dtype,
+            dtype=cfg.jnp_dtype,
+            embedding_init=init,
+            rngs=rngs,
+        )
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg=cfg)
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else Linear(cfg.hidden_size, cfg.vocab_size, bias=False, cfg=cfg, rngs=rngs)
+        )
+        self.cfg = cfg
+
+    def hidden_states(
+        self,
+        tokens_BT: jax.Array,
+        positions_BT: jax.Array,
+        *,
+        segment_ids_BT: jax.Array | None = None,
+        cache: Any = None,
+    ) -> tuple[jax.Array, Any]:
+        """Final-norm hidden states [B, T, D] in the compute dtype, and the updated cache."""
+        x_BTD = self.embed_tokens(tokens_BT).astype(self.cfg.jnp_dtype)
+        mask_BTS = None
+        if cache is None:
+            t = tokens_BT.shape[1]
+            causal_TS = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+            if segment_ids_BT is None:
+                segment_ids_BT = jnp.ones_like(tokens_BT)
+            same_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+            mask_BTS = causal_TS[None] & same_BTS & (segment_ids_BT[:, None, :] != 0)
+        for i, layer in enumerate(self.layers):
+            if self.cfg.remat and cache is None:
+                x_BTD = nnx.remat(_layer_forward)(layer, x_BTD, positions_BT, mask_BTS)
+            else:
+                x_BTD, cache = layer(x_BTD, positions_BT, mask_BTS, i, cache)
+        return self.norm(x_BTD), cache
+
+    def logits(self, h_BTD: jax.Array) -> jax.Array:
+        """float32 logits [B, T, V] from hidden states."""
+        if self.lm_head is None:
+            emb_VD = self.embed_tokens.embedding[...]
+            return jnp.einsum(
+                "btd,vd->btv", h_BTD, emb_VD.astype(h_BTD.dtype),
+                preferred_element_type=jnp.float32,
+            )
+        kernel_DV = self.lm_head.kernel[...]
+        return jnp.einsum(
+            "btd,dv->btv", h_BTD, kernel_DV.astype(h_BTD.dtype), preferred_element_type=jnp.float32
+        )
+
+    def __call__(
+        self,
+        tokens_BT: jax.Array,
+        positions_BT: jax.Array,
+        *,
+        segment_ids_BT: jax.Array | None = None,
+        cache: Any = None,
+    ) -> tuple[jax.Array, Any]:
+        h_BTD, cache = self.hidden_states(
+            tokens_BT, positions_BT, segment_ids_BT=segment_ids_BT, cache=cache
+        )
+        return self.logits(h_BTD), cache
+
+
+def token_logprobs(logits_BTV: jax.Array, targets_BT: jax.Array, temperature: float = 1.0):
+    """log p(target) under softmax(logits / temperature), float32 [B, T]."""
+    logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]
