@@ -1,0 +1,184 @@
+"""The base training config: the paper's GRPO/DAPO + SAAR defaults (DESIGN §1).
+
+Files in `configs/` start from `base_config()` and override what differs (model, rollback
+probability, learning rate, SAAR on/off, tiny local variants). Every field is here, so a mistyped
+override on the command line fails against the locked config.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 750
+
+    # Model: a local HF checkpoint dir to import (hf_path: a real Qwen checkpoint or the HF export
+    # of our SFT run), else random weights of a preset from cleaner_jax.models.config.PRESETS
+    # ("tiny" uses model.tiny).
+    c.model = ml_collections.ConfigDict(
+        dict(
+            preset="qwen3_4b_instruct_2507",
+            hf_path="",
+            dtype="float16",  # paper: fp16 actor and rollout to limit train/infer mismatch
+            param_dtype="float32",
+            remat=True,
+            tiny=ml_collections.ConfigDict(
+                dict(vocab_size=0, hidden_size=64, intermediate_size=128, num_layers=2,
+                     num_heads=4, num_kv_heads=2, head_dim=16)
+            ),
+        )
+    )
+    c.tokenizer_path = ""  # default: model.hf_path
+
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.multiprocess = False  # jax.distributed.initialize() from the environment
+
+    c.data = ml_collections.ConfigDict(
+        dict(
+            train_files=[],
+            val_files=[],
+            max_prompt_tokens=2560,
+            shuffle_seed=0,
+        )
+    )
+
+    c.rollout = ml_collections.ConfigDict(
+        dict(
+            prompts_per_step=128,
+            n=16,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_turns=16,
+            max_response_tokens=20480,
+            max_tool_attempts=30,
+            engine=ml_collections.ConfigDict(
+                dict(page_size=16, num_pages=0, max_slots=64, prefill_chunk=512,
+                     max_seq_len=23040)
+            ),
+        )
+    )
+    c.saar = ml_collections.ConfigDict(
+        dict(
+            enabled=True,
+            gamma=0.5,
+            max_retries=3,
+            rollback_probability=1.0,
+            similarity_on="code",
+            similarity="tokens",
+            disable_after_exhaustion=True,
+            recompute_spliced_logprobs=True,
+        )
+    )
+    c.sandbox = ml_collections.ConfigDict(dict(num_workers=8, timeout_s=4.0))
+
+    c.reward = ml_collections.ConfigDict(
+        dict(
+            math_mode="strict",
+            overlong_buffer=4096,
+            overlong_factor=1.0,
+            overlong_policy_tokens_only=False,
+        )
+    )
+    c.advantage = ml_collections.ConfigDict(dict(estimator="grpo", dynamic_sampling=False))
+    c.loss = ml_collections.ConfigDict(
+        dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=10.0, entropy_coef=0.0)
+    )
+    c.optim = ml_collections.ConfigDict(
+        dict(learning_rate=2e-6, warmup_steps=20, weight_decay=0.01, grad_clip=1.0)
+    )
+    c.train = ml_collections.ConfigDict(
+        dict(
+            mini_batch_prompts=32,
+            row_len=23040,  # packed row length (tokens); >= prompt + response budget
+            rows_per_micro=1,
+            old_logprobs="recompute",  # "sampler" (A) or "recompute" (B, prefix-shared)
+        )
+    )
+    c.validation = ml_collections.ConfigDict(
+        dict(every=25, n=16, temperature=1.0, top_p=0.6, max_prompts=0)
+    )
+    c.checkpoint = ml_collections.ConfigDict(dict(every=25, keep=3, export_hf=True))
+    c.log_every = 1
+
+    # Cold-start SFT (launch/sft.py): chat trajectories with tool turns, loss on assistant turns.
+    c.sft = ml_collections.ConfigDict(
+        dict(
+            train_files=[],
+            epochs=2,
+            rows_per_step=8,
+            row_len=4096,
+            learning_rate=1e-5,
+            warmup_steps=10,
+            checkpoint_every=200,
+        )
+    )
+    return c
+
+
+def parse_arg(arg: str | None, **defaults):
+    """big_vision-style config args: `"runlocal,seed=3"` → {"runlocal": True, "seed": 3, ...}.
+
+    Only keys given in `defaults` are accepted (a typo fails); values are Python literals where
+    they parse as one, else strings.
+    """
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
+        if not eq:
+            out[key] = True
+            continue
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+# Per-model paper settings (DESIGN §1): preset, learning rate, rollback probability.
+PAPER_MODELS = {
+    "qwen3_4b": dict(preset="qwen3_4b_instruct_2507", learning_rate=2e-6, rollback_probability=1.0),
+    "qwen2_7b": dict(preset="qwen2_5_7b_instruct", learning_rate=1e-6, rollback_probability=0.7),
+}
+
+
+def paper_config(model: str, saar: bool, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The paper's run for `model` with SAAR on (CLEANER) or off (baseline); `arg`: runlocal."""
+    args = parse_arg(arg, runlocal=False)
+    m = PAPER_MODELS[model]
+    c = base_config()
+    c.model.preset = m["preset"]
+    c.optim.learning_rate = m["learning_rate"]
+    c.saar.rollback_probability = m["rollback_probability"]
+    c.saar.enabled = saar
+    if args["runlocal"]:
+        shrink_for_cpu(c)
+    return c
+
+
+def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
+    """A random tiny model and tiny budgets: the real code path in a minute on a laptop CPU."""
+    c.model.preset = "tiny"
+    c.model.dtype = "float32"
+    c.model.remat = False
+    c.total_steps = 2
+    c.rollout.prompts_per_step = 2
+    c.rollout.n = 2
+    c.rollout.max_response_tokens = 256
+    c.rollout.engine.max_seq_len = 1024
+    c.rollout.engine.max_slots = 8
+    c.rollout.engine.prefill_chunk = 64
+    c.data.max_prompt_tokens = 512
+    c.train.mini_batch_prompts = 2
+    c.train.row_len = 1024
+    c.sandbox.num_workers = 2
+    c.validation.every = 0
+    c.checkpoint.every = 1

@@ -1,0 +1,90 @@
+"""Cold-start SFT on chat trajectories with tool turns (loss on assistant turns only).
+
+Input: jsonl/parquet records with `messages` (system/user/assistant/tool chat, assistant tool
+calls as `tool_calls` or inline `<tool_call>` text) and optional `tools`. Each conversation is
+tokenized turn by turn with `ChatFormat.conversation_tokens`, i.e. token-identical to what a
+rollout produces. Output: orbax checkpoints during training and an HF export (weights +
+tokenizer) at the end, which the GRPO run loads through `model.hf_path`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from cleaner_jax.agent.chat import ChatFormat
+from cleaner_jax.agent.tools import TOOLS
+from cleaner_jax.data.readers import read_records
+from cleaner_jax.models import hf_io
+from cleaner_jax.rl import checkpoint as checkpoint_lib
+from cleaner_jax.rl import metrics as metrics_lib
+from cleaner_jax.rl import model_setup
+from cleaner_jax.rl.packing import TrainSample, pack, split_rows
+from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
+
+
+def load_sft_samples(files, chat: ChatFormat, row_len: int) -> list[TrainSample]:
+    samples, dropped = [], 0
+    for rec in read_records(list(files)):
+        tokens, mask = chat.conversation_tokens(rec["messages"], rec.get("tools") or TOOLS)
+        if len(tokens) - 1 > row_len:
+            dropped += 1
+            continue
+        samples.append(TrainSample(tokens, mask))
+    if dropped:
+        logging.warning("SFT: dropped %d conversations longer than row_len=%d", dropped, row_len)
+    if not samples:
+        raise ValueError(f"no SFT conversations found in {list(files)}")
+    return samples
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains, exports to `workdir/hf_export/final` and returns the last step's metrics."""
+    os.makedirs(workdir, exist_ok=True)
+    s = config.sft
+    tokenizer = model_setup.tokenizer_for(config)
+    chat = ChatFormat(tokenizer)
+    samples = load_sft_samples(s.train_files, chat, s.row_len)
+    bundle = model_setup.build_model(config, len(tokenizer))
+    rows_per_epoch = pack(samples, s.row_len).num_rows
+    steps_per_epoch = max(1, rows_per_epoch // s.rows_per_step)
+    total = steps_per_epoch * s.epochs
+    optimizer = make_optimizer(
+        OptimConfig(learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, total_steps=total,
+                    grad_clip=config.optim.grad_clip, weight_decay=config.optim.weight_decay)
+    )
+    updater = Updater(bundle.graphdef, optimizer, LossConfig(kind="sft"), mesh=bundle.mesh)
+    state = bundle.state
+    opt_state = updater.init(state)
+    ckpt = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=2, every=s.checkpoint_every
+    )
+    writer = metrics_lib.MetricsWriter(workdir)
+    rng = np.random.default_rng(config.seed)
+    logging.info("SFT: %d conversations, %d steps (%d epochs)", len(samples), total, s.epochs)
+    step, metrics, t0 = 0, {}, time.time()
+    for epoch in range(s.epochs):
+        order = rng.permutation(len(samples))
+        batch = pack([samples[i] for i in order], s.row_len)
+        micros = split_rows(batch, s.rows_per_step)[:steps_per_epoch]
+        for micro in micros:
+            state, opt_state, metrics = updater.step(state, opt_state, [micro])
+            step += 1
+            metrics.update(epoch=epoch, elapsed_s=time.time() - t0)
+            writer.write(step, metrics)
+            ckpt.save(step, state, opt_state, {"step": step})
+    ckpt.save(step, state, opt_state, {"step": step}, force=True)
+    ckpt.wait()
+    out_dir = model_setup.export_dir(workdir, "final")
+    hf_io.save_hf_checkpoint(state, bundle.cfg, out_dir)
+    if jax.process_index() == 0:
+        tokenizer.save_pretrained(out_dir)
+    writer.close()
+    logging.info("SFT done: %d steps, last loss %.4f, exported to %s", step,
+                 metrics.get("loss", float("nan")), out_dir)
+    return metrics

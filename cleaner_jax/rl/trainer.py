@@ -1,0 +1,249 @@
+"""The GRPO(+SAAR) training loop: rollout → rewards → advantages → old log-probs → update.
+
+`run(config, workdir)` is what `launch/train.py` calls. Each step:
+1. roll out `rollout.n` trajectories for each of `rollout.prompts_per_step` prompts (agent loop with
+   SAAR on or off, `rl/collect.py`);
+2. score them (`rl/rewards.py`; a failing reward is an error result, never a dead step) and
+   compute group advantages;
+3. old log-probs: from the sampler (spliced segments re-scored under the purified context) or
+   recomputed by the trainer with a prefix-shared forward; the sampler/trainer mismatch is
+   logged either way;
+4. one optimizer step per mini-batch of prompts, micro-batched by rows;
+5. hand the new parameters to the sampler, log metrics, validate, checkpoint.
+Resuming restores params, optimizer state, step and the data iterator position; rollout seeds
+derive from (seed, step), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from cleaner_jax.agent.sandbox import SandboxConfig, SandboxPool
+from cleaner_jax.data.readers import EpochIterator, filter_overlong, read_agentrl
+from cleaner_jax.models import hf_io
+from cleaner_jax.rl import checkpoint as checkpoint_lib
+from cleaner_jax.rl import logprobs as logprobs_lib
+from cleaner_jax.rl import metrics as metrics_lib
+from cleaner_jax.rl import model_setup
+from cleaner_jax.rl.advantages import compute_advantages
+from cleaner_jax.rl.collect import Collector, Rollout
+from cleaner_jax.rl.packing import pack, split_rows
+from cleaner_jax.rl.rewards import OverlongConfig, RewardConfig, RewardScorer, reward_metrics
+from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer, split_minibatches
+from cleaner_jax.saar import aggregate_stats
+from cleaner_jax.sampling import Engine, EngineConfig
+
+
+def _reward_config(config) -> RewardConfig:
+    r = config.reward
+    return RewardConfig(
+        math_mode=r.math_mode,
+        overlong=OverlongConfig(
+            max_response_length=config.rollout.max_response_tokens,
+            buffer_length=r.overlong_buffer,
+            penalty_factor=r.overlong_factor,
+            count_policy_tokens_only=r.overlong_policy_tokens_only,
+        ),
+    )
+
+
+def _engine_config(config) -> EngineConfig:
+    e = config.rollout.engine
+    return EngineConfig(
+        page_size=e.page_size,
+        num_pages=e.num_pages,
+        max_slots=e.max_slots,
+        prefill_chunk=e.prefill_chunk,
+        max_seq_len=e.max_seq_len,
+    )
+
+
+def _old_logprobs(config, bundle, state, rollouts: list[Rollout], samples, n: int) -> dict:
+    """Fills `samples[i].logprobs` per `train.old_logprobs`; returns mismatch metrics."""
+    sampler_lp = [s.logprobs.copy() for s in samples]
+    temperature = config.rollout.temperature
+    trainer_lp = [None] * len(samples)
+    for g in range(0, len(samples), n):
+        group = samples[g : g + n]
+        p = group[0].prompt_len
+        resp = logprobs_lib.prefix_shared_logprobs(
+            bundle.graphdef, state, group[0].tokens[:p], [s.tokens[p:] for s in group],
+            temperature=temperature,
+        )
+        for k, s in enumerate(group):
+            full = np.zeros(len(s.tokens), np.float32)
+            full[p:] = resp[k]
+            trainer_lp[g + k] = full
+    fresh = [not r.has_stale_logprobs for r in rollouts]
+    mask = np.concatenate([s.loss_mask * f for s, f in zip(samples, fresh, strict=True)])
+    metrics = logprobs_lib.mismatch_metrics(
+        np.concatenate(sampler_lp), np.concatenate(trainer_lp), mask
+    )
+    use_trainer = config.train.old_logprobs == "recompute"
+    for s, f, lp in zip(samples, fresh, trainer_lp, strict=True):
+        if use_trainer or not f:
+            s.logprobs = lp
+    return metrics
+
+
+class Trainer:
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config, self.workdir = config, workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.tokenizer = model_setup.tokenizer_for(config)
+        self.bundle = model_setup.build_model(config, len(self.tokenizer))
+        o = config.optim
+        self.updater = Updater(
+            self.bundle.graphdef,
+            make_optimizer(OptimConfig(learning_rate=o.learning_rate,
+                                       warmup_steps=o.warmup_steps,
+                                       weight_decay=o.weight_decay, grad_clip=o.grad_clip)),
+            LossConfig(kind="ppo", clip_eps_low=config.loss.clip_eps_low,
+                       clip_eps_high=config.loss.clip_eps_high,
+                       dual_clip_c=config.loss.dual_clip_c or None,
+                       temperature=config.rollout.temperature,
+                       entropy_coef=config.loss.entropy_coef),
+            mesh=self.bundle.mesh,
+        )
+        self.state = self.bundle.state
+        self.opt_state = self.updater.init(self.state)
+        self.ckpt = checkpoint_lib.Checkpointer(
+            os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+            every=config.checkpoint.every,
+        )
+        self.writer = metrics_lib.MetricsWriter(workdir)
+        self.pool = SandboxPool(SandboxConfig(num_workers=config.sandbox.num_workers,
+                                              timeout_s=config.sandbox.timeout_s))
+        self.scorer = RewardScorer(_reward_config(config), code_runner=self.pool)
+        self.engine = Engine(
+            (self.bundle.graphdef, model_setup.cast_state(self.state, self.bundle.cfg.dtype)),
+            _engine_config(config),
+        )
+        self.collector = Collector(config, self.tokenizer, self.engine, self.pool)
+        self._load_data()
+        self.step = 0
+        self._maybe_resume()
+
+    def _load_data(self):
+        d = self.config.data
+        count = lambda ex: len(self.collector.prompt_tokens(ex))  # noqa: E731
+        train = read_agentrl(list(d.train_files))
+        self.train_examples, _ = filter_overlong(train, count, d.max_prompt_tokens)
+        self.iterator = EpochIterator(self.train_examples, seed=d.shuffle_seed)
+        self.val_examples = read_agentrl(list(d.val_files)) if d.val_files else []
+        if self.config.validation.max_prompts:
+            self.val_examples = self.val_examples[: self.config.validation.max_prompts]
+
+    def _maybe_resume(self):
+        if self.ckpt.latest_step() is None:
+            return
+        state, opt_state, meta = self.ckpt.restore(
+            abstract_params=self.state, abstract_opt_state=self.opt_state
+        )
+        self.state, self.opt_state = state, opt_state
+        self.step = int(meta["step"])
+        self.iterator.set_state(meta["data"])
+        self.engine.update_params(model_setup.cast_state(self.state, self.bundle.cfg.dtype))
+        logging.info("resumed from step %d", self.step)
+
+    def close(self):
+        self.ckpt.wait()
+        self.writer.close()
+        self.scorer.close()
+        self.pool.close()
+
+    def _score(self, rollouts: list[Rollout]):
+        return self.scorer.score_batch_sync([r.reward_input(self.collector.chat) for r in rollouts])
+
+    def validate(self) -> dict:
+        v = self.config.validation
+        if not self.val_examples:
+            return {}
+        rollouts = self.collector.collect(
+            self.val_examples, v.n, tag=("val", self.step), temperature=v.temperature,
+            top_p=v.top_p,
+        )
+        results = self._score(rollouts)
+        out = {f"val/{k}": x for k, x in reward_metrics(results).items()}
+        stats = aggregate_stats([r.trajectory.stats for r in rollouts])
+        out.update({f"val/{k}": x for k, x in stats.items() if isinstance(x, int | float)})
+        return out
+
+    def train_step(self) -> dict:
+        c = self.config
+        n = c.rollout.n
+        timer = metrics_lib.PhaseTimer()
+        metrics: dict = {}
+        examples = self.iterator.next_batch(c.rollout.prompts_per_step)
+        with timer("rollout"):
+            rollouts = self.collector.collect(examples, n, tag=("train", self.step))
+        with timer("reward"):
+            results = self._score(rollouts)
+        rewards = np.array([r.score for r in results], np.float32)
+        adv = compute_advantages(rewards, n, c.advantage.estimator)
+        samples = [r.train_sample(float(a)) for r, a in zip(rollouts, adv, strict=True)]
+        with timer("old_logprobs"):
+            metrics.update(_old_logprobs(c, self.bundle, self.state, rollouts, samples, n))
+        with timer("update"):
+            per_mb = c.train.mini_batch_prompts * n
+            for mb in split_minibatches(samples, max(1, len(samples) // per_mb)):
+                rows = c.train.rows_per_micro
+                micros = split_rows(pack(mb, c.train.row_len, rows), rows)
+                self.state, self.opt_state, upd = self.updater.step(
+                    self.state, self.opt_state, micros
+                )
+            metrics.update({f"train/{k}": v for k, v in upd.items()})
+        with timer("sync_weights"):
+            self.engine.update_params(model_setup.cast_state(self.state, self.bundle.cfg.dtype))
+        metrics.update(reward_metrics(results))
+        stats = aggregate_stats([r.trajectory.stats for r in rollouts])
+        metrics.update({f"saar/{k}": v for k, v in stats.items() if isinstance(v, int | float)})
+        resp_lens = [len(r.trajectory.response_tokens) for r in rollouts]
+        metrics["response_length/mean"] = float(np.mean(resp_lens))
+        metrics["response_length/max"] = float(np.max(resp_lens))
+        metrics["spliced_tokens"] = float(sum(r.spliced_tokens for r in rollouts))
+        metrics.update(timer.metrics())
+        total_tokens = sum(len(r.trajectory.tokens) for r in rollouts)
+        metrics["rollout_tokens_per_s"] = total_tokens / max(timer.seconds("rollout"), 1e-9)
+        return metrics
+
+    def fit(self) -> dict:
+        c = self.config
+        last: dict = {}
+        if self.step == 0 and c.validation.every:
+            self.writer.write(0, self.validate())
+        while self.step < c.total_steps:
+            t0 = time.time()
+            metrics = self.train_step()
+            self.step += 1
+            if c.validation.every and self.step % c.validation.every == 0:
+                metrics.update(self.validate())
+            metrics["step_time_s"] = time.time() - t0
+            self.writer.write(self.step, metrics)
+            self.ckpt.save(self.step, self.state, self.opt_state,
+                           {"step": self.step, "data": self.iterator.get_state()},
+                           force=self.step == c.total_steps)
+            last = metrics
+        self.ckpt.wait()
+        if c.checkpoint.export_hf:
+            out = model_setup.export_dir(self.workdir, self.step)
+            hf_io.save_hf_checkpoint(self.state, self.bundle.cfg, out)
+            if jax.process_index() == 0:
+                self.tokenizer.save_pretrained(out)
+        return last
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    if config.multiprocess:
+        jax.distributed.initialize()
+    trainer = Trainer(config, workdir)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

@@ -1,0 +1,18 @@
+r"""qwen2_7b: GRPO/DAPO + SAAR (CLEANER) with the paper's settings (DESIGN §1).
+
+Needs local files (nothing is downloaded): an HF checkpoint dir (e.g. Qwen2.5-7B-RA-SFT) and
+Open-AgentRL-30K / validation parquet files:
+
+  python launch/train.py --config=configs/qwen2_7b_cleaner.py \
+    --config.model.hf_path=/ckpt/Qwen2.5-7B-RA-SFT \
+    --config.data.train_files='("/data/open_agentrl_30k.parquet",)' \
+    --config.data.val_files='("/data/aime24.parquet",)' --workdir=/runs/qwen2_7b_cleaner
+
+Variant `:runlocal`: a random tiny model and tiny budgets on CPU (same files and tokenizer).
+"""
+
+from cleaner_jax.rl.defaults import paper_config
+
+
+def get_config(arg=None):
+    return paper_config("qwen2_7b", saar=True, arg=arg)
