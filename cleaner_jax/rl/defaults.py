@@ -105,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.checkpoint = ml_collections.ConfigDict(dict(every=25, keep=3, export_hf=True))
     c.log_every = 1
+    # Generate the synthetic demo task and a tokenizer into the workdir when no files are given
+    # (configs/demo.py:runlocal); real configs leave it off.
+    c.prepare_synthetic = False
 
     # Cold-start SFT (launch/sft.py): chat trajectories with tool turns, loss on assistant turns.
     c.sft = ml_collections.ConfigDict(
@@ -182,3 +185,46 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     c.sandbox.num_workers = 2
     c.validation.every = 0
     c.checkpoint.every = 1
+
+
+def demo_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The embedded miniature study (DESIGN §4): a tiny Qwen3-shaped model on the synthetic task.
+
+    `arg`: `arm=cleaner|baseline`, `seed=N`, `runlocal` (2 steps, self-prepared assets, random
+    init: a smoke run of the real train path). Data/tokenizer paths are filled by the demo
+    (`cleaner_jax.rl.demo`) or, with `prepare_synthetic`, by the trainer itself.
+    """
+    args = parse_arg(arg, arm="cleaner", seed=0, runlocal=False)
+    if args["arm"] not in ("cleaner", "baseline"):
+        raise ValueError(f"arm must be 'cleaner' or 'baseline', got {args['arm']!r}")
+    c = base_config()
+    c.seed = args["seed"]
+    c.total_steps = 16
+    c.model.preset = "tiny"
+    c.model.dtype = "float32"
+    c.model.remat = False
+    c.model.tiny.update(dict(hidden_size=128, intermediate_size=384, num_layers=3, num_heads=4,
+                             num_kv_heads=2, head_dim=32))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+    c.saar.enabled = args["arm"] == "cleaner"
+    c.rollout.update(dict(prompts_per_step=8, n=8, temperature=1.0, top_p=1.0, max_turns=6,
+                          max_response_tokens=384, max_tool_attempts=8))
+    c.rollout.engine.update(dict(page_size=16, num_pages=2048, max_slots=64, prefill_chunk=128,
+                                 max_seq_len=640))
+    c.sandbox.update(dict(num_workers=2, timeout_s=4.0))
+    c.reward.overlong_buffer = 64
+    c.data.max_prompt_tokens = 256
+    c.data.shuffle_seed = args["seed"]
+    c.optim.update(dict(learning_rate=5e-5, warmup_steps=2, weight_decay=0.0))
+    c.train.update(dict(mini_batch_prompts=8, row_len=1024, rows_per_micro=8))
+    c.validation.update(dict(every=4, n=2, temperature=1.0, top_p=1.0, max_prompts=32))
+    c.checkpoint.update(dict(every=8, keep=1, export_hf=False))
+    c.sft.update(dict(epochs=6, rows_per_step=8, row_len=1024, learning_rate=2e-3,
+                      warmup_steps=20, checkpoint_every=100000))
+    if args["runlocal"]:
+        c.prepare_synthetic = True
+        c.total_steps = 2
+        c.rollout.update(dict(prompts_per_step=2, n=2))
+        c.validation.every = 0
+        c.checkpoint.every = 1
+    return c

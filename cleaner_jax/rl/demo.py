@@ -1,0 +1,147 @@
+"""The embedded miniature CLEANER study (DESIGN §4), end to end on a CPU.
+
+1. assets: synthetic problems (SFT / RL-train / held-out test, disjoint), a cold-start SFT corpus
+   whose tool outputs come from the real sandbox, and a byte-level BPE tokenizer with Qwen's
+   control tokens and chat template, trained on the rendered corpus;
+2. cold-start SFT of a tiny Qwen3-shaped model (`rl/sft.py`, the real SFT path), exported to HF;
+3. GRPO from that checkpoint with SAAR off (baseline) and on (cleaner), same seeds, through the
+   real trainer (`rl/trainer.py`) — one run per (arm, seed);
+4. `report.md` + PNG plots (`rl/report.py`).
+Everything lands in one workdir; a finished stage is not redone when the command is re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+
+import ml_collections
+
+from cleaner_jax.agent.sandbox import SandboxConfig, SandboxPool
+from cleaner_jax.agent.tokenizer import build_tokenizer
+from cleaner_jax.data import sft_corpus, synthetic_task
+from cleaner_jax.rl import defaults, report, sft, trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoMode:
+    seeds: tuple[int, ...]
+    rl_steps: int
+    n_sft: int
+    n_rl_train: int
+    n_test: int
+    sft_epochs: int
+    val_every: int
+
+
+MODES = {
+    "quick": DemoMode(seeds=(0,), rl_steps=3, n_sft=600, n_rl_train=256, n_test=16,
+                      sft_epochs=4, val_every=3),
+    "full": DemoMode(seeds=(0, 1, 2), rl_steps=12, n_sft=1200, n_rl_train=512, n_test=32,
+                     sft_epochs=8, val_every=4),
+}
+ARMS = ("baseline", "cleaner")
+TOKENIZER_VOCAB = 1024
+
+
+def prepare_assets(assets_dir: str, *, n_sft: int, n_rl_train: int, n_test: int,
+                   seed: int = 0) -> dict[str, str]:
+    """Problems, SFT corpus (run through the sandbox) and tokenizer; skipped if already there."""
+    paths = {
+        "tokenizer": os.path.join(assets_dir, "tokenizer"),
+        "sft": os.path.join(assets_dir, "sft.jsonl"),
+        "rl_train": os.path.join(assets_dir, "rl_train.jsonl"),
+        "test": os.path.join(assets_dir, "test.jsonl"),
+        "stats": os.path.join(assets_dir, "corpus_stats.json"),
+    }
+    if all(os.path.exists(p) for p in paths.values()):
+        return paths
+    os.makedirs(assets_dir, exist_ok=True)
+    train = synthetic_task.make_problems("train", n_sft + n_rl_train, seed)
+    sft_problems, rl_problems = train[:n_sft], train[n_sft:]
+    test = synthetic_task.make_problems("test", n_test, seed + 1)
+    with SandboxPool(SandboxConfig(num_workers=2, timeout_s=4.0)) as pool:
+        corpus = sft_corpus.make_sft_corpus(sft_problems, pool, seed=seed)
+    sft_corpus.write_sft_jsonl(corpus, paths["sft"])
+    synthetic_task.write_rl_jsonl(rl_problems, paths["rl_train"])
+    synthetic_task.write_rl_jsonl(test, paths["test"])
+    texts = sft_corpus.tokenizer_training_texts(corpus, rl_problems + test)
+    build_tokenizer(texts, TOKENIZER_VOCAB, out_dir=paths["tokenizer"])
+    kinds: dict[str, int] = {}
+    for ex in corpus:
+        kinds[ex.kind] = kinds.get(ex.kind, 0) + 1
+    with open(paths["stats"], "w") as f:
+        json.dump({"sft_examples": len(corpus), "kinds": kinds, "rl_train": len(rl_problems),
+                   "test": len(test)}, f, indent=1)
+    return paths
+
+
+def fill_synthetic_paths(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """For `configs/demo.py:runlocal`: prepare small assets in the workdir and point to them."""
+    paths = prepare_assets(os.path.join(workdir, "assets"), n_sft=48, n_rl_train=32, n_test=8)
+    config.tokenizer_path = config.tokenizer_path or paths["tokenizer"]
+    if not config.data.train_files:
+        config.data.train_files = (paths["rl_train"],)
+    if not config.data.val_files:
+        config.data.val_files = (paths["test"],)
+
+
+def _arm_config(arm: str, seed: int, mode: DemoMode, paths: dict, sft_export: str):
+    c = defaults.demo_config(f"arm={arm},seed={seed}")
+    c.total_steps = mode.rl_steps
+    c.validation.every = mode.val_every
+    c.validation.max_prompts = mode.n_test
+    c.tokenizer_path = paths["tokenizer"]
+    c.model.hf_path = sft_export
+    c.data.train_files = (paths["rl_train"],)
+    c.data.val_files = (paths["test"],)
+    return c
+
+
+def run_demo(mode_name: str, workdir: str, progress=None) -> str:
+    """Runs the study; returns the path of report.md. `progress(msg)` is told each stage."""
+    mode = MODES[mode_name]
+    say = progress or logging.info
+    os.makedirs(workdir, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    t0 = time.time()
+    say("1/4 preparing the synthetic task, SFT corpus (real sandbox runs) and tokenizer")
+    paths = prepare_assets(os.path.join(workdir, "assets"), n_sft=mode.n_sft,
+                           n_rl_train=mode.n_rl_train, n_test=mode.n_test)
+    timings["assets"] = time.time() - t0
+
+    t0 = time.time()
+    sft_dir = os.path.join(workdir, "sft")
+    sft_export = os.path.join(sft_dir, "hf_export", "final")
+    if not os.path.exists(os.path.join(sft_export, "config.json")):
+        say("2/4 cold-start SFT of the tiny model")
+        c = defaults.demo_config()
+        c.tokenizer_path = paths["tokenizer"]
+        c.sft.train_files = (paths["sft"],)
+        c.sft.epochs = mode.sft_epochs
+        sft.run(c, sft_dir)
+    timings["sft"] = time.time() - t0
+
+    runs = {}
+    for seed in mode.seeds:
+        for arm in ARMS:
+            name = f"{arm}_seed{seed}"
+            run_dir = os.path.join(workdir, name)
+            runs[name] = run_dir
+            if os.path.exists(os.path.join(run_dir, "DONE")):
+                continue
+            say(f"3/4 GRPO {arm} seed {seed}: {mode.rl_steps} steps")
+            t0 = time.time()
+            trainer.run(_arm_config(arm, seed, mode, paths, sft_export), run_dir)
+            timings[f"grpo/{name}"] = time.time() - t0
+            with open(os.path.join(run_dir, "DONE"), "w") as f:
+                f.write(f"{time.time() - t0:.1f}\n")
+    say("4/4 writing the report")
+    with open(paths["stats"]) as f:
+        corpus_stats = json.load(f)
+    return report.write_report(workdir, runs, timings=timings, corpus_stats=corpus_stats,
+                               mode=mode_name)
