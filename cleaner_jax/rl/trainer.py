@@ -242,6 +242,10 @@ class Trainer:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.multiprocess:
         jax.distributed.initialize()
+    if config.prepare_synthetic:
+        from cleaner_jax.rl import demo  # the demo imports this module
+
+        demo.fill_synthetic_paths(config, workdir)
     trainer = Trainer(config, workdir)
     try:
         return trainer.fit()
