@@ -1,0 +1,469 @@
+"""Cold-start SFT corpus for the synthetic tool-use task: direct solves and error → fix → answer.
+
+Every example is a chat in the real configs' format (`synthetic_task.problem_messages` + the
+`code_interpreter` tool): an assistant turn with one sentence of reasoning and a tool call, the
+tool's response, and the final answer ``The answer is \\boxed{N}.``. Three kinds:
+
+  direct       reasoning + correct call → success → answer                 (1 - error_rate)
+  shallow_fix  reasoning + call with a typo-level bug → the sandbox's error → the SAME reasoning
+               + the corrected call → success → answer       (error_rate * shallow_share)
+  deep_fix     reasoning + a call with a wrong approach → error → the reasoning of a different
+               approach + rewritten code → success → answer  (error_rate * (1 - shallow_share))
+
+Shallow bugs: ``name_typo`` (NameError: a misspelt identifier such as ``prnt`` or ``rr``),
+``missing_paren`` (SyntaxError), ``missing_import`` (NameError: ``operator`` used without import;
+the warm sandbox pre-imports math/itertools/collections/numpy/sympy, so those would not fail).
+Deep bugs: ``str_operands`` (TypeError: factors written as strings), ``zero_modulus``
+(ZeroDivisionError: the loop reduces modulo its counter, which starts at 0), ``sum_of_str``
+(TypeError: summing a string), ``range_power`` (TypeError: squaring a range). Every tool text is
+`ExecResult.to_tool_response_text()` of really running the call in the `SandboxPool`; the corpus
+builder checks that each buggy call failed with the intended exception and each other call
+succeeded and printed the ground truth, and raises otherwise.
+
+Design goal — a fair miniature of the CLEANER comparison. After SFT on this corpus the tiny model
+should (a) solve most problems with the tool (every example calls it and copies the printed
+number into the box), (b) still make first-call errors at a noticeable rate, and (c) usually
+recover from them, so that GRPO + SAAR has successful corrections to splice in:
+
+* Errors are drawn by a seeded coin per example, independent of the question. Nothing in the
+  prompt predicts a bug, so the model cannot learn *when* to err, only *how often*: it learns a
+  first-call error probability near `error_rate`, concentrated on the few tokens where the buggy
+  and the clean call differ (the misspelt name, the dropped parenthesis, the missing import line,
+  the quotes, ``% i``). That probability is exactly what RL can move.
+* A bug never comes with its own reasoning: a shallow bug corrupts the code of an approach whose
+  reasoning is unchanged, and each deep bug is a broken version of a regular approach (same
+  reasoning sentence as the clean version). The fix is conditioned on the error text the model
+  sees (NameError → copy the call with the name corrected; TypeError → switch approach).
+* Shallow fixes repeat the turn's reasoning and change 1-2 lexical tokens of the code (token
+  similarity >= 0.8); deep fixes use another approach's reasoning and code (similarity <= 0.4).
+  `saar.similarity` therefore classifies every fix in the corpus as its kind at gamma = 0.5
+  (checked on construction). A shallow splice (old reasoning + new call) and a deep splice (new
+  turn) both yield exactly a `direct` example's first turn: purified trajectories are
+  in-distribution.
+* Every error in the corpus is followed by a successful fix, so the SFT model learns to recover;
+  its own recovery rate is below 100% (it must copy and edit code), and an unrecovered error
+  costs the reward.
+* Why SAAR should help: under outcome reward an error → fix → right answer trajectory earns the
+  same +1 as a clean one, so GRPO alone reinforces the buggy first call too and lowers the error
+  rate only through the failed recoveries. SAAR trains on the purified trajectory instead, whose
+  first call is the corrected one, so each recovered error becomes a positive example of a clean
+  first call. Both arms need groups with mixed rewards (GRPO advantages are zero when all of a
+  group is right): keep the task below saturation with `TaskRanges` (more digits → more copy
+  errors) and the SFT budget.
+
+Knobs: `error_rate`, `shallow_share`, `shallow_bug_weights`, the number of problems passed in,
+and `synthetic_task.TaskRanges` for the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+import json
+import keyword
+import logging
+import os
+import random
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from cleaner_jax.data.synthetic_task import (
+    APPROACHES,
+    DEEP_BUGS,
+    TOOLS,
+    Approach,
+    Problem,
+    problem_messages,
+)
+from cleaner_jax.saar.similarity import token_similarity
+
+logger = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("direct", "shallow_fix", "deep_fix")
+SHALLOW_BUGS: tuple[str, ...] = ("name_typo", "missing_paren", "missing_import")
+DEFAULT_SHALLOW_BUG_WEIGHTS: Mapping[str, float] = {
+    "name_typo": 0.45,
+    "missing_paren": 0.35,
+    "missing_import": 0.2,
+}
+_GAMMA = 0.5  # SAAR's default shallow/deep threshold; the corpus's fixes must fall on its sides
+
+# Names bound in the warm sandbox without an import (worker prelude) plus builtins/keywords: a
+# typo must not land on one of them or it would not raise NameError.
+_BOUND_NAMES = frozenset(
+    dir(builtins)
+    + keyword.kwlist
+    + ["math", "itertools", "collections", "os", "sys", "base64", "ast", "traceback"]
+    + ["numpy", "np", "sympy", "sp", "symbols"]
+    + typing.__all__
+)
+
+
+class ToolRunner(Protocol):
+    """What the corpus needs from `cleaner_jax.agent.sandbox.SandboxPool`."""
+
+    async def run(self, code: str, stdin: str | None = None, timeout_s: float | None = None): ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SftExample:
+    """One SFT conversation and how it was made.
+
+    Attributes:
+      problem_id: the `Problem.id`.
+      kind: "direct", "shallow_fix" or "deep_fix".
+      messages: the whole chat (prompt, assistant turns with `tool_calls`, tool turns, answer);
+        render with `tools=TOOLS`.
+      approach: approach of the first call (e.g. "pow", "loop").
+      bug: None, a `SHALLOW_BUGS` name, or a deep bug name ("zero_modulus", ...).
+      error_type: the exception the first call raised in the sandbox (None for direct).
+      fix_approach: approach of the corrected call (None for direct).
+      similarity: `saar.similarity.token_similarity(first code, fixed code)` (None for direct).
+    """
+
+    problem_id: str
+    kind: str
+    messages: list[dict[str, Any]]
+    approach: str
+    bug: str | None = None
+    error_type: str | None = None
+    fix_approach: str | None = None
+    similarity: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": f"{self.problem_id}-{self.kind}",
+            "messages": self.messages,
+            "tools": list(TOOLS),
+            "meta": {
+                "problem_id": self.problem_id,
+                "kind": self.kind,
+                "approach": self.approach,
+                "bug": self.bug,
+                "error_type": self.error_type,
+                "fix_approach": self.fix_approach,
+                "similarity": self.similarity,
+            },
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class ExamplePlan:
+    """What `plan_corpus` decided for one example: its kind, calls and the expected error."""
+
+    problem: Problem
+    kind: str
+    approach: str
+    first_reasoning: str
+    first_code: str
+    bug: str | None = None
+    expected_error: str | None = None
+    fix_approach: str | None = None
+    fix_reasoning: str | None = None
+    fix_code: str | None = None
+
+
+def _approach(template: str, name: str) -> Approach:
+    return next(a for a in APPROACHES[template] if a.name == name)
+
+
+def _typo(name: str, code: str, rng: random.Random) -> str:
+    """A misspelling of `name` that is unbound in the sandbox and not used in `code`."""
+    if len(name) == 1:
+        candidates = [name + name, name.upper()]
+    else:
+        candidates = []
+        for i in range(1, len(name)):  # drop a letter (keeping the first)
+            candidates.append(name[:i] + name[i + 1 :])
+        for i in range(1, len(name) - 1):  # swap two neighbours (keeping the first)
+            candidates.append(name[:i] + name[i + 1] + name[i] + name[i + 2 :])
+    used = set(re.findall(r"\w+", code))
+    candidates = sorted({c for c in candidates if c not in _BOUND_NAMES and c not in used})
+    if not candidates:
+        raise ValueError(f"no usable typo for {name!r}; pick another typo target")
+    return rng.choice(candidates)
+
+
+def _shallow_bug(approach: Approach, bug: str, code: str, rng: random.Random) -> tuple[str, str]:
+    """(buggy code, expected exception) for a shallow bug applied to correct `code`."""
+    if bug == "name_typo":
+        name = rng.choice(approach.typo_names)
+        last = list(re.finditer(rf"\b{re.escape(name)}\b", code))[-1]
+        typo = _typo(name, code, rng)
+        return code[: last.start()] + typo + code[last.end() :], "NameError"
+    if bug == "missing_paren":
+        lines = code.split("\n")
+        with_paren = [i for i, line in enumerate(lines) if ")" in line]
+        i = rng.choice(with_paren)
+        cut = lines[i].rindex(")")
+        lines[i] = lines[i][:cut] + lines[i][cut + 1 :]
+        return "\n".join(lines), "SyntaxError"
+    if bug == "missing_import":
+        if approach.import_line is None:
+            raise ValueError(f"approach {approach.name!r} has no import to drop")
+        return code.replace(approach.import_line + "\n", "", 1), "NameError"
+    raise ValueError(f"unknown shallow bug {bug!r}; use one of {SHALLOW_BUGS}")
+
+
+def _assign_kinds(n: int, error_rate: float, shallow_share: float, rng: random.Random) -> list:
+    n_error = round(n * error_rate)
+    n_shallow = round(n_error * shallow_share)
+    kinds = ["shallow_fix"] * n_shallow + ["deep_fix"] * (n_error - n_shallow)
+    kinds += ["direct"] * (n - n_error)
+    rng.shuffle(kinds)
+    return kinds
+
+
+def plan_corpus(
+    problems: Sequence[Problem],
+    *,
+    error_rate: float = 1 / 3,
+    shallow_share: float = 0.5,
+    shallow_bug_weights: Mapping[str, float] = DEFAULT_SHALLOW_BUG_WEIGHTS,
+    seed: int = 0,
+) -> list[ExamplePlan]:
+    """Decides, without running anything, each example's kind, bug and code (deterministic)."""
+    if not 0.0 <= error_rate <= 1.0:
+        raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
+    if not 0.0 <= shallow_share <= 1.0:
+        raise ValueError(f"shallow_share must be in [0, 1], got {shallow_share}")
+    bad = set(shallow_bug_weights) - set(SHALLOW_BUGS)
+    if bad or any(w < 0 for w in shallow_bug_weights.values()):
+        raise ValueError(
+            f"shallow_bug_weights {dict(shallow_bug_weights)} must map {SHALLOW_BUGS} to "
+            "non-negative weights"
+        )
+    kinds = _assign_kinds(len(problems), error_rate, shallow_share, random.Random(seed))
+    plans = []
+    for problem, kind in zip(problems, kinds, strict=True):
+        rng = random.Random(f"sft_corpus/{seed}/{problem.id}")
+        plans.append(_plan_one(problem, kind, shallow_bug_weights, rng))
+    return plans
+
+
+def _plan_one(
+    problem: Problem, kind: str, weights: Mapping[str, float], rng: random.Random
+) -> ExamplePlan:
+    p = problem.params
+    approaches = APPROACHES[problem.template]
+    if kind == "direct":
+        a = rng.choice(approaches)
+        return ExamplePlan(problem, kind, a.name, a.reasoning, a.code(p))
+    if kind == "deep_fix":
+        bug = rng.choice(DEEP_BUGS[problem.template])
+        a, fix = _approach(problem.template, bug.approach), _approach(problem.template, bug.fix)
+        return ExamplePlan(
+            problem,
+            kind,
+            a.name,
+            a.reasoning,
+            bug.code(p),
+            bug=bug.name,
+            expected_error=bug.error_type,
+            fix_approach=fix.name,
+            fix_reasoning=fix.reasoning,
+            fix_code=fix.code(p),
+        )
+    usable = [
+        b
+        for b in SHALLOW_BUGS
+        if weights.get(b, 0.0) > 0
+        and any(b != "missing_import" or a.import_line for a in approaches)
+    ]
+    if not usable:
+        raise ValueError(
+            f"no shallow bug applies to template {problem.template!r} with weights "
+            f"{dict(weights)}; give name_typo or missing_paren a positive weight"
+        )
+    bug = rng.choices(usable, weights=[weights[b] for b in usable])[0]
+    a = rng.choice([a for a in approaches if bug != "missing_import" or a.import_line])
+    code = a.code(p)
+    buggy, error = _shallow_bug(a, bug, code, rng)
+    return ExamplePlan(
+        problem,
+        kind,
+        a.name,
+        a.reasoning,
+        buggy,
+        bug=bug,
+        expected_error=error,
+        fix_approach=a.name,
+        fix_reasoning=a.reasoning,  # shallow: the same reasoning, only the code is repaired
+        fix_code=code,
+    )
+
+
+def _assistant_call(reasoning: str, code: str) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": reasoning,
+        "tool_calls": [
+            {
+                "type": "function",
+                "function": {"name": "code_interpreter", "arguments": {"code": code}},
+            }
+        ],
+    }
+
+
+def _check_run(plan: ExamplePlan, code: str, result: Any, expect_error: str | None) -> None:
+    where = f"problem {plan.problem.id} ({plan.kind}, bug {plan.bug}) code {code!r}"
+    if result.infra_failure:
+        raise RuntimeError(f"sandbox infrastructure failure on {where}: {result.stderr!r}")
+    if expect_error is not None:
+        if result.ok or result.error_type != expect_error:
+            raise RuntimeError(
+                f"{where} was meant to fail with {expect_error} but gave ok={result.ok} "
+                f"error_type={result.error_type} stderr={result.stderr!r}"
+            )
+    elif not result.ok or result.stdout.strip() != plan.problem.answer:
+        raise RuntimeError(
+            f"{where} was meant to print {plan.problem.answer} but gave ok={result.ok} "
+            f"stdout={result.stdout!r} stderr={result.stderr!r}; if it timed out, narrow "
+            "TaskRanges or raise the sandbox timeout"
+        )
+
+
+def _assemble(
+    plan: ExamplePlan, results: Mapping[str, Any], system_prompt: str | None
+) -> SftExample:
+    messages = problem_messages(plan.problem, system_prompt=system_prompt)
+    first = results[plan.first_code]
+    _check_run(plan, plan.first_code, first, plan.expected_error)
+    messages.append(_assistant_call(plan.first_reasoning, plan.first_code))
+    messages.append({"role": "tool", "content": first.to_tool_response_text()})
+    similarity = None
+    if plan.kind != "direct":
+        fixed = results[plan.fix_code]
+        _check_run(plan, plan.fix_code, fixed, None)
+        similarity = token_similarity(plan.first_code, plan.fix_code)
+        if (similarity >= _GAMMA) != (plan.kind == "shallow_fix"):
+            raise RuntimeError(
+                f"{plan.kind} example for {plan.problem.id} has similarity {similarity:.2f} on "
+                f"the wrong side of gamma={_GAMMA}: {plan.first_code!r} -> {plan.fix_code!r}"
+            )
+        messages.append(_assistant_call(plan.fix_reasoning, plan.fix_code))
+        messages.append({"role": "tool", "content": fixed.to_tool_response_text()})
+    messages.append(
+        {"role": "assistant", "content": f"The answer is \\boxed{{{plan.problem.answer}}}."}
+    )
+    return SftExample(
+        problem_id=plan.problem.id,
+        kind=plan.kind,
+        messages=messages,
+        approach=plan.approach,
+        bug=plan.bug,
+        error_type=plan.expected_error,
+        fix_approach=plan.fix_approach,
+        similarity=similarity,
+    )
+
+
+async def make_sft_corpus_async(
+    problems: Sequence[Problem],
+    pool: ToolRunner,
+    *,
+    error_rate: float = 1 / 3,
+    shallow_share: float = 0.5,
+    shallow_bug_weights: Mapping[str, float] = DEFAULT_SHALLOW_BUG_WEIGHTS,
+    seed: int = 0,
+    system_prompt: str | None = None,
+) -> list[SftExample]:
+    """Builds one SFT example per problem, running every call in `pool` (concurrently).
+
+    Args:
+      problems: the problems (use the train split); one example each, in order.
+      pool: a started `SandboxPool` (anything with its async `run(code)`).
+      error_rate: share of examples whose first call fails (rounded to a count).
+      shallow_share: share of the failing examples whose fix is shallow (rounded to a count).
+      shallow_bug_weights: relative frequency of the shallow bugs; a template with no import
+        approach spreads missing_import's weight over the others.
+      seed: decides which examples fail, their approaches and bugs.
+      system_prompt: optional system text, as in `synthetic_task.problem_messages`.
+
+    Raises:
+      RuntimeError: a call did not behave as planned in the sandbox (a buggy call that ran, a
+        correct call that failed or printed something else, an infrastructure failure), or a fix
+        would be classified on the wrong side of SAAR's gamma.
+    """
+    plans = plan_corpus(
+        problems,
+        error_rate=error_rate,
+        shallow_share=shallow_share,
+        shallow_bug_weights=shallow_bug_weights,
+        seed=seed,
+    )
+    codes = sorted({c for plan in plans for c in (plan.first_code, plan.fix_code) if c})
+    outputs = await asyncio.gather(*(pool.run(code) for code in codes))
+    results = dict(zip(codes, outputs, strict=True))
+    examples = [_assemble(plan, results, system_prompt) for plan in plans]
+    counts = {k: sum(e.kind == k for e in examples) for k in KINDS}
+    logger.info("SFT corpus: %d examples %s, %d sandbox runs", len(examples), counts, len(codes))
+    return examples
+
+
+def make_sft_corpus(
+    problems: Sequence[Problem],
+    pool: ToolRunner,
+    *,
+    error_rate: float = 1 / 3,
+    shallow_share: float = 0.5,
+    shallow_bug_weights: Mapping[str, float] = DEFAULT_SHALLOW_BUG_WEIGHTS,
+    seed: int = 0,
+    system_prompt: str | None = None,
+) -> list[SftExample]:
+    """`make_sft_corpus_async` for synchronous callers (not from inside a running event loop)."""
+    return asyncio.run(
+        make_sft_corpus_async(
+            problems,
+            pool,
+            error_rate=error_rate,
+            shallow_share=shallow_share,
+            shallow_bug_weights=shallow_bug_weights,
+            seed=seed,
+            system_prompt=system_prompt,
+        )
+    )
+
+
+def write_sft_jsonl(examples: Sequence[SftExample], path: str | os.PathLike[str]) -> Path:
+    """Writes one `SftExample.to_json()` per line ({id, messages, tools, meta}); returns it."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for example in examples:
+            f.write(json.dumps(example.to_json(), ensure_ascii=False) + "\n")
+    return out
+
+
+def tokenizer_training_texts(
+    examples: Sequence[SftExample], problems: Sequence[Problem] = ()
+) -> list[str]:
+    """The rendered chat text (the demo's chat template, tools included) of every SFT example and
+    of the prompt of every extra problem (e.g. the RL and test splits): what the tiny tokenizer
+    should be trained on so the format's frequent strings get merges.
+    """
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from cleaner_jax.agent.tokenizer import chat_template
+
+    template = chat_template()
+    conversations = [e.messages for e in examples]
+    texts = [
+        render_jinja_template([c], tools=list(TOOLS), chat_template=template)[0][0]
+        for c in conversations
+    ]
+    texts += [
+        render_jinja_template(
+            [problem_messages(p)],
+            tools=list(TOOLS),
+            chat_template=template,
+            add_generation_prompt=True,
+        )[0][0]
+        for p in problems
+    ]
+    return texts
