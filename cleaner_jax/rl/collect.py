@@ -24,7 +24,6 @@ from cleaner_jax.data.readers import Example
 from cleaner_jax.rl.packing import TrainSample
 from cleaner_jax.rl.rewards import RewardInput
 from cleaner_jax.saar import Provenance, RolloutLimits, SaarConfig, Trajectory, rollout
-from cleaner_jax.sampling import SamplingParams
 
 
 def derive_seed(*parts: object) -> int:
@@ -100,7 +99,7 @@ class Collector:
         self.config = config
         self.chat = ChatFormat(tokenizer)
         self.engine = engine
-        self.codec = ChatTurnCodec(tokenizer)
+        self.codec = ChatTurnCodec(self.chat)
         self.tools = SandboxToolRunner(sandbox_pool)
         r = config.rollout
         self.limits = RolloutLimits(
@@ -114,7 +113,9 @@ class Collector:
         return self.chat.prompt_tokens(example.messages, example.extra.get("tools") or TOOLS)
 
     async def _one(self, example, group, prompt, sampling, saar, seed) -> Rollout:
-        policy = EnginePolicy(self.engine, sampling)
+        policy = EnginePolicy(
+            self.engine, stop_token_ids=self.chat.stop_token_ids, seed=seed, **sampling
+        )
         traj = await rollout(
             prompt, policy, self.tools, self.codec, saar=saar, limits=self.limits, seed=seed
         )
@@ -126,10 +127,7 @@ class Collector:
             prompt = self.prompt_tokens(ex)
             for k in range(n):
                 seed = derive_seed(self.config.seed, tag, g, ex.id, k)
-                sampling = SamplingParams(
-                    seed=seed, stop_token_ids=(self.chat.im_end_id,), **sampling_kw
-                )
-                jobs.append(self._one(ex, g, prompt, sampling, saar, seed))
+                jobs.append(self._one(ex, g, prompt, sampling_kw, saar, seed))
         return list(await asyncio.gather(*jobs))
 
     def collect(
@@ -149,7 +147,6 @@ class Collector:
             temperature=r.temperature if temperature is None else temperature,
             top_p=r.top_p if top_p is None else top_p,
             top_k=r.top_k,
-            max_new_tokens=r.max_response_tokens,
         )
         out = asyncio.run(
             self._collect(list(examples), n, sampling_kw, self.saar if enabled else None, tag)

@@ -68,7 +68,8 @@ def prepare_assets(assets_dir: str, *, n_sft: int, n_rl_train: int, n_test: int,
     sft_corpus.write_sft_jsonl(corpus, paths["sft"])
     synthetic_task.write_rl_jsonl(rl_problems, paths["rl_train"])
     synthetic_task.write_rl_jsonl(test, paths["test"])
-    texts = sft_corpus.tokenizer_training_texts(corpus, rl_problems + test)
+    # A few hundred rendered conversations cover the format's strings; more only slows BPE down.
+    texts = sft_corpus.tokenizer_training_texts(corpus[:300], rl_problems[:100] + test)
     build_tokenizer(texts, TOKENIZER_VOCAB, out_dir=paths["tokenizer"])
     kinds: dict[str, int] = {}
     for ex in corpus:

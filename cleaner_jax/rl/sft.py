@@ -64,7 +64,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=2, every=s.checkpoint_every
     )
-    writer = metrics_lib.MetricsWriter(workdir)
+    writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
     rng = np.random.default_rng(config.seed)
     logging.info("SFT: %d conversations, %d steps (%d epochs)", len(samples), total, s.epochs)
     step, metrics, t0 = 0, {}, time.time()
@@ -79,7 +79,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.write(step, metrics)
             ckpt.save(step, state, opt_state, {"step": step})
     ckpt.save(step, state, opt_state, {"step": step}, force=True)
-    ckpt.wait()
+    ckpt.close()
     out_dir = model_setup.export_dir(workdir, "final")
     hf_io.save_hf_checkpoint(state, bundle.cfg, out_dir)
     if jax.process_index() == 0:

@@ -117,7 +117,6 @@ class Trainer:
             os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
             every=config.checkpoint.every,
         )
-        self.writer = metrics_lib.MetricsWriter(workdir)
         self.pool = SandboxPool(SandboxConfig(num_workers=config.sandbox.num_workers,
                                               timeout_s=config.sandbox.timeout_s))
         self.scorer = RewardScorer(_reward_config(config), code_runner=self.pool)
@@ -129,6 +128,8 @@ class Trainer:
         self._load_data()
         self.step = 0
         self._maybe_resume()
+        # After a resume the writer drops logged lines from the first step it writes on.
+        self.writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
 
     def _load_data(self):
         d = self.config.data
@@ -153,7 +154,7 @@ class Trainer:
         logging.info("resumed from step %d", self.step)
 
     def close(self):
-        self.ckpt.wait()
+        self.ckpt.close()
         self.writer.close()
         self.scorer.close()
         self.pool.close()
@@ -208,9 +209,10 @@ class Trainer:
         metrics["response_length/mean"] = float(np.mean(resp_lens))
         metrics["response_length/max"] = float(np.max(resp_lens))
         metrics["spliced_tokens"] = float(sum(r.spliced_tokens for r in rollouts))
-        metrics.update(timer.metrics())
+        phases = timer.pop()
+        metrics.update(phases)
         total_tokens = sum(len(r.trajectory.tokens) for r in rollouts)
-        metrics["rollout_tokens_per_s"] = total_tokens / max(timer.seconds("rollout"), 1e-9)
+        metrics["rollout_tokens_per_s"] = total_tokens / max(phases["time/rollout"], 1e-9)
         return metrics
 
     def fit(self) -> dict:
