@@ -1,0 +1,89 @@
+"""Command lines that start a sandbox worker, under bubblewrap or in the degraded fallback.
+
+Bubblewrap mode: read-only bind of `/`, a private tmpfs `/tmp`, fresh `/dev` and `/proc`, new
+network namespace (no network; its own loopback reaches nothing on the host), new PID/IPC/UTS
+namespaces, `--die-with-parent` and `--new-session`. Fallback mode: the same worker as a plain
+process in its own session with a parent-death signal; the per-call child still gets rlimits,
+its own process group and (when running as root) an unprivileged uid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from cleaner_jax.agent.sandbox.config import SandboxConfig
+
+WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+
+# The environment the worker (and so the code) sees: nothing inherited from the trainer.
+# BLAS thread pools must stay single-threaded: the worker forks, and a forked child cannot use a
+# thread pool its parent started.
+_WORKER_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/tmp",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONIOENCODING": "utf-8",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "TMPDIR": "/tmp",
+    "MPLBACKEND": "Agg",
+}
+
+
+def bwrap_unusable_reason(config: SandboxConfig) -> str | None:
+    """Why bubblewrap cannot be used (None when it looks usable; starting a worker decides)."""
+    if not config.use_bwrap:
+        return "disabled by SandboxConfig(use_bwrap=False)"
+    path = config.bwrap_path
+    if not os.path.isabs(path):
+        path = shutil.which(path) or path
+    if not os.path.exists(path):
+        return f"bubblewrap not found at {config.bwrap_path!r} (install the 'bubblewrap' package)"
+    if not os.access(path, os.X_OK):
+        return f"bubblewrap at {path!r} is not executable"
+    return None
+
+
+def worker_command(config: SandboxConfig, use_bwrap: bool, workdir: str | None) -> list[str]:
+    """argv that starts one worker; `workdir` is the fallback mode's scratch directory."""
+    setup = {
+        "preimport": list(config.preimport),
+        "chmod_tmp": use_bwrap,
+        "parent_death_signal": not use_bwrap,
+        # Private to this worker in both modes, so it is wiped after every call.
+        "scratch_dir": "/tmp" if use_bwrap else workdir,
+        "sandbox_uid": config.sandbox_uid,
+    }
+    python = [config.python_executable, "-s", "-B", WORKER_SCRIPT, json.dumps(setup)]
+    if not use_bwrap:
+        return python
+    return [
+        config.bwrap_path,
+        "--ro-bind", "/", "/",
+        "--dev", "/dev",
+        "--proc", "/proc",
+        "--tmpfs", "/tmp",
+        "--tmpfs", "/dev/shm",
+        "--unshare-net",
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--die-with-parent",
+        "--new-session",
+        "--chdir", "/tmp",
+        "--",
+        *python,
+    ]  # fmt: skip
+
+
+def worker_env(use_bwrap: bool, workdir: str | None) -> dict[str, str]:
+    env = dict(_WORKER_ENV)
+    if not use_bwrap and workdir is not None:
+        env["HOME"] = env["TMPDIR"] = workdir
+    return env
