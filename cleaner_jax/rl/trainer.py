@@ -64,6 +64,28 @@ def _engine_config(config) -> EngineConfig:
     )
 
 
+class _JudgePool:
+    """The sandbox that runs code-reward tests, started on first use (math-only runs never pay).
+
+    Separate from the tool pool: judging compares whole outputs, so it must not truncate them.
+    """
+
+    def __init__(self, config):
+        self._config = SandboxConfig(num_workers=config.sandbox.num_workers,
+                                     timeout_s=config.sandbox.timeout_s,
+                                     max_output_chars=1_000_000)
+        self._pool = None
+
+    async def run(self, code, stdin=None, timeout_s=None):
+        if self._pool is None:
+            self._pool = SandboxPool(self._config)
+        return await self._pool.run(code, stdin=stdin, timeout_s=timeout_s)
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.close()
+
+
 def _old_logprobs(config, bundle, state, rollouts: list[Rollout], samples, n: int) -> dict:
     """Fills `samples[i].logprobs` per `train.old_logprobs`; returns mismatch metrics."""
     sampler_lp = [s.logprobs.copy() for s in samples]
@@ -119,7 +141,8 @@ class Trainer:
         )
         self.pool = SandboxPool(SandboxConfig(num_workers=config.sandbox.num_workers,
                                               timeout_s=config.sandbox.timeout_s))
-        self.scorer = RewardScorer(_reward_config(config), code_runner=self.pool)
+        self.judge = _JudgePool(config)
+        self.scorer = RewardScorer(_reward_config(config), code_runner=self.judge)
         self.engine = Engine(
             (self.bundle.graphdef, model_setup.cast_state(self.state, self.bundle.cfg.dtype)),
             _engine_config(config),
@@ -157,6 +180,7 @@ class Trainer:
         self.ckpt.close()
         self.writer.close()
         self.scorer.close()
+        self.judge.close()
         self.pool.close()
 
     def _score(self, rollouts: list[Rollout]):

@@ -1,0 +1,45 @@
+"""Sampling engine: paged KV cache, radix prefix cache, jitted prefill/decode, asyncio API.
+
+Example::
+
+    from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams
+    engine = Engine(model, EngineConfig(page_size=16, num_pages=512, max_slots=8))
+    res = await engine.generate(prompt_tokens, SamplingParams(temperature=1.0, max_new_tokens=64))
+    lps = await engine.score(tokens, start)
+"""
+
+from cleaner_jax.sampling.engine import (
+    Engine,
+    EngineConfig,
+    GenerationResult,
+    RequestTooLargeError,
+    SamplingParams,
+)
+from cleaner_jax.sampling.page_allocator import NULL_PAGE, OutOfPagesError, PageAllocator
+from cleaner_jax.sampling.paged_cache import (
+    PagedKVCache,
+    bytes_per_page,
+    num_pages_from_memory,
+    paged_attention,
+)
+from cleaner_jax.sampling.radix_cache import PageManager, SequencePages
+from cleaner_jax.sampling.token_sampling import sample_tokens, truncation_mask
+
+__all__ = [
+    "NULL_PAGE",
+    "Engine",
+    "EngineConfig",
+    "GenerationResult",
+    "OutOfPagesError",
+    "PageAllocator",
+    "PageManager",
+    "PagedKVCache",
+    "RequestTooLargeError",
+    "SamplingParams",
+    "SequencePages",
+    "bytes_per_page",
+    "num_pages_from_memory",
+    "paged_attention",
+    "sample_tokens",
+    "truncation_mask",
+]

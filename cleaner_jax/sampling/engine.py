@@ -1,0 +1,435 @@
+"""The sampling engine: continuous batching over paged KV with a radix prefix cache.
+
+Requests (`generate`, `score`) are awaited by many coroutines on one asyncio loop; a background
+task steps the engine while any are pending. A step admits waiting requests into free slots
+(reusing cached prefix pages), runs one prefill chunk for every prefilling slot, then one decode
+call (K steps) over all slots. The device sees only int32 page tables and positions, so the
+programs never recompile. When the pool runs dry the engine evicts unreferenced cached pages,
+then preempts the most recently admitted request (its written K/V goes into the prefix cache and
+it is recomputed later, with identical results: sampling randomness depends on seed and position).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import itertools
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from cleaner_jax.sampling.engine_steps import EngineSteps
+from cleaner_jax.sampling.paged_cache import PagedKVCache, num_pages_from_memory
+from cleaner_jax.sampling.radix_cache import PageManager, SequencePages
+
+
+class RequestTooLargeError(ValueError):
+    """A request can never be served by this engine's configuration."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Engine shapes. `num_pages=None`: size the pool from free device memory (times
+    `memory_fraction`); backends that do not report memory (CPU, some TPU runtimes) then get
+    enough pages for `max_slots` full-length sequences."""
+
+    page_size: int = 16
+    num_pages: int | None = None
+    max_slots: int = 8
+    prefill_chunk: int = 128
+    max_seq_len: int = 2048
+    decode_steps: int = 1
+    memory_fraction: float = 0.5
+    prefix_cache: bool = True  # False: never reuse cached pages (the benchmark's baseline)
+
+    def __post_init__(self):
+        for name in ("page_size", "max_slots", "prefill_chunk", "max_seq_len", "decode_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name}={getattr(self, name)} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling. temperature == 0 means greedy with log-probs at temperature 1."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int = 0
+    greedy: bool = False
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: str  # 'stop' | 'length'
+    cached_prompt_tokens: int
+
+
+@dataclasses.dataclass(eq=False)
+class _Request:
+    kind: str  # 'generate' | 'score'
+    tokens: list[int]
+    params: SamplingParams
+    future: asyncio.Future
+    arrival: int
+    prompt_len: int
+    start: int = 0
+    generated: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    scores: dict[int, float] = dataclasses.field(default_factory=dict)
+    cached: int | None = None
+    seq: SequencePages | None = None
+    slot: int = -1
+    prefilling: bool = True
+
+
+def _sampling_row(p: SamplingParams) -> tuple[int, float, float, int, bool]:
+    greedy = p.greedy or p.temperature == 0
+    return p.seed, (p.temperature or 1.0), p.top_p, p.top_k, greedy
+
+
+class Engine:
+    """Paged, prefix-cached, continuously batched sampler for a `Qwen` model."""
+
+    def __init__(self, model_or_graphdef_and_state: Any, config: EngineConfig):
+        if isinstance(model_or_graphdef_and_state, nnx.Module):
+            graphdef, state = nnx.split(model_or_graphdef_and_state)
+        else:
+            graphdef, state = model_or_graphdef_and_state
+        self.model_config = nnx.merge(graphdef, state).cfg
+        self.config = c = config
+        num_pages = c.num_pages
+        if num_pages is None:
+            num_pages = num_pages_from_memory(self.model_config, c.page_size, c.memory_fraction)
+        if num_pages is None:
+            num_pages = c.max_slots * -(-c.max_seq_len // c.page_size) + 1
+            logging.info("device reports no memory stats; KV pool = %d pages", num_pages)
+        self.num_pages = num_pages
+        self.pages_per_seq = -(-c.max_seq_len // c.page_size)
+        self._state = state
+        self._steps = EngineSteps(graphdef, c.decode_steps)
+        pool = PagedKVCache.zeros(self.model_config, num_pages, c.page_size)
+        self._k, self._v = pool.k_LPSKH, pool.v_LPSKH
+        self.pages = PageManager(num_pages, c.page_size)
+        self._slots: list[_Request | None] = [None] * c.max_slots
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._arrivals = itertools.count()
+        self._driver: asyncio.Task | None = None
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def trace_counts(self) -> dict[str, int]:
+        """How many times each device program was traced (each trace is a compile)."""
+        return dict(self._steps.trace_counts)
+
+    async def generate(
+        self, prompt_tokens: Sequence[int], params: SamplingParams | None = None
+    ) -> GenerationResult:
+        """Sample a continuation of `prompt_tokens`."""
+        params = params or SamplingParams()
+        prompt = self._check_tokens(prompt_tokens, min_len=1)
+        if len(prompt) >= self.config.max_seq_len:
+            raise RequestTooLargeError(
+                f"prompt has {len(prompt)} tokens, max_seq_len={self.config.max_seq_len} leaves "
+                "no room for a new token: raise EngineConfig.max_seq_len or shorten the prompt"
+            )
+        need = min(len(prompt) + params.max_new_tokens, self.config.max_seq_len)
+        self._check_fits(need)
+        return await self._submit("generate", prompt, params, start=0)
+
+    async def score(
+        self, tokens: Sequence[int], start: int, temperature: float = 1.0
+    ) -> list[float]:
+        """log p(tokens[i] | tokens[:i]) for i in [start, len(tokens)), reusing cached pages."""
+        toks = self._check_tokens(tokens, min_len=1)
+        if not 1 <= start <= len(toks):
+            raise ValueError(f"start={start} must be in [1, {len(toks)}] (token 0 has no context)")
+        if len(toks) > self.config.max_seq_len:
+            raise RequestTooLargeError(
+                f"{len(toks)} tokens exceed max_seq_len={self.config.max_seq_len}"
+            )
+        if start == len(toks):
+            return []
+        self._check_fits(len(toks))
+        params = SamplingParams(temperature=temperature or 1.0, max_new_tokens=1)
+        return await self._submit("score", toks, params, start=start)
+
+    def update_params(self, state: Any) -> None:
+        """Swap the weights and invalidate the prefix cache (in-flight requests continue)."""
+        self._state = state
+        self.pages.reset()
+
+    def release(self, tokens: Sequence[int], position: int) -> int:
+        """Free cached pages holding positions >= `position` of `tokens` (a SAAR rollback's
+        abandoned branch); pages still in use are kept. Returns the number freed."""
+        return self.pages.release(list(tokens), position)
+
+    def generate_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[GenerationResult]:
+        """Synchronous `generate` over many prompts (runs its own event loop)."""
+        plist = params if isinstance(params, (list, tuple)) else [params] * len(prompts)
+
+        async def run():
+            return await asyncio.gather(
+                *(self.generate(p, q) for p, q in zip(prompts, plist, strict=True))
+            )
+
+        return asyncio.run(run())
+
+    def score_batch(self, items: Sequence[tuple[Sequence[int], int]]) -> list[list[float]]:
+        async def run():
+            return await asyncio.gather(*(self.score(t, s) for t, s in items))
+
+        return asyncio.run(run())
+
+    # ------------------------------------------------------------------ submission
+    def _check_tokens(self, tokens: Sequence[int], min_len: int) -> list[int]:
+        toks = [int(t) for t in tokens]
+        if len(toks) < min_len:
+            raise ValueError(f"need at least {min_len} token(s), got {len(toks)}")
+        v = self.model_config.vocab_size
+        bad = [t for t in toks if not 0 <= t < v]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} outside the vocabulary [0, {v})")
+        return toks
+
+    def _check_fits(self, num_positions: int) -> None:
+        need = -(-num_positions // self.config.page_size)
+        if need > self.pages.allocator.capacity:
+            raise RequestTooLargeError(
+                f"request needs {need} KV pages but the pool has {self.pages.allocator.capacity}:"
+                " raise EngineConfig.num_pages (or memory_fraction) or shorten the request"
+            )
+
+    async def _submit(self, kind, tokens, params, start):
+        loop = asyncio.get_running_loop()
+        req = _Request(
+            kind, tokens, params, loop.create_future(), next(self._arrivals), len(tokens), start
+        )
+        self._waiting.append(req)
+        if self._driver is None or self._driver.done():
+            self._driver = loop.create_task(self._drive())
+        return await req.future
+
+    async def _drive(self) -> None:
+        try:
+            while self._waiting or any(self._slots):
+                self.step()
+                await asyncio.sleep(0)
+        except Exception as e:
+            logging.exception("sampling engine step failed; failing all pending requests")
+            for req in [*self._waiting, *filter(None, self._slots)]:
+                if not req.future.done():
+                    req.future.set_exception(e)
+            self._waiting.clear()
+            self._slots = [None] * self.config.max_slots
+
+    # ------------------------------------------------------------------ scheduling
+    def step(self) -> None:
+        """Admit, prefill one chunk per prefilling slot, decode once over the decoding slots."""
+        for req in list(filter(None, self._slots)):
+            if req.future.done():  # its awaiter was cancelled: stop spending compute on it
+                self._finish(req, None)
+        self._admit()
+        for req in list(filter(None, self._slots)):
+            if req.prefilling:
+                self._prefill_chunk(req)
+        if any(r is not None and not r.prefilling for r in self._slots):
+            self._decode()
+
+    def _admit(self) -> None:
+        while self._waiting and None in self._slots:
+            req = self._waiting[0]
+            if req.future.done():  # cancelled by its awaiter
+                self._waiting.popleft()
+                continue
+            max_cached = len(req.tokens) - 1 if req.kind == "generate" else req.start - 1
+            if not self.config.prefix_cache:
+                max_cached = 0
+            seq, copy = self.pages.begin(req.tokens, max_cached)
+            self._copy(copy)
+            if not self.pages.reserve(seq, len(req.tokens)):
+                self.pages.finish(seq, req.tokens)
+                if not any(self._slots):
+                    raise RuntimeError("request does not fit an empty pool (accounting bug)")
+                return
+            self._waiting.popleft()
+            req.seq, req.prefilling = seq, True
+            req.slot = self._slots.index(None)
+            self._slots[req.slot] = req
+            if req.cached is None:
+                req.cached = seq.num_cached
+            self.stats["cached_tokens"] += seq.num_cached
+
+    def _copy(self, copy) -> None:
+        if copy is not None:
+            src, dst = (jnp.int32(x) for x in copy)
+            self._k, self._v = self._steps.copy(self._k, self._v, src, dst)
+
+    def _table_row(self, seq: SequencePages) -> np.ndarray:
+        row = np.zeros((self.pages_per_seq,), np.int32)
+        row[: len(seq.pages)] = seq.pages
+        return row
+
+    def _prefill_chunk(self, req: _Request) -> None:
+        t0 = time.perf_counter()
+        c, seq, toks = self.config.prefill_chunk, req.seq, req.tokens
+        begin = seq.num_written
+        end = min(begin + c, len(toks))
+        n = end - begin
+        tokens = np.zeros((1, c), np.int32)
+        positions = np.full((1, c), -1, np.int32)
+        targets = np.zeros((1, c), np.int32)
+        tokens[0, :n] = toks[begin:end]
+        positions[0, :n] = np.arange(begin, end)
+        nxt = toks[begin + 1 : end + 1]
+        targets[0, : len(nxt)] = nxt
+        seed, temp, top_p, top_k, greedy = _sampling_row(req.params)
+        sampling = (
+            np.array([seed], np.int32),
+            np.array([end], np.int32),
+            np.array([temp], np.float32),
+            np.array([top_p], np.float32),
+            np.array([top_k], np.int32),
+            np.array([greedy]),
+        )
+        tok, lp, target_lp, self._k, self._v = self._steps.prefill(
+            self._state,
+            self._k,
+            self._v,
+            self._table_row(seq)[None],
+            tokens,
+            positions,
+            targets,
+            np.int32(n - 1),
+            sampling,
+        )
+        seq.num_written = end
+        self.stats["prefill_tokens"] += n
+        if req.kind == "score":
+            target_lp = np.asarray(target_lp)[0]
+            for p in range(max(begin, req.start - 1), min(end, len(toks) - 1)):
+                req.scores[p + 1] = float(target_lp[p - begin])
+        if end == len(toks):
+            req.prefilling = False
+            self.pages.commit(seq, toks)
+            if req.kind == "score":
+                self._finish(req, None)
+            else:
+                self._accept(req, int(np.asarray(tok)[0]), float(np.asarray(lp)[0]))
+        self.stats["prefill_time"] += time.perf_counter() - t0
+
+    def _accept(self, req: _Request, token: int, logprob: float) -> bool:
+        """Append a sampled token; finish the request if it is done. True if it continues."""
+        req.tokens.append(token)
+        req.generated.append(token)
+        req.logprobs.append(logprob)
+        if token in req.params.stop_token_ids:
+            self._finish(req, "stop")
+        elif len(req.generated) >= req.params.max_new_tokens:
+            self._finish(req, "length")
+        elif len(req.tokens) >= self.config.max_seq_len:
+            self._finish(req, "length")
+        else:
+            return True
+        return False
+
+    def _finish(self, req: _Request, reason: str | None) -> None:
+        self.pages.finish(req.seq, req.tokens)
+        self._slots[req.slot] = None
+        req.seq, req.slot = None, -1
+        if req.future.done():
+            return
+        if req.kind == "score":
+            out = [req.scores[i] for i in range(req.start, len(req.tokens))]
+            req.future.set_result(out)
+        else:
+            req.future.set_result(
+                GenerationResult(list(req.generated), list(req.logprobs), reason, req.cached)
+            )
+
+    def _preempt(self, req: _Request) -> None:
+        logging.info("KV pool exhausted: preempting request %d for recompute", req.arrival)
+        self.stats["preemptions"] += 1
+        self.pages.finish(req.seq, req.tokens)
+        self._slots[req.slot] = None
+        req.seq, req.slot, req.prefilling = None, -1, True
+        req.scores.clear()
+        self._waiting.appendleft(req)
+
+    def _reserve_decode(self) -> list[_Request]:
+        k = self.config.decode_steps
+        while True:
+            running = [r for r in self._slots if r is not None and not r.prefilling]
+            short = None
+            for req in running:
+                remaining = req.params.max_new_tokens - len(req.generated)
+                last = len(req.tokens) - 1
+                upto = min(last + min(k, remaining), self.config.max_seq_len)
+                if not self.pages.reserve(req.seq, upto):
+                    short = req
+                    break
+            if short is None:
+                return running
+            victims = [r for r in self._slots if r is not None]
+            self._preempt(max(victims, key=lambda r: r.arrival))
+
+    def _decode(self) -> None:
+        t0 = time.perf_counter()
+        running = self._reserve_decode()
+        if not running:
+            return
+        b = self.config.max_slots
+        table = np.zeros((b, self.pages_per_seq), np.int32)
+        tokens = np.zeros((b,), np.int32)
+        positions = np.full((b,), -1, np.int32)
+        seeds, temps = np.zeros((b,), np.int32), np.ones((b,), np.float32)
+        top_p, top_k = np.ones((b,), np.float32), np.zeros((b,), np.int32)
+        greedy = np.zeros((b,), bool)
+        for req in running:
+            s = req.slot
+            table[s] = self._table_row(req.seq)
+            tokens[s], positions[s] = req.tokens[-1], len(req.tokens) - 1
+            seeds[s], temps[s], top_p[s], top_k[s], greedy[s] = _sampling_row(req.params)
+        toks_KB, lps_KB, self._k, self._v = self._steps.decode(
+            self._state,
+            self._k,
+            self._v,
+            table,
+            tokens,
+            positions,
+            (seeds, temps, top_p, top_k, greedy),
+        )
+        toks_KB, lps_KB = np.asarray(toks_KB), np.asarray(lps_KB)
+        self.stats["decode_calls"] += 1
+        for req in running:
+            s = req.slot
+            for i in range(toks_KB.shape[0]):
+                req.seq.num_written = len(req.tokens)
+                self.stats["decode_tokens"] += 1
+                if not self._accept(req, int(toks_KB[i, s]), float(lps_KB[i, s])):
+                    break
+        self.stats["decode_time"] += time.perf_counter() - t0

@@ -1,0 +1,52 @@
+"""Per-row next-token sampling: temperature, top-k, top-p, greedy, and the reported log-prob.
+
+Every row carries its own parameters so one jitted call serves a batch of unrelated requests.
+Randomness is a function of (seed, position of the sampled token) only, so a request gives the
+same tokens whatever else shares its batch, and after a preemption and recompute.
+
+The returned log-prob is log softmax(logits / temperature)[token] over the FULL vocabulary: the
+quantity the trainer's importance ratio uses, not the truncated top-k/top-p distribution.
+Tokens tied with the top-k / top-p threshold value are all kept.
+
+Letters: B batch rows, V vocab.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def truncation_mask(scaled_BV: jax.Array, top_p_B: jax.Array, top_k_B: jax.Array) -> jax.Array:
+    """Boolean [B, V]: tokens kept by top-k (k <= 0: all) then top-p (p >= 1: all)."""
+    v = scaled_BV.shape[-1]
+    sorted_BV = -jnp.sort(-scaled_BV, axis=-1)
+    kth_B = jnp.take_along_axis(sorted_BV, jnp.clip(top_k_B - 1, 0, v - 1)[:, None], axis=-1)[:, 0]
+    k_thresh_B = jnp.where(top_k_B > 0, kth_B, -jnp.inf)
+    in_k_BV = sorted_BV >= k_thresh_B[:, None]
+    probs_BV = jax.nn.softmax(jnp.where(in_k_BV, sorted_BV, -jnp.inf), axis=-1)
+    # Keep a sorted token while the mass strictly before it is < top_p (the first is always kept).
+    before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+    keep_BV = in_k_BV & ((before_BV < top_p_B[:, None]) | (jnp.arange(v) == 0))
+    n_keep_B = jnp.sum(keep_BV, axis=-1)
+    p_thresh_B = jnp.take_along_axis(sorted_BV, (n_keep_B - 1)[:, None], axis=-1)[:, 0]
+    return scaled_BV >= jnp.maximum(k_thresh_B, p_thresh_B)[:, None]
+
+
+def sample_tokens(
+    logits_BV: jax.Array,
+    seeds_B: jax.Array,
+    positions_B: jax.Array,
+    temperature_B: jax.Array,
+    top_p_B: jax.Array,
+    top_k_B: jax.Array,
+    greedy_B: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """(token ids [B] int32, log-probs [B] float32) of one sampling step."""
+    scaled_BV = logits_BV.astype(jnp.float32) / temperature_B[:, None]
+    logp_BV = jax.nn.log_softmax(scaled_BV, axis=-1)
+    masked_BV = jnp.where(truncation_mask(scaled_BV, top_p_B, top_k_B), scaled_BV, -jnp.inf)
+    keys = jax.vmap(lambda s, p: jax.random.fold_in(jax.random.key(s), p))(seeds_B, positions_B)
+    sampled_B = jax.vmap(jax.random.categorical)(keys, masked_BV)
+    tokens_B = jnp.where(greedy_B, jnp.argmax(logits_BV, axis=-1), sampled_B).astype(jnp.int32)
+    return tokens_B, jnp.take_along_axis(logp_BV, tokens_B[:, None], axis=-1)[:, 0]
