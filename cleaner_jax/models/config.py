@@ -40,6 +40,7 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
     qkv_bias: bool = False
+    o_bias: bool = False
     qk_norm: bool = True
     max_position_embeddings: int = 40960
     architecture: str = "Qwen3ForCausalLM"
@@ -58,9 +59,25 @@ class ModelConfig:
                 f"num_heads={self.num_heads} must be a multiple of num_kv_heads="
                 f"{self.num_kv_heads} (grouped-query attention)"
             )
+        if self.architecture == "Qwen3ForCausalLM" and self.qkv_bias != self.o_bias:
+            raise ValueError(
+                "Qwen3's attention_bias switches the q/k/v and o_proj biases together: "
+                f"got qkv_bias={self.qkv_bias}, o_bias={self.o_bias}"
+            )
+        if self.architecture == "Qwen2ForCausalLM" and (
+            not self.qkv_bias or self.o_bias or self.qk_norm
+        ):
+            raise ValueError(
+                "Qwen2 has q/k/v biases, no o_proj bias and no q/k norm: "
+                "set qkv_bias=True, o_bias=False, qk_norm=False"
+            )
+        if self.architecture == "Qwen3ForCausalLM" and not self.qk_norm:
+            raise ValueError("Qwen3 always has q/k RMSNorm: set qk_norm=True")
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                raise ValueError(f"{name}={getattr(self, name)!r}: use float32, bfloat16 or float16")
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r}: use float32, bfloat16 or float16"
+                )
 
     @property
     def jnp_param_dtype(self):
@@ -80,6 +97,8 @@ class ModelConfig:
         attn = d * q + 2 * d * kv + q * d
         if self.qkv_bias:
             attn += q + 2 * kv
+        if self.o_bias:
+            attn += d
         if self.qk_norm:
             attn += 2 * h
         layer = attn + 3 * d * f + 2 * d
@@ -90,8 +109,12 @@ class ModelConfig:
     def from_hf_dict(cls, hf: dict[str, Any], **overrides: Any) -> ModelConfig:
         archs = hf.get("architectures") or []
         model_type = hf.get("model_type")
-        arch = archs[0] if archs else {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM"}.get(
-            model_type, str(model_type)
+        arch = (
+            archs[0]
+            if archs
+            else {"qwen3": "Qwen3ForCausalLM", "qwen2": "Qwen2ForCausalLM"}.get(
+                model_type, str(model_type)
+            )
         )
         if arch not in SUPPORTED_ARCHITECTURES:
             raise UnsupportedModelError(
@@ -100,16 +123,27 @@ class ModelConfig:
             )
         rope = hf.get("rope_parameters") or {}
         scaling = hf.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type")
-        if rope_type not in (None, "default"):
+        for rope_type in (rope.get("rope_type"), scaling.get("rope_type"), scaling.get("type")):
+            if rope_type not in (None, "default"):
+                raise UnsupportedModelError(
+                    f"rope type {rope_type!r} is not supported (only the default RoPE); "
+                    "remove rope_scaling / rope_parameters.rope_type from config.json "
+                    "to run without it"
+                )
+        if hf.get("use_sliding_window"):
             raise UnsupportedModelError(
-                f"rope type {rope_type!r} is not supported (only the default RoPE)"
+                "config.json sets use_sliding_window=true; only full attention is supported"
+            )
+        if hf.get("hidden_act", "silu") != "silu":
+            raise UnsupportedModelError(
+                f"hidden_act {hf['hidden_act']!r} is not supported (only silu)"
             )
         theta = rope.get("rope_theta", hf.get("rope_theta"))
         if theta is None:
             raise ValueError("config.json has neither rope_parameters.rope_theta nor rope_theta")
         n_heads = hf["num_attention_heads"]
         qwen3 = arch == "Qwen3ForCausalLM"
+        attention_bias = bool(hf.get("attention_bias", False))
         kw = dict(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -121,7 +155,8 @@ class ModelConfig:
             rope_theta=float(theta),
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            qkv_bias=bool(hf.get("attention_bias", False)) if qwen3 else True,
+            qkv_bias=attention_bias if qwen3 else True,
+            o_bias=attention_bias if qwen3 else False,
             qk_norm=qwen3,
             max_position_embeddings=hf.get("max_position_embeddings", 32768),
             architecture=arch,
@@ -157,7 +192,7 @@ class ModelConfig:
             "tie_word_embeddings": self.tie_word_embeddings,
             "attention_dropout": 0.0,
             "use_cache": True,
-            "torch_dtype": self.param_dtype,
+            "dtype": self.param_dtype,
         }
         if qwen3:
             out["attention_bias"] = self.qkv_bias

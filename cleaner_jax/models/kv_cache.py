@@ -35,15 +35,17 @@ class DenseKVCache:
         # Padding (-1) goes out of bounds and is dropped by the scatter.
         idx_BT = jnp.where(positions_BT >= 0, positions_BT, s)
         rows_BT = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
-        k_BSKH = self.k_LBSKH[layer].at[rows_BT, idx_BT].set(
-            k_BTKH.astype(self.k_LBSKH.dtype), mode="drop"
+        k_BSKH = (
+            self.k_LBSKH[layer]
+            .at[rows_BT, idx_BT]
+            .set(k_BTKH.astype(self.k_LBSKH.dtype), mode="drop")
         )
-        v_BSKH = self.v_LBSKH[layer].at[rows_BT, idx_BT].set(
-            v_BTKH.astype(self.v_LBSKH.dtype), mode="drop"
+        v_BSKH = (
+            self.v_LBSKH[layer]
+            .at[rows_BT, idx_BT]
+            .set(v_BTKH.astype(self.v_LBSKH.dtype), mode="drop")
         )
         mask_BTS = jnp.arange(s)[None, None, :] <= positions_BT[:, :, None]
         out_BTNH = attention_weights_mask(q_BTNH, k_BSKH, v_BSKH, mask_BTS)
-        cache = DenseKVCache(
-            self.k_LBSKH.at[layer].set(k_BSKH), self.v_LBSKH.at[layer].set(v_BSKH)
-        )
+        cache = DenseKVCache(self.k_LBSKH.at[layer].set(k_BSKH), self.v_LBSKH.at[layer].set(v_BSKH))
         return out_BTNH, cache

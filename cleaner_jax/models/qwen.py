@@ -31,7 +31,11 @@ class KVCache(Protocol):
     """What the model needs from a KV cache (a pytree that flows through jit)."""
 
     def update_and_attend(
-        self, layer: int, q_BTNH: jax.Array, k_BTKH: jax.Array, v_BTKH: jax.Array,
+        self,
+        layer: int,
+        q_BTNH: jax.Array,
+        k_BTKH: jax.Array,
+        v_BTKH: jax.Array,
         positions_BT: jax.Array,
     ) -> tuple[jax.Array, KVCache]: ...
 
@@ -67,7 +71,9 @@ def attention_weights_mask(
     # A query row with no visible key (padding) gets uniform weights; zero it instead.
     probs_BKGTS = jnp.where(mask_BTS[:, None, None], probs_BKGTS, 0.0)
     out_BTKGH = jnp.einsum(
-        "bkgts,bskh->btkgh", probs_BKGTS.astype(v_BSKH.dtype), v_BSKH,
+        "bkgts,bskh->btkgh",
+        probs_BKGTS.astype(v_BSKH.dtype),
+        v_BSKH,
         preferred_element_type=jnp.float32,
     )
     return out_BTKGH.reshape(b, t, n, h).astype(q_BTNH.dtype)
@@ -107,7 +113,7 @@ class Attention(nnx.Module):
         self.q_proj = Linear(d, n * h, bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
         self.k_proj = Linear(d, k * h, bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
         self.v_proj = Linear(d, k * h, bias=cfg.qkv_bias, cfg=cfg, rngs=rngs)
-        self.o_proj = Linear(n * h, d, bias=False, cfg=cfg, rngs=rngs)
+        self.o_proj = Linear(n * h, d, bias=cfg.o_bias, cfg=cfg, rngs=rngs)
         self.q_norm = RMSNorm(h, cfg=cfg) if cfg.qk_norm else None
         self.k_norm = RMSNorm(h, cfg=cfg) if cfg.qk_norm else None
         self.cfg = cfg
@@ -216,7 +222,9 @@ class Qwen(nnx.Module):
         if self.lm_head is None:
             emb_VD = self.embed_tokens.embedding[...]
             return jnp.einsum(
-                "btd,vd->btv", h_BTD, emb_VD.astype(h_BTD.dtype),
+                "btd,vd->btv",
+                h_BTD,
+                emb_VD.astype(h_BTD.dtype),
                 preferred_element_type=jnp.float32,
             )
         kernel_DV = self.lm_head.kernel[...]
