@@ -38,25 +38,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+# The tool the chat template lists (the real configs' sandbox tool), re-exported for the corpus.
+from cleaner_jax.agent.tools import CODE_INTERPRETER_TOOL, TOOLS  # noqa: F401
 from cleaner_jax.data import prompts
 
 DATA_SOURCE = "synthetic_tool_math"
 SPLITS: tuple[str, ...] = ("train", "test")
 
-# The tool as the chat template lists it; same name/argument as the real configs' sandbox tool.
-CODE_INTERPRETER_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "code_interpreter",
-        "description": "Runs Python code and returns its stdout and stderr.",
-        "parameters": {
-            "type": "object",
-            "properties": {"code": {"type": "string", "description": "Python code to run."}},
-            "required": ["code"],
-        },
-    },
-}
-TOOLS: tuple[dict[str, Any], ...] = (CODE_INTERPRETER_TOOL,)
 
 
 @dataclasses.dataclass(frozen=True)
