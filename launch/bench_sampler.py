@@ -7,12 +7,17 @@ Default model (CPU friendly, random fp32 weights): Qwen3-shaped, 4 layers, d=256
 end-to-end speedup over `transformers` torch `generate` (greedy, same weights, tokens checked
 equal), decode time of the paged engine over a dense-cache jitted loop, and a 16-session x 6-turn
 agent workload with appended tool outputs (prefill tokens / new tokens, speedup from the prefix
-cache). GPU-only keys are reported as not measured when no GPU is present.
+cache), and the per-decode-step time of the RL demo's model shape at batch 64. The dense loop is
+measured twice: with a `max_seq_len` cache (what a fixed-shape dense sampler holds; the reported
+`paged_over_dense_time`) and with a cache cut to exactly prompt + new tokens (the tightest dense
+baseline, `paged_over_dense_time_tight_cache`). GPU-only keys are reported as not measured when no
+GPU is present.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import tempfile
 import time
@@ -44,21 +49,34 @@ CFG = tiny_config(
     head_dim=64,
 )
 MAX_SEQ = 512
+# The RL demo's policy shape and rollout engine (64 slots, sequences up to 640 tokens).
+DEMO_CFG = tiny_config(
+    vocab_size=1024,
+    hidden_size=128,
+    intermediate_size=384,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=32,
+)
+DEMO_MAX_SEQ, DEMO_SLOTS = 640, 64
 
 
-def _engine(model, slots: int, prefix_cache: bool = True) -> Engine:
-    return Engine(
+def _engine(model, slots: int, prefix_cache: bool = True, max_seq: int = MAX_SEQ) -> Engine:
+    eng = Engine(
         model,
         EngineConfig(
             page_size=16,
-            num_pages=slots * MAX_SEQ // 16 + 64,
+            num_pages=slots * max_seq // 16 + 64,
             max_slots=slots,
             prefill_chunk=128,
-            max_seq_len=MAX_SEQ,
+            max_seq_len=max_seq,
             decode_steps=_STEPS.value,
             prefix_cache=prefix_cache,
         ),
     )
+    eng.warmup()
+    return eng
 
 
 def _prompts(batch: int, seed: int = 0) -> list[list[int]]:
@@ -79,8 +97,8 @@ def _engine_decode(model, batch: int):
     return res, total, s["decode_tokens"] / s["decode_time"], s["decode_time"] / s["decode_calls"]
 
 
-def _dense_decode(model, batch: int) -> float:
-    """Seconds per K-step decode call of a plain jitted dense-cache greedy loop."""
+def _dense_decode(model, batch: int, cache_len: int) -> float:
+    """Seconds per K-step decode call of a plain jitted dense-cache greedy loop (cache donated)."""
     graphdef, state = nnx.split(model)
     k = _STEPS.value
 
@@ -90,7 +108,7 @@ def _dense_decode(model, batch: int) -> float:
         logits, cache = nnx.merge(graphdef, state)(tokens_BT, pos, cache=cache)
         return jnp.argmax(logits[:, -1], -1).astype(jnp.int32), cache
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(3,))
     def decode(state, tok_B, pos, cache):
         def body(carry, _):
             tok_B, pos, cache = carry
@@ -103,7 +121,7 @@ def _dense_decode(model, batch: int) -> float:
         return tok_B, pos, cache, toks
 
     def run():
-        cache = DenseKVCache.zeros(CFG, batch, MAX_SEQ)
+        cache = DenseKVCache.zeros(CFG, batch, cache_len)
         tok, cache = prefill(state, jnp.asarray(_prompts(batch)), cache)
         pos = jnp.int32(_PROMPT.value)
         jax.block_until_ready(tok)
@@ -116,6 +134,21 @@ def _dense_decode(model, batch: int) -> float:
 
     run()
     return run()
+
+
+def _demo_decode_ms(prompt_len: int, new_tokens: int) -> float:
+    """ms per decode call of the engine on the demo model, 64 slots, random fp32 weights."""
+    model = Qwen(DEMO_CFG, rngs=nnx.Rngs(0))
+    eng = _engine(model, DEMO_SLOTS, max_seq=DEMO_MAX_SEQ)
+    rng = np.random.default_rng(2)
+    prompts = [
+        list(map(int, rng.integers(0, DEMO_CFG.vocab_size, prompt_len))) for _ in range(DEMO_SLOTS)
+    ]
+    params = SamplingParams(temperature=1.0, max_new_tokens=new_tokens)
+    eng.generate_batch(prompts[:2], params)
+    eng.stats.clear()
+    eng.generate_batch(prompts, params)
+    return 1e3 * eng.stats["decode_time"] / eng.stats["decode_calls"]
 
 
 def _hf_generate(model, results) -> float | None:
@@ -198,11 +231,18 @@ def main(argv):
         res32 = res if b == 32 else res32
         print(f"engine batch {b:2d}: {tok_s:9.1f} decode tok/s, end-to-end {total:.2f}s")
     out["decode_tokens_per_s"] = tps
-    dense_call = _dense_decode(model, 32)
+    dense_call = _dense_decode(model, 32, MAX_SEQ)
+    dense_tight = _dense_decode(model, 32, _PROMPT.value + _NEW.value)
     out["paged_over_dense_time"] = per_call[32] / dense_call
+    out["paged_over_dense_time_tight_cache"] = per_call[32] / dense_tight
+    out["decode_ms_per_call_batch32"] = {
+        "paged": per_call[32] * 1e3,
+        "dense_max_seq_cache": dense_call * 1e3,
+        "dense_tight_cache": dense_tight * 1e3,
+    }
     print(
-        f"dense loop batch 32: {dense_call * 1e3:.1f} ms / {_STEPS.value}-step call, paged "
-        f"{per_call[32] * 1e3:.1f} ms"
+        f"batch 32, ms per {_STEPS.value}-step decode call: paged {per_call[32] * 1e3:.1f}, "
+        f"dense {MAX_SEQ}-cache {dense_call * 1e3:.1f}, dense tight cache {dense_tight * 1e3:.1f}"
     )
     if not _SKIP_HF.value:
         hf_s = _hf_generate(model, res32)
@@ -214,17 +254,20 @@ def main(argv):
     out["multiturn_prefill_tokens_over_new_tokens"] = ratio
     out["multiturn_prefill_tokens_over_new_tokens_no_cache"] = ratio_nocache
     out["multiturn_speedup_vs_no_prefix_cache"] = t_nocache / t_cache
+    demo = {f"prompt{p}_new{n}": _demo_decode_ms(p, n) for p, n in ((64, 64), (512, 64), (64, 576))}
+    out["demo_model_decode_ms_per_step_batch64"] = demo
     gpu = any(d.platform == "gpu" for d in jax.devices())
     out["gpu_batch1_roofline_fraction"] = "not measured (no GPU)" if not gpu else None
     rows = [
         ("decode tok/s batch 1 / 8 / 32", " / ".join(f"{tps[k]:.0f}" for k in ("1", "8", "32"))),
         ("decode speedup vs HF generate (b32)", out.get("decode_speedup_vs_hf_generate")),
         ("paged / dense decode time (b32)", out["paged_over_dense_time"]),
+        ("  same vs dense tight cache", out["paged_over_dense_time_tight_cache"]),
         ("multiturn prefill / new tokens", ratio),
         ("  same without prefix cache", ratio_nocache),
         ("multiturn speedup vs no prefix cache", out["multiturn_speedup_vs_no_prefix_cache"]),
         ("gpu_batch1_roofline_fraction", out["gpu_batch1_roofline_fraction"]),
-    ]
+    ] + [(f"demo model b64 decode ms/step {k}", v) for k, v in demo.items()]
     print(f"\n{'metric':<40} value")
     for name, val in rows:
         print(f"{name:<40} {val:.3f}" if isinstance(val, float) else f"{name:<40} {val}")

@@ -92,5 +92,6 @@ def cast_state(state, dtype: str):
     return jax.tree.map(lambda x: x.astype(target) if x.dtype != target else x, state)
 
 
-def export_dir(workdir: str, step: int | str) -> str:
-    return os.path.join(workdir, "hf_export", f"step_{step}")
+def export_dir(workdir: str, name: str) -> str:
+    """Where a run exports HF checkpoints: `workdir/hf_export/<name>` (e.g. step_750, final)."""
+    return os.path.join(workdir, "hf_export", name)

@@ -258,7 +258,7 @@ class Trainer:
             last = metrics
         self.ckpt.wait()
         if c.checkpoint.export_hf:
-            out = model_setup.export_dir(self.workdir, self.step)
+            out = model_setup.export_dir(self.workdir, f"step_{self.step}")
             hf_io.save_hf_checkpoint(self.state, self.bundle.cfg, out)
             if jax.process_index() == 0:
                 self.tokenizer.save_pretrained(out)

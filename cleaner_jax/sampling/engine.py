@@ -4,7 +4,10 @@ Requests (`generate`, `score`) are awaited by many coroutines on one asyncio loo
 task steps the engine while any are pending. A step admits waiting requests into free slots
 (reusing cached prefix pages), runs one prefill chunk for every prefilling slot, then one decode
 call (K steps) over all slots. The device sees only int32 page tables and positions, so the
-programs never recompile. When the pool runs dry the engine evicts unreferenced cached pages,
+programs never recompile in steady state. The decode page table is cut to the smallest of a few
+width buckets (`EngineConfig.decode_width_buckets`: the full width halved repeatedly) that holds
+the longest running sequence, so decode attends over the pages in use, not `max_seq_len`; each
+bucket compiles once. When the pool runs dry the engine evicts unreferenced cached pages,
 then preempts the most recently admitted request (its written K/V goes into the prefix cache and
 it is recomputed later, with identical results: sampling randomness depends on seed and position).
 """
@@ -47,9 +50,19 @@ class EngineConfig:
     decode_steps: int = 1
     memory_fraction: float = 0.5
     prefix_cache: bool = True  # False: never reuse cached pages (the benchmark's baseline)
+    # Decode page-table widths: ceil(max pages / 2**i) for i < this (1 = always the full width).
+    decode_width_buckets: int = 4
 
     def __post_init__(self):
-        for name in ("page_size", "max_slots", "prefill_chunk", "max_seq_len", "decode_steps"):
+        names = (
+            "page_size",
+            "max_slots",
+            "prefill_chunk",
+            "max_seq_len",
+            "decode_steps",
+            "decode_width_buckets",
+        )
+        for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name}={getattr(self, name)} must be >= 1")
 
@@ -125,10 +138,13 @@ class Engine:
             logging.info("device reports no memory stats; KV pool = %d pages", num_pages)
         self.num_pages = num_pages
         self.pages_per_seq = -(-c.max_seq_len // c.page_size)
+        self.decode_widths = sorted(
+            {-(-self.pages_per_seq // 2**i) for i in range(c.decode_width_buckets)}
+        )
         self._state = state
         self._steps = EngineSteps(graphdef, c.decode_steps)
         pool = PagedKVCache.zeros(self.model_config, num_pages, c.page_size)
-        self._k, self._v = pool.k_LPSKH, pool.v_LPSKH
+        self._k, self._v = pool.k_LKPHS, pool.v_LKPSH
         self.pages = PageManager(num_pages, c.page_size)
         self._slots: list[_Request | None] = [None] * c.max_slots
         self._waiting: collections.deque[_Request] = collections.deque()
@@ -173,6 +189,45 @@ class Engine:
         self._check_fits(len(toks))
         params = SamplingParams(temperature=temperature or 1.0, max_new_tokens=1)
         return await self._submit("score", toks, params, start=start)
+
+    def warmup(self) -> None:
+        """Compile every device program variant now (each decode width bucket, prefill, page
+        copy) with inputs that write nothing, so that no request pays a compile later."""
+        b, c = self.config.max_slots, self.config.prefill_chunk
+        inactive_B = np.full((b,), -1, np.int32)
+        sampling_B = (
+            np.zeros((b,), np.int32),
+            np.ones((b,), np.float32),
+            np.ones((b,), np.float32),
+            np.zeros((b,), np.int32),
+            np.zeros((b,), bool),
+        )
+        for width in self.decode_widths:
+            table = np.zeros((b, width), np.int32)
+            *_, self._k, self._v = self._steps.decode(
+                self._state, self._k, self._v, table, inactive_B, inactive_B, sampling_B
+            )
+        sampling_1 = (
+            np.zeros((1,), np.int32),
+            np.zeros((1,), np.int32),
+            np.ones((1,), np.float32),
+            np.ones((1,), np.float32),
+            np.zeros((1,), np.int32),
+            np.zeros((1,), bool),
+        )
+        *_, self._k, self._v = self._steps.prefill(
+            self._state,
+            self._k,
+            self._v,
+            np.zeros((1, self.pages_per_seq), np.int32),
+            np.zeros((1, c), np.int32),
+            np.full((1, c), -1, np.int32),
+            np.zeros((1, c), np.int32),
+            np.int32(0),
+            sampling_1,
+        )
+        # The null page onto itself: a copy that changes nothing anyone reads.
+        self._k, self._v = self._steps.copy(self._k, self._v, jnp.int32(0), jnp.int32(0))
 
     def update_params(self, state: Any) -> None:
         """Swap the weights and invalidate the prefix cache (in-flight requests continue)."""
@@ -380,11 +435,13 @@ class Engine:
         req.scores.clear()
         self._waiting.appendleft(req)
 
-    def _reserve_decode(self) -> list[_Request]:
+    def _reserve_decode(self) -> tuple[list[_Request], int]:
+        """Reserve pages for the next K positions of every decoding slot (preempting when the
+        pool is short). Returns the running requests and the positions the longest one needs."""
         k = self.config.decode_steps
         while True:
             running = [r for r in self._slots if r is not None and not r.prefilling]
-            short = None
+            short, longest = None, 0
             for req in running:
                 remaining = req.params.max_new_tokens - len(req.generated)
                 last = len(req.tokens) - 1
@@ -392,18 +449,22 @@ class Engine:
                 if not self.pages.reserve(req.seq, upto):
                     short = req
                     break
+                longest = max(longest, upto)
             if short is None:
-                return running
+                return running, longest
             victims = [r for r in self._slots if r is not None]
             self._preempt(max(victims, key=lambda r: r.arrival))
 
     def _decode(self) -> None:
         t0 = time.perf_counter()
-        running = self._reserve_decode()
+        running, longest = self._reserve_decode()
         if not running:
             return
         b = self.config.max_slots
-        table = np.zeros((b, self.pages_per_seq), np.int32)
+        # Positions past the bucket are neither written nor read; only finished rows get there.
+        need = -(-longest // self.config.page_size)
+        width = next(w for w in self.decode_widths if w >= need)
+        table = np.zeros((b, width), np.int32)
         tokens = np.zeros((b,), np.int32)
         positions = np.full((b,), -1, np.int32)
         seeds, temps = np.zeros((b,), np.int32), np.ones((b,), np.float32)
@@ -411,7 +472,8 @@ class Engine:
         greedy = np.zeros((b,), bool)
         for req in running:
             s = req.slot
-            table[s] = self._table_row(req.seq)
+            pages = req.seq.pages[:width]
+            table[s, : len(pages)] = pages
             tokens[s], positions[s] = req.tokens[-1], len(req.tokens) - 1
             seeds[s], temps[s], top_p[s], top_k[s], greedy[s] = _sampling_row(req.params)
         toks_KB, lps_KB, self._k, self._v = self._steps.decode(

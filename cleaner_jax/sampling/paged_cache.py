@@ -1,14 +1,23 @@
 """Paged KV cache on device: page pool arrays, paged attention in pure jnp, pool sizing.
 
-The pool is one K and one V array per model, stacked over layers, `[L, P, S, K, H]`; a row's page
-table `[B, M]` lists its pages in position order (unused entries point at the null page 0).
+The pool is one K and one V array per layer (kept as L-tuples, so a layer's scatter and gather
+touch only that layer's buffer and donation updates each in place): K pages `[K, P, H, S]`, V
+pages `[K, P, S, H]`; a row's page table `[B, M]` lists its pages in position order (unused
+entries point at the null page 0). The layouts are what XLA's CPU matmuls want without copying
+the gathered keys: per kv head, the gathered `[B, M, H, S]` keys contract with the queries over H
+as `bqh,bmhs->bqms`, and the gathered `[B, M * S, H]` values as a plain batched matmul (K stored
+`[.., S, H]` costs an extra transpose of every gathered key, 1.6x slower decode attention on CPU).
 `PagedKVCache.update_and_attend` is what the model calls per layer: it writes each token's K/V at
 `(table[row, pos // S], pos % S)` (position -1 = padding, not written) and attends over the row's
 gathered pages masked `key_pos <= query_pos`, which gives exactly the dense cache's semantics
 (`cleaner_jax.models.kv_cache.DenseKVCache` is the oracle in the tests).
 
+The page-table width M bounds the attention: callers pass only as many table columns as the
+longest row needs (the engine picks one of a few width buckets), so a step costs what the live
+sequences hold, not `max_seq_len`. Positions at or beyond `M * S` are not written.
+
 Letters: L layers, P pages in the pool, S tokens per page, M pages per row (page-table width),
-B batch rows, T new tokens, N query heads, K kv heads, H head dim.
+B batch rows, T new tokens, N query heads, K kv heads, G = N // K, H head dim, Q = T * G.
 """
 
 from __future__ import annotations
@@ -20,42 +29,70 @@ import jax.numpy as jnp
 from flax import struct
 
 from cleaner_jax.models.config import ModelConfig
-from cleaner_jax.models.qwen import attention_weights_mask
+
+# Same masked-logit value as the model's dense attention, so both paths round identically.
+_NEG_INF = -1e30
 
 
 def paged_attention(
     q_BTNH: jax.Array,
-    k_LPSKH: jax.Array,
-    v_LPSKH: jax.Array,
-    layer: int,
+    k_KPHS: jax.Array,
+    v_KPSH: jax.Array,
     page_table_BM: jax.Array,
     positions_BT: jax.Array,
 ) -> jax.Array:
-    """Causal GQA attention of each row's queries over its pages of `layer` (jnp reference)."""
-    b, m = page_table_BM.shape
-    s, kh, h = k_LPSKH.shape[2:]
-    # One gather straight from the stacked pool: slicing the layer first can materialise it.
-    k_BSKH = k_LPSKH[layer, page_table_BM].reshape(b, m * s, kh, h)
-    v_BSKH = v_LPSKH[layer, page_table_BM].reshape(b, m * s, kh, h)
+    """Causal GQA attention of each row's queries over its pages of one layer (jnp reference).
+
+    float32 logits and softmax; a query with no visible key (padding) gets zeros.
+    """
+    b, t, n, h = q_BTNH.shape
+    kh, _, _, s = k_KPHS.shape
+    m = page_table_BM.shape[1]
+    g = n // kh
     mask_BTS = jnp.arange(m * s)[None, None, :] <= positions_BT[:, :, None]
-    return attention_weights_mask(q_BTNH, k_BSKH, v_BSKH, mask_BTS)
+    # Queries of one kv head grouped as Q = (t, g) so one batched matmul serves the whole group.
+    mask_BQS = jnp.repeat(mask_BTS, g, axis=1)
+    q_BTKGH = q_BTNH.reshape(b, t, kh, g, h)
+    out_KBTGH = []
+    for j in range(kh):
+        k_BMHS = k_KPHS[j][page_table_BM]
+        v_BSH = v_KPSH[j][page_table_BM].reshape(b, m * s, h)
+        q_BQH = q_BTKGH[:, :, j].reshape(b, t * g, h)
+        logits_BQMS = jnp.einsum(
+            "bqh,bmhs->bqms", q_BQH, k_BMHS, preferred_element_type=jnp.float32
+        )
+        logits_BQS = logits_BQMS.reshape(b, t * g, m * s) * (h**-0.5)
+        logits_BQS = jnp.where(mask_BQS, logits_BQS, _NEG_INF)
+        probs_BQS = jax.nn.softmax(logits_BQS, axis=-1)
+        probs_BQS = jnp.where(mask_BQS, probs_BQS, 0.0)
+        out_BQH = jnp.einsum(
+            "bqs,bsh->bqh", probs_BQS.astype(v_BSH.dtype), v_BSH, preferred_element_type=jnp.float32
+        )
+        out_KBTGH.append(out_BQH.reshape(b, t, g, h))
+    out_BTNH = jnp.stack(out_KBTGH, axis=2).reshape(b, t, n, h)
+    return out_BTNH.astype(q_BTNH.dtype)
 
 
 @struct.dataclass
 class PagedKVCache:
-    k_LPSKH: jax.Array
-    v_LPSKH: jax.Array
+    """The pool (L-tuples of `[K, P, H, S]` K pages and `[K, P, S, H]` V pages) plus the page
+    table of the rows in flight."""
+
+    k_LKPHS: tuple[jax.Array, ...]
+    v_LKPSH: tuple[jax.Array, ...]
     page_table_BM: jax.Array
 
     @classmethod
     def zeros(cls, cfg: ModelConfig, num_pages: int, page_size: int, dtype=None) -> PagedKVCache:
-        shape = (cfg.num_layers, num_pages, page_size, cfg.num_kv_heads, cfg.head_dim)
+        kh, h = cfg.num_kv_heads, cfg.head_dim
         dtype = dtype or cfg.jnp_dtype
-        table = jnp.zeros((1, 1), jnp.int32)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), table)
+        k = tuple(jnp.zeros((kh, num_pages, h, page_size), dtype) for _ in range(cfg.num_layers))
+        v = tuple(jnp.zeros((kh, num_pages, page_size, h), dtype) for _ in range(cfg.num_layers))
+        return cls(k, v, jnp.zeros((1, 1), jnp.int32))
 
     def update_and_attend(self, layer, q_BTNH, k_BTKH, v_BTKH, positions_BT):
-        p, s = self.k_LPSKH.shape[1:3]
+        k_KPHS, v_KPSH = self.k_LKPHS[layer], self.v_LKPSH[layer]
+        p, s = v_KPSH.shape[1:3]
         m = self.page_table_BM.shape[1]
         valid_BT = (positions_BT >= 0) & (positions_BT < m * s)
         pos_BT = jnp.clip(positions_BT, 0, m * s - 1)
@@ -63,21 +100,23 @@ class PagedKVCache:
         # Out-of-bounds page index: the scatter drops padding tokens.
         page_BT = jnp.where(valid_BT, page_BT, p)
         off_BT = pos_BT % s
-        k_LPSKH = self.k_LPSKH.at[layer, page_BT, off_BT].set(
-            k_BTKH.astype(self.k_LPSKH.dtype), mode="drop"
+        # Non-adjacent index arrays put their [B, T] dims first: the update is [B, T, K, H].
+        k_KPHS = k_KPHS.at[:, page_BT, :, off_BT].set(k_BTKH.astype(k_KPHS.dtype), mode="drop")
+        v_KPSH = v_KPSH.at[:, page_BT, off_BT].set(
+            v_BTKH.transpose(2, 0, 1, 3).astype(v_KPSH.dtype), mode="drop"
         )
-        v_LPSKH = self.v_LPSKH.at[layer, page_BT, off_BT].set(
-            v_BTKH.astype(self.v_LPSKH.dtype), mode="drop"
-        )
-        out_BTNH = paged_attention(
-            q_BTNH, k_LPSKH, v_LPSKH, layer, self.page_table_BM, positions_BT
-        )
-        return out_BTNH, self.replace(k_LPSKH=k_LPSKH, v_LPSKH=v_LPSKH)
+        out_BTNH = paged_attention(q_BTNH, k_KPHS, v_KPSH, self.page_table_BM, positions_BT)
+        k_LKPHS = self.k_LKPHS[:layer] + (k_KPHS,) + self.k_LKPHS[layer + 1 :]
+        v_LKPSH = self.v_LKPSH[:layer] + (v_KPSH,) + self.v_LKPSH[layer + 1 :]
+        return out_BTNH, self.replace(k_LKPHS=k_LKPHS, v_LKPSH=v_LKPSH)
 
 
-def copy_page(k_LPSKH: jax.Array, v_LPSKH: jax.Array, src: jax.Array, dst: jax.Array):
+def copy_page(k_LKPHS, v_LKPSH, src: jax.Array, dst: jax.Array):
     """Copy one page (all layers) from src to dst; jit with the pool donated."""
-    return k_LPSKH.at[:, dst].set(k_LPSKH[:, src]), v_LPSKH.at[:, dst].set(v_LPSKH[:, src])
+    return (
+        tuple(k.at[:, dst].set(k[:, src]) for k in k_LKPHS),
+        tuple(v.at[:, dst].set(v[:, src]) for v in v_LKPSH),
+    )
 
 
 def bytes_per_page(cfg: ModelConfig, page_size: int, dtype=None) -> int:

@@ -12,7 +12,9 @@ from cleaner_jax.rl.packing import TrainSample, pack, unpack_per_sample
 
 
 def _reference(model, tokens, temperature):
-    logits, _ = model(jnp.asarray(tokens)[None], jnp.arange(len(tokens))[None])
+    logits, _ = nnx.jit(lambda m, t, p: m(t, p))(
+        model, jnp.asarray(tokens)[None], jnp.arange(len(tokens))[None]
+    )
     logp = jax.nn.log_softmax(logits[0, :-1] / temperature)
     return np.take_along_axis(np.asarray(logp), np.asarray(tokens)[1:, None], 1)[:, 0]
 

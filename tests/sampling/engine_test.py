@@ -15,8 +15,15 @@ from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.sampling import Engine, EngineConfig, RequestTooLargeError, SamplingParams
 
 CFG = tiny_config()
+# Two decode width buckets (8 and 16 pages): the sessions below need both; more only add compiles.
 ECFG = EngineConfig(
-    page_size=4, num_pages=200, max_slots=8, prefill_chunk=8, max_seq_len=64, decode_steps=2
+    page_size=4,
+    num_pages=200,
+    max_slots=8,
+    prefill_chunk=8,
+    max_seq_len=64,
+    decode_steps=2,
+    decode_width_buckets=2,
 )
 GREEDY = SamplingParams(greedy=True, max_new_tokens=9)
 
@@ -123,8 +130,12 @@ async def _session(engine, seed):
 
 
 def test_64_concurrent_multiturn_sessions_equal_one_by_one(engine):
-    engine.generate_batch(_prompts(2, 2), GREEDY)  # warm-up (compiles, if not done yet)
+    engine.warmup()
     traces = engine.trace_counts
+    # One compile per program variant; decode has one per page-table width bucket.
+    assert engine.decode_widths == [8, 16]
+    want = {"prefill", "copy", *(f"decode/M={w}" for w in engine.decode_widths)}
+    assert set(traces) == want and all(n == 1 for n in traces.values()), traces
 
     async def all_sessions():
         return await asyncio.gather(*(_session(engine, s) for s in range(64)))
@@ -144,14 +155,19 @@ def test_64_concurrent_multiturn_sessions_equal_one_by_one(engine):
         prompt, tools = _session_turns(s)
         assert sequential[s][1][2] == len(prompt) + len(sequential[s][0][0]) - 1
     assert engine.trace_counts == traces, "recompiled after warm-up"
-    assert engine.trace_counts["prefill"] == 1 and engine.trace_counts["decode"] == 1
 
 
 def test_pool_exhaustion_preempts_and_recomputes(model, engine):
     small = Engine(
         model,
         EngineConfig(
-            page_size=4, num_pages=14, max_slots=4, prefill_chunk=8, max_seq_len=64, decode_steps=2
+            page_size=4,
+            num_pages=14,
+            max_slots=4,
+            prefill_chunk=8,
+            max_seq_len=64,
+            decode_steps=2,
+            decode_width_buckets=2,
         ),
     )
     prompts = _prompts(3, 6, lo=8, hi=14)

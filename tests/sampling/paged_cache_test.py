@@ -58,4 +58,6 @@ def test_paged_equals_dense_equals_full_forward():
             np.testing.assert_allclose(got, full[r, start:n], atol=1e-5)
     # Padding wrote nothing: the null page and the pages no row owns are still zero.
     untouched = np.setdiff1d(np.arange(num_pages), table[table > 0])
-    assert not np.asarray(paged.k_LPSKH)[:, untouched].any()
+    for k_KPHS, v_KPSH in zip(paged.k_LKPHS, paged.v_LKPSH, strict=True):
+        assert not np.asarray(k_KPHS)[:, untouched].any()
+        assert not np.asarray(v_KPSH)[:, untouched].any()

@@ -95,3 +95,43 @@ def test_truncation_mask_golden():
     np.testing.assert_array_equal(m, [[True, False, True, False]])
     m = truncation_mask(scaled, jnp.asarray([0.5]), jnp.asarray([0]))
     np.testing.assert_array_equal(m, [[True, False, False, False]])
+
+
+def test_top_p_one_keeps_the_whole_vocab_even_when_the_cumsum_saturates():
+    # One dominant logit: the float32 cumsum is 1.0 after the first token, so "mass before < 1"
+    # alone would drop the (tiny but nonzero) tail.
+    scaled = jnp.asarray([[30.0] + [0.0] * 255])
+    m = truncation_mask(scaled, jnp.asarray([1.0]), jnp.asarray([0]))
+    assert bool(m.all())
+
+
+def test_a_row_samples_the_same_whatever_shares_its_batch():
+    # The sort and the random draw are skipped when no row needs them: a row's token must not
+    # depend on whether another row in the batch asked for top-k/top-p or for greedy.
+    logits = jnp.asarray(np.random.default_rng(1).normal(size=(3, 64)), jnp.float32)
+    seeds, pos = jnp.asarray([3, 4, 5]), jnp.asarray([10, 11, 12])
+    temp = jnp.ones((3,))
+    sample = jax.jit(sample_tokens)
+    for top_p, top_k, greedy in [
+        ([1.0, 1.0, 1.0], [0, 0, 0], [False, False, False]),
+        ([1.0, 0.5, 1.0], [0, 0, 3], [False, False, False]),
+        ([1.0, 1.0, 1.0], [0, 0, 0], [False, True, True]),
+    ]:
+        toks, lps = sample(
+            logits, seeds, pos, temp, jnp.asarray(top_p), jnp.asarray(top_k), jnp.asarray(greedy)
+        )
+        alone, alone_lp = sample(
+            logits[:1],
+            seeds[:1],
+            pos[:1],
+            temp[:1],
+            jnp.ones((1,)),
+            jnp.zeros((1,), jnp.int32),
+            jnp.zeros((1,), bool),
+        )
+        assert int(toks[0]) == int(alone[0])
+        np.testing.assert_allclose(lps[0], alone_lp[0], atol=1e-6)
+    greedy_toks, _ = sample(
+        logits, seeds, pos, temp, jnp.ones((3,)), jnp.zeros((3,), jnp.int32), jnp.ones((3,), bool)
+    )
+    np.testing.assert_array_equal(greedy_toks, jnp.argmax(logits, -1))

@@ -1,0 +1,199 @@
+"""Per-device memory plan of a training + rollout setup, from abstract shapes (nothing allocated).
+
+Parameters and optimizer state are not estimated by formula: the real model is built with
+`nnx.eval_shape`, the real AdamW chain (`rl.update.make_optimizer`) is initialised with
+`jax.eval_shape`, every leaf gets its sharding from the real rules (`sharding.logical_to_spec`,
+the table `state_shardings` uses) on a `jax.sharding.AbstractMesh` of the target's device count,
+and the bytes per device are the products of `NamedSharding.shard_shape`. Optimizer moments are
+sharded like their parameter (what GSPMD propagates through `jit(optimizer.init)`); scalars are
+replicated.
+
+Activations and logits are formulas (per device, t tokens per device per micro-batch, b bytes of
+the compute dtype, T packed row length, rows per device r = t / T):
+  per layer, per token, saved for the backward pass (elements, compute dtype):
+      A = 4D (residual in, input norm out, residual mid, post-attn norm out)
+        + 3NH + 3KH (q/k/v projections, q/k after norm+RoPE, attention output)
+        + 4F (gate, up, silu(gate), gate*up)
+  dense attention (the model's `attention_weights_mask`): float32 logits and probabilities
+      [N, T, T] per row: 8 N T^2 bytes per row;
+  layer(t) = t A b + r 8 N T^2
+  no remat: L layer(t);   remat (per layer): L t D b (layer inputs) + layer(t) (one layer
+      recomputed during its backward);
+  logits head: float32 logits, log-softmax and their gradient, 3 t V 4 bytes / tensor.
+Gradients: float32 like the master params, twice (the accumulator and the current micro-batch's).
+KV pages: `sampling.paged_cache.bytes_per_page` in the sampler's dtype; the pool is not sharded,
+so every rollout-replica device holds all of its pages.
+
+Letters: L layers, D embed, N heads, K kv heads, H head dim, F mlp, V vocab, T row length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
+
+from cleaner_jax.models.config import PRESETS, ModelConfig
+from cleaner_jax.models.qwen import Qwen
+from cleaner_jax.models.sharding import MESH_AXES, Rules, logical_to_spec, param_logical_axes
+
+GIB = 1024**3
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    """A target: JAX device count, HBM per device (GiB) and the (data, fsdp, tensor) mesh."""
+
+    name: str
+    num_devices: int
+    hbm_gib: float
+    mesh: tuple[int, int, int]
+
+    def __post_init__(self):
+        if math.prod(self.mesh) != self.num_devices:
+            raise ValueError(
+                f"{self.name}: mesh {self.mesh} does not have {self.num_devices} devices"
+            )
+
+
+# TPU v5p-8 / v4-8 are 4 chips (8 TensorCores in megacore pairs): 4 JAX devices each.
+HARDWARE: dict[str, Hardware] = {
+    "1xH100-80GB": Hardware("1xH100-80GB", 1, 80.0, (1, 1, 1)),
+    "8xH100-80GB": Hardware("8xH100-80GB", 8, 80.0, (1, 8, 1)),
+    "TPUv5p-8": Hardware("TPUv5p-8", 4, 95.0, (1, 4, 1)),
+    "TPUv4-8": Hardware("TPUv4-8", 4, 32.0, (1, 4, 1)),
+}
+
+MODELS: dict[str, str] = {"Qwen3-4B": "qwen3_4b_instruct_2507", "Qwen2.5-7B": "qwen2_5_7b_instruct"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """What runs on the devices. Defaults: the paper's budgets (base config)."""
+
+    tokens_per_device: int = 23040  # one packed row of train.row_len per device per micro-batch
+    row_len: int = 23040
+    compute_dtype: str = "float16"
+    remat: bool = True
+    page_size: int = 16
+    kv_pages: int = 0  # 0: kv_seqs sequences of kv_seq_len tokens
+    kv_seqs: int = 64
+    kv_seq_len: int = 23040
+
+    @property
+    def num_kv_pages(self) -> int:
+        if self.kv_pages:
+            return self.kv_pages
+        return self.kv_seqs * -(-self.kv_seq_len // self.page_size) + 1  # + the null page
+
+
+def abstract_mesh(shape: tuple[int, int, int]) -> AbstractMesh:
+    return AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _leaf_spec(path, leaf, mesh, rules, units) -> PartitionSpec:
+    if not leaf.shape:
+        return PartitionSpec()
+    logical = param_logical_axes(path)
+    return logical_to_spec(logical, rules, shape=leaf.shape, mesh=mesh, units=units)
+
+
+def per_device_bytes(
+    tree: Any, mesh: AbstractMesh, cfg: ModelConfig, rules: Rules | None = None
+) -> int:
+    """Bytes one device holds of an abstract tree of parameters (or parameter-shaped optimizer
+    moments), from the shard shapes of the real sharding rules."""
+    units = {"heads": cfg.head_dim, "kv_heads": cfg.head_dim}
+    total = 0
+    for path, leaf in jax.tree.leaves_with_path(tree):
+        sharding = NamedSharding(mesh, _leaf_spec(path, leaf, mesh, rules, units))
+        total += math.prod(sharding.shard_shape(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def abstract_state(cfg: ModelConfig) -> nnx.State:
+    return nnx.split(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))[1]
+
+
+def abstract_opt_state(params: nnx.State) -> Any:
+    from cleaner_jax.rl.update import OptimConfig, make_optimizer  # rl depends on models
+
+    return jax.eval_shape(make_optimizer(OptimConfig()).init, params)
+
+
+def activation_bytes(cfg: ModelConfig, w: Workload, tensor: int = 1) -> dict[str, int]:
+    """The module docstring's formulas, per device."""
+    b = jnp.dtype(w.compute_dtype).itemsize
+    d, f, n, k, h = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+    )
+    t = w.tokens_per_device
+    rows = t / w.row_len
+    per_token = 4 * d + 3 * n * h + 3 * k * h + 4 * f
+    attention = rows * 8 * n * w.row_len**2
+    layer = (t * per_token * b + attention) / tensor
+    return {
+        "act_layer": int(layer),
+        "act_no_remat": int(cfg.num_layers * layer),
+        "act_remat": int(cfg.num_layers * t * d * b + layer),
+        "logits": int(3 * t * cfg.vocab_size * 4 / tensor),
+    }
+
+
+def kv_bytes(cfg: ModelConfig, w: Workload) -> int:
+    from cleaner_jax.sampling.paged_cache import bytes_per_page  # sampling depends on models
+
+    return w.num_kv_pages * bytes_per_page(cfg, w.page_size, w.compute_dtype)
+
+
+def plan(cfg: ModelConfig, hw: Hardware, w: Workload, rules: Rules | None = None) -> dict:
+    """Bytes per device of every item, the total and whether it fits the device's HBM."""
+    mesh = abstract_mesh(hw.mesh)
+    params = abstract_state(cfg.replace(param_dtype="float32"))
+    sampler = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, w.compute_dtype), params)
+    opt = abstract_opt_state(params)
+    p32 = per_device_bytes(params, mesh, cfg, rules)
+    act = activation_bytes(cfg, w, tensor=hw.mesh[2])
+    out = {
+        "model_params": cfg.num_params(),
+        "devices": hw.num_devices,
+        "mesh": dict(zip(MESH_AXES, hw.mesh, strict=True)),
+        "hbm_bytes": int(hw.hbm_gib * GIB),
+        "params_fp32": p32,
+        "params_sampler": per_device_bytes(sampler, mesh, cfg, rules),
+        "grads_fp32_x2": 2 * p32,
+        "opt_state": per_device_bytes(opt, mesh, cfg, rules),
+        "act_no_remat": act["act_no_remat"],
+        "act_remat": act["act_remat"],
+        "act_attention_share": act["act_layer"],
+        "logits": act["logits"],
+        "kv_pages": w.num_kv_pages,
+        "kv_bytes": kv_bytes(cfg, w),
+    }
+    act_used = act["act_remat"] if w.remat else act["act_no_remat"]
+    static = out["params_fp32"] + out["params_sampler"] + out["grads_fp32_x2"] + out["opt_state"]
+    out["train_total"] = static + act_used + out["logits"]
+    out["total_with_kv"] = out["train_total"] + out["kv_bytes"]
+    out["fits"] = out["total_with_kv"] <= out["hbm_bytes"]
+    return out
+
+
+def plan_all(
+    w: Workload, models: Mapping[str, str] = MODELS, hardware: Mapping[str, Hardware] = HARDWARE
+) -> list[dict]:
+    rows = []
+    for model_name, preset in models.items():
+        cfg = PRESETS[preset].replace(dtype=w.compute_dtype)
+        for hw in hardware.values():
+            rows.append({"model": model_name, "hardware": hw.name, **plan(cfg, hw, w)})
+    return rows

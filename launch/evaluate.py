@@ -1,0 +1,121 @@
+r"""Evaluate a checkpoint: n samples per problem, pass@k, with and without test-time SAAR.
+
+  python launch/evaluate.py --config=configs/qwen3_4b_cleaner.py \
+    --checkpoint=/runs/qwen3_4b_cleaner/hf_export/step_750 \
+    --dataset_kind=aime --dataset=/data/aime24.parquet --out=/runs/eval/aime24
+
+`--checkpoint`: a local HF dir (config.json + safetensors; its tokenizer is used unless
+--config.tokenizer_path is set), or an orbax checkpoint dir of our trainer (`WORKDIR` or
+`WORKDIR/checkpoints`; the model shape then comes from the config). Defaults are the paper's
+validation sampling (temperature 1.0, top-p 0.6, n=16); `--saar=both` runs every problem without
+and with test-time SAAR and reports SAAR's latency overhead. Budgets (turns, response tokens,
+engine slots) come from the config: `--config.rollout.max_response_tokens=...`.
+Outputs in --out: <mode>.jsonl per problem, summary.json, and for LiveCodeBench
+livecodebench_<mode>.json in its custom-evaluator format (a list of {question_id, code_list}).
+
+Smoke run on the demo's assets (random tiny model, CPU):
+  python launch/train.py --config=configs/demo.py:runlocal --workdir=/tmp/x
+  python launch/evaluate.py --config=configs/demo.py:runlocal --checkpoint=/tmp/x \
+    --config.tokenizer_path=/tmp/x/assets/tokenizer --dataset_kind=agentrl \
+    --dataset=/tmp/x/assets/test.jsonl --n=4 --out=/tmp/x/eval
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cleaner_jax.rl import evaluation  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "", "HF checkpoint dir or orbax checkpoint dir; empty = the config's model."
+)
+_STEP = flags.DEFINE_integer("step", None, "Orbax step to restore (default: newest usable).")
+_KIND = flags.DEFINE_enum(
+    "dataset_kind", "aime", ["aime", "gpqa", "livecodebench", "agentrl"], "Dataset schema."
+)
+_DATASET = flags.DEFINE_list("dataset", None, "Dataset file(s) or dir(s).", required=True)
+_N = flags.DEFINE_integer("n", 16, "Samples per problem.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+_TOP_P = flags.DEFINE_float("top_p", 0.6, "Nucleus sampling top-p.")
+_SAAR = flags.DEFINE_enum("saar", "both", ["both", "on", "off"], "Test-time SAAR.")
+_KS = flags.DEFINE_list("ks", ["1", "2", "4", "8", "16"], "pass@k values (k <= n are kept).")
+_BATCH = flags.DEFINE_integer(
+    "problems_per_batch", 1, "Problems rolled out concurrently (1 = exact per-problem latency)."
+)
+_MAX_PROBLEMS = flags.DEFINE_integer("max_problems", 0, "Evaluate only the first N (0 = all).")
+_OUT = flags.DEFINE_string("out", None, "Output directory.", required=True)
+
+
+def _print_summary(summary: dict) -> None:
+    modes = summary["modes"]
+    ks = sorted({k for m in modes.values() for k in m["pass@k"]}, key=int)
+    head = [
+        "mode",
+        *[f"pass@{k}" for k in ks],
+        "wall_s",
+        "tok/s",
+        "calls/traj",
+        "1st-fail",
+        "rollbacks",
+        "final_fail/traj",
+    ]
+    print(" | ".join(head))
+    for mode, m in modes.items():
+        t = m["tool_stats"]
+        row = [
+            mode,
+            *[f"{m['pass@k'][k]:.4f}" for k in ks],
+            f"{m['rollout_wall_s']:.1f}",
+            f"{m['response_tokens_per_s']:.1f}",
+            f"{t.get('tool_calls_per_traj', 0):.2f}",
+            f"{t.get('first_attempt_failure_rate', 0):.3f}",
+            f"{t.get('rollbacks_triggered_sum', 0):.0f}",
+            f"{t.get('final_tool_failures_per_traj', 0):.3f}",
+        ]
+        print(" | ".join(row))
+    if "saar_overhead" in summary:
+        o = summary["saar_overhead"]
+        print(
+            f"SAAR latency overhead: total {100 * o['total_overhead']:+.1f}% "
+            f"({o['total_off_s']:.1f}s -> {o['total_on_s']:.1f}s), per-problem median "
+            f"{100 * o['per_problem_overhead_median']:+.1f}%"
+        )
+
+
+def main(argv):
+    del argv
+    options = evaluation.EvalOptions(
+        dataset_kind=_KIND.value,
+        dataset=tuple(_DATASET.value),
+        n=_N.value,
+        temperature=_TEMPERATURE.value,
+        top_p=_TOP_P.value,
+        saar=_SAAR.value,
+        ks=tuple(int(k) for k in _KS.value),
+        problems_per_batch=_BATCH.value,
+        max_problems=_MAX_PROBLEMS.value,
+        checkpoint=_CHECKPOINT.value,
+        checkpoint_step=_STEP.value,
+    )
+    config = _CONFIG.value
+    if config.prepare_synthetic and not config.tokenizer_path:
+        raise app.UsageError(
+            "this config prepares synthetic assets for training; pass "
+            "--config.tokenizer_path=WORKDIR/assets/tokenizer of the run you evaluate"
+        )
+    logging.info("evaluating %s on %s", options.checkpoint or "the config's model", options.dataset)
+    summary = evaluation.evaluate(config, options, _OUT.value)
+    _print_summary(summary)
+    print(json.dumps({m: s["pass@k"] for m, s in summary["modes"].items()}))
+    print(f"outputs in {_OUT.value}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

@@ -1,0 +1,131 @@
+r"""Memory plan per device for Qwen3-4B and Qwen2.5-7B on 1xH100, 8xH100, TPU v5p-8 and v4-8.
+
+  python launch/memory_plan.py                       # the paper's budgets, table in GiB
+  python launch/memory_plan.py --row_len=8192 --tokens_per_device=8192 --kv_seqs=16 \
+    --kv_seq_len=8192 --json=/tmp/plan.json
+
+Params/optimizer state come from `nnx.eval_shape` of the real model and the real sharding rules
+on an abstract mesh (see cleaner_jax/models/memory_plan.py for the activation formulas).
+
+`--roundtrip_dir=DIR` also runs the real-width check on CPU: a random-weight model with
+Qwen3-4B's widths (vocab 151936, D 2560, F 9728, 32/8 heads) but `--roundtrip_layers` layers,
+exported to HF safetensors in DIR, re-imported, and the logits of both compared.
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from cleaner_jax.models import memory_plan as mp  # noqa: E402
+
+_TOKENS = flags.DEFINE_integer("tokens_per_device", 23040, "Training tokens per device per micro.")
+_ROW = flags.DEFINE_integer("row_len", 23040, "Packed row length (attention is T^2 in it).")
+_DTYPE = flags.DEFINE_string("dtype", "float16", "Compute dtype (sampler copy, activations, KV).")
+_REMAT = flags.DEFINE_bool("remat", True, "Per-layer rematerialisation in the total.")
+_PAGE = flags.DEFINE_integer("page_size", 16, "KV page size.")
+_PAGES = flags.DEFINE_integer("kv_pages", 0, "KV pages (0: kv_seqs x kv_seq_len).")
+_SEQS = flags.DEFINE_integer("kv_seqs", 64, "Concurrent sequences in the KV budget.")
+_SEQ_LEN = flags.DEFINE_integer("kv_seq_len", 23040, "Tokens per sequence in the KV budget.")
+_JSON = flags.DEFINE_string("json", "", "Also write the rows as JSON here.")
+_RT_DIR = flags.DEFINE_string("roundtrip_dir", "", "Run the real-width HF round trip here.")
+_RT_LAYERS = flags.DEFINE_integer("roundtrip_layers", 2, "Layers of the round-trip model.")
+
+_COLUMNS = (
+    "params_fp32",
+    "params_sampler",
+    "grads_fp32_x2",
+    "opt_state",
+    "act_no_remat",
+    "act_remat",
+    "logits",
+    "kv_bytes",
+    "total_with_kv",
+)
+
+
+def _print_table(rows):
+    head = ["model", "hardware", "dev", "HBM"] + [c.replace("_bytes", "") for c in _COLUMNS]
+    print(" | ".join(head + ["fits"]))
+    for r in rows:
+        cells = [r["model"], r["hardware"], str(r["devices"]), f"{r['hbm_bytes'] / mp.GIB:.0f}"]
+        cells += [f"{r[c] / mp.GIB:.2f}" for c in _COLUMNS]
+        print(" | ".join(cells + ["yes" if r["fits"] else "NO"]))
+    print(
+        "(GiB per device; total = params + sampler copy + grads + opt + act(remat="
+        f"{_REMAT.value}) + logits + KV; KV pages: {rows[0]['kv_pages']})"
+    )
+
+
+def _roundtrip(out_dir: str, layers: int) -> dict:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from cleaner_jax.models import PRESETS, hf_io
+    from cleaner_jax.models.testing import jit_forward, random_model
+
+    cfg = PRESETS["qwen3_4b_instruct_2507"].replace(num_layers=layers)
+    t0 = time.time()
+    model = random_model(cfg, seed=0, scale=0.02)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, 16)), jnp.int32)
+    positions = jnp.arange(16, dtype=jnp.int32)[None]
+    ref = np.asarray(jit_forward(model)(tokens, positions)[0])
+    t_init = time.time() - t0
+    t0 = time.time()
+    hf_io.save_hf_checkpoint(model, cfg, out_dir)
+    t_save = time.time() - t0
+    t0 = time.time()
+    cfg2, model2 = hf_io.load_hf_checkpoint(out_dir)
+    t_load = time.time() - t0
+    out = np.asarray(jit_forward(model2)(tokens, positions)[0])
+    size = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
+    return {
+        "params": cfg.num_params(),
+        "layers": layers,
+        "vocab": cfg.vocab_size,
+        "config_equal": cfg2 == cfg,
+        "max_abs_logit_diff": float(np.abs(out - ref).max()),
+        "logit_scale": float(np.abs(ref).max()),
+        "checkpoint_bytes": size,
+        "init_forward_s": t_init,
+        "save_s": t_save,
+        "load_s": t_load,
+    }
+
+
+def main(argv):
+    del argv
+    w = mp.Workload(
+        tokens_per_device=_TOKENS.value,
+        row_len=_ROW.value,
+        compute_dtype=_DTYPE.value,
+        remat=_REMAT.value,
+        page_size=_PAGE.value,
+        kv_pages=_PAGES.value,
+        kv_seqs=_SEQS.value,
+        kv_seq_len=_SEQ_LEN.value,
+    )
+    rows = mp.plan_all(w)
+    for hw in mp.HARDWARE.values():
+        print(
+            f"{hw.name}: {hw.num_devices} JAX devices x {hw.hbm_gib:.0f} GiB, mesh "
+            f"(data, fsdp, tensor) = {hw.mesh}"
+        )
+    _print_table(rows)
+    result = {"workload": w.__dict__, "rows": rows}
+    if _RT_DIR.value:
+        rt = _roundtrip(_RT_DIR.value, _RT_LAYERS.value)
+        print("real-width round trip:", json.dumps(rt))
+        result["roundtrip"] = rt
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {_JSON.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,71 @@
+"""Memory plan: abstract shard bytes == bytes of really sharded arrays; hand-counted totals."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cleaner_jax.models import memory_plan as mp
+from cleaner_jax.models import sharding
+from cleaner_jax.models.config import PRESETS
+from cleaner_jax.models.testing import random_model, tiny_variant
+
+
+@pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (1, 2, 4), (2, 2, 2)])
+def test_abstract_plan_matches_concrete_sharded_arrays(mesh_shape):
+    cfg = tiny_variant("qwen2", tied=False, gqa=2, hidden_size=64, intermediate_size=96)
+    concrete = nnx.split(random_model(cfg))[1]
+    mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, mesh_shape, strict=True)))
+    placed = sharding.shard_state(concrete, mesh, cfg=cfg)
+    device0 = jax.devices()[0]
+    real = sum(
+        s.data.nbytes
+        for x in jax.tree.leaves(placed)
+        for s in x.addressable_shards
+        if s.device == device0
+    )
+    abstract = mp.per_device_bytes(mp.abstract_state(cfg), mp.abstract_mesh(mesh_shape), cfg)
+    assert abstract == real
+
+
+def test_qwen3_4b_params_and_adam_state_per_device():
+    cfg = PRESETS["qwen3_4b_instruct_2507"]
+    params = mp.abstract_state(cfg)
+    full = mp.per_device_bytes(params, mp.abstract_mesh((1, 1, 1)), cfg)
+    assert full == 4 * cfg.num_params()
+    eight = mp.per_device_bytes(params, mp.abstract_mesh((1, 8, 1)), cfg)
+    # Everything shards 8 ways over fsdp except the q/k norm weights (head_dim is never split).
+    norms = 2 * cfg.num_layers * cfg.head_dim * 4
+    assert eight == (full - norms) // 8 + norms
+    opt = mp.per_device_bytes(mp.abstract_opt_state(params), mp.abstract_mesh((1, 8, 1)), cfg)
+    # AdamW mu and nu mirror the params; the rest is a few int32 step counters.
+    assert 0 <= opt - 2 * eight <= 16
+
+
+def test_activation_formula_hand_computed():
+    cfg = tiny_variant("qwen3", hidden_size=8, intermediate_size=16, head_dim=2, num_layers=3)
+    w = mp.Workload(tokens_per_device=20, row_len=10, compute_dtype="float16")
+    # per token: 4*8 + 3*4*2 + 3*2*2 + 4*16 = 32 + 24 + 12 + 64 = 132 elements of 2 bytes;
+    # attention: 2 rows * 8 * 4 heads * 10^2 = 6400 bytes.
+    layer = 20 * 132 * 2 + 6400
+    got = mp.activation_bytes(cfg, w)
+    assert got["act_layer"] == layer
+    assert got["act_no_remat"] == 3 * layer
+    assert got["act_remat"] == 3 * 20 * 8 * 2 + layer
+    assert got["logits"] == 3 * 20 * cfg.vocab_size * 4
+
+
+def test_kv_pages_from_sequence_budget():
+    w = mp.Workload(kv_seqs=2, kv_seq_len=33, page_size=16)
+    assert w.num_kv_pages == 2 * 3 + 1
+    cfg = tiny_variant("qwen3")
+    per_page = 2 * cfg.num_layers * 16 * cfg.num_kv_heads * cfg.head_dim * 2
+    assert mp.kv_bytes(cfg, w) == 7 * per_page
+    np.testing.assert_equal(mp.Workload(kv_pages=5).num_kv_pages, 5)
+
+
+def test_hardware_meshes_use_every_device():
+    for hw in mp.HARDWARE.values():
+        assert np.prod(hw.mesh) == hw.num_devices
+    with pytest.raises(ValueError, match="does not have"):
+        mp.Hardware("bad", 8, 80.0, (1, 4, 1))
