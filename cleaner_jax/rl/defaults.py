@@ -205,7 +205,7 @@ def demo_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.remat = False
     c.model.tiny.update(dict(hidden_size=128, intermediate_size=384, num_layers=3, num_heads=4,
                              num_kv_heads=2, head_dim=32))
-    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.saar.enabled = args["arm"] == "cleaner"
     c.rollout.update(dict(prompts_per_step=8, n=8, temperature=1.0, top_p=1.0, max_turns=6,
                           max_response_tokens=384, max_tool_attempts=8))
