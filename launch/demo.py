@@ -16,8 +16,7 @@ from absl import app, flags, logging  # noqa: E402
 from cleaner_jax.rl import demo  # noqa: E402
 
 _MODE = flags.DEFINE_enum("mode", "full", list(demo.MODES), "Study size.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output dir (report.md lands here).",
-                               required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output dir (report.md lands here).", required=True)
 
 
 def main(argv):

@@ -16,8 +16,9 @@ from ml_collections import config_flags  # noqa: E402
 from cleaner_jax.rl import sft  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and the export go.",
-                               required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints and the export go.", required=True
+)
 
 
 def main(argv):

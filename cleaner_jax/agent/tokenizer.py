@@ -116,12 +116,22 @@ def _training_pieces(texts: Iterable[str]) -> list[str]:
     return pieces
 
 
-def _byte_level_bpe() -> Tokenizer:
+def split_pattern(digits_per_token: int = 1) -> str:
+    """Qwen's split pattern; with `digits_per_token` > 1, digit runs split in groups of that size
+    (left to right, as Llama 3 does with 3) instead of one digit per pre-token."""
+    if digits_per_token < 1:
+        raise ValueError(f"digits_per_token must be >= 1, got {digits_per_token}")
+    if digits_per_token == 1:
+        return QWEN_SPLIT_PATTERN
+    return QWEN_SPLIT_PATTERN.replace(r"|\p{N}", rf"|\p{{N}}{{1,{digits_per_token}}}", 1)
+
+
+def _byte_level_bpe(pattern: str) -> Tokenizer:
     tokenizer = Tokenizer(BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -134,6 +144,8 @@ def build_tokenizer(
     texts: Iterable[str],
     vocab_size: int,
     out_dir: str | os.PathLike[str] | None = None,
+    *,
+    digits_per_token: int = 1,
 ) -> transformers.PreTrainedTokenizerFast:
     """Trains a small byte-level BPE with Qwen's control tokens and chat template.
 
@@ -146,6 +158,9 @@ def build_tokenizer(
         when the corpus has enough distinct pairs to merge. At least 256 + 9 (the byte alphabet).
       out_dir: if given, the tokenizer is saved there with `save_pretrained`, so
         `AutoTokenizer.from_pretrained(out_dir)` (or `load_tokenizer`) reloads it with its template.
+      digits_per_token: 1 (Qwen: every digit its own token) or more: digit runs are pre-split in
+        groups of up to this many digits, which BPE may then merge into one token each (the demo
+        uses 3 so that a tiny model copies a number as one or two tokens).
 
     Returns:
       A `PreTrainedTokenizerFast` with eos `<|im_end|>`, pad `<|endoftext|>` and no bos.
@@ -159,7 +174,7 @@ def build_tokenizer(
     pieces = _training_pieces(texts)
     if not pieces:
         raise ValueError("build_tokenizer got no training text; pass a non-empty corpus.")
-    backend = _byte_level_bpe()
+    backend = _byte_level_bpe(split_pattern(digits_per_token))
     trainer = BpeTrainer(
         vocab_size=vocab_size - len(SPECIAL_TOKENS),
         min_frequency=2,

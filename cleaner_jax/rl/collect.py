@@ -121,9 +121,9 @@ class Collector:
         )
         return Rollout(example, group, traj, len(prompt))
 
-    async def _collect(self, examples, n, sampling_kw, saar, tag) -> list[Rollout]:
+    async def _collect(self, examples, n, sampling_kw, saar, tag, group_offset) -> list[Rollout]:
         jobs = []
-        for g, ex in enumerate(examples):
+        for g, ex in enumerate(examples, start=group_offset):
             prompt = self.prompt_tokens(ex)
             for k in range(n):
                 seed = derive_seed(self.config.seed, tag, g, ex.id, k)
@@ -139,8 +139,13 @@ class Collector:
         saar_enabled: bool | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
+        group_offset: int = 0,
     ) -> list[Rollout]:
-        """n rollouts per example, grouped example by example (rollouts[g*n:(g+1)*n])."""
+        """n rollouts per example, grouped example by example (rollouts[g*n:(g+1)*n]).
+
+        `group_offset` is the global index of `examples[0]` when this process rolls out a share
+        of a larger batch: seeds and `Rollout.group` then match a single-process run.
+        """
         r = self.config.rollout
         enabled = self.config.saar.enabled if saar_enabled is None else saar_enabled
         sampling_kw = dict(
@@ -149,7 +154,9 @@ class Collector:
             top_k=r.top_k,
         )
         out = asyncio.run(
-            self._collect(list(examples), n, sampling_kw, self.saar if enabled else None, tag)
+            self._collect(
+                list(examples), n, sampling_kw, self.saar if enabled else None, tag, group_offset
+            )
         )
         logging.debug("collected %d rollouts (tag %s)", len(out), tag)
         return out

@@ -28,8 +28,15 @@ def base_config() -> ml_collections.ConfigDict:
             param_dtype="float32",
             remat=True,
             tiny=ml_collections.ConfigDict(
-                dict(vocab_size=0, hidden_size=64, intermediate_size=128, num_layers=2,
-                     num_heads=4, num_kv_heads=2, head_dim=16)
+                dict(
+                    vocab_size=0,
+                    hidden_size=64,
+                    intermediate_size=128,
+                    num_layers=2,
+                    num_heads=4,
+                    num_kv_heads=2,
+                    head_dim=16,
+                )
             ),
         )
     )
@@ -58,8 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
             max_response_tokens=20480,
             max_tool_attempts=30,
             engine=ml_collections.ConfigDict(
-                dict(page_size=16, num_pages=0, max_slots=64, prefill_chunk=512,
-                     max_seq_len=23040)
+                dict(page_size=16, num_pages=0, max_slots=64, prefill_chunk=512, max_seq_len=23040)
             ),
         )
     )
@@ -203,24 +209,50 @@ def demo_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.preset = "tiny"
     c.model.dtype = "float32"
     c.model.remat = False
-    c.model.tiny.update(dict(hidden_size=128, intermediate_size=384, num_layers=3, num_heads=4,
-                             num_kv_heads=2, head_dim=32))
+    c.model.tiny.update(
+        dict(
+            hidden_size=96,
+            intermediate_size=288,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            head_dim=24,
+        )
+    )
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.saar.enabled = args["arm"] == "cleaner"
-    c.rollout.update(dict(prompts_per_step=8, n=8, temperature=1.0, top_p=1.0, max_turns=6,
-                          max_response_tokens=384, max_tool_attempts=8))
-    c.rollout.engine.update(dict(page_size=16, num_pages=2048, max_slots=64, prefill_chunk=128,
-                                 max_seq_len=640))
+    c.rollout.update(
+        dict(
+            prompts_per_step=8,
+            n=8,
+            temperature=1.0,
+            top_p=1.0,
+            max_turns=6,
+            max_response_tokens=384,
+            max_tool_attempts=8,
+        )
+    )
+    c.rollout.engine.update(
+        dict(page_size=16, num_pages=2048, max_slots=64, prefill_chunk=128, max_seq_len=640)
+    )
     c.sandbox.update(dict(num_workers=2, timeout_s=4.0))
     c.reward.overlong_buffer = 64
     c.data.max_prompt_tokens = 256
     c.data.shuffle_seed = args["seed"]
     c.optim.update(dict(learning_rate=5e-5, warmup_steps=2, weight_decay=0.0))
-    c.train.update(dict(mini_batch_prompts=8, row_len=1024, rows_per_micro=8))
+    c.train.update(dict(mini_batch_prompts=8, row_len=640, rows_per_micro=8))
     c.validation.update(dict(every=4, n=2, temperature=1.0, top_p=1.0, max_prompts=32))
     c.checkpoint.update(dict(every=8, keep=1, export_hf=False))
-    c.sft.update(dict(epochs=6, rows_per_step=8, row_len=1024, learning_rate=2e-3,
-                      warmup_steps=20, checkpoint_every=100000))
+    c.sft.update(
+        dict(
+            epochs=7,
+            rows_per_step=4,
+            row_len=640,
+            learning_rate=3e-3,
+            warmup_steps=20,
+            checkpoint_every=100000,
+        )
+    )
     if args["runlocal"]:
         c.prepare_synthetic = True
         c.total_steps = 2

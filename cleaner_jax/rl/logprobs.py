@@ -19,6 +19,7 @@ from flax import nnx
 
 from cleaner_jax.models.kv_cache import DenseKVCache
 from cleaner_jax.models.qwen import token_logprobs
+from cleaner_jax.rl import distributed
 
 
 def _bucket(n: int, multiple: int) -> int:
@@ -26,8 +27,9 @@ def _bucket(n: int, multiple: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "temperature"))
-def _packed_logprobs(graphdef, state, inputs_RT, targets_RT, positions_RT, segment_ids_RT,
-                     temperature=1.0):
+def _packed_logprobs(
+    graphdef, state, inputs_RT, targets_RT, positions_RT, segment_ids_RT, temperature=1.0
+):
     model = nnx.merge(graphdef, state)
     logits_RTV, _ = model(inputs_RT, positions_RT, segment_ids_BT=segment_ids_RT)
     return token_logprobs(logits_RTV, targets_RT, temperature)
@@ -35,10 +37,15 @@ def _packed_logprobs(graphdef, state, inputs_RT, targets_RT, positions_RT, segme
 
 def packed_logprobs(graphdef, state, batch, temperature: float = 1.0) -> np.ndarray:
     """log p(target) for every slot of a `packing.PackedBatch`, [R, T] float32."""
-    return np.asarray(
+    return distributed.to_host(
         _packed_logprobs(
-            graphdef, state, batch.inputs_RT, batch.targets_RT, batch.positions_RT,
-            batch.segment_ids_RT, temperature=temperature,
+            graphdef,
+            state,
+            batch.inputs_RT,
+            batch.targets_RT,
+            batch.positions_RT,
+            batch.segment_ids_RT,
+            temperature=temperature,
         )
     )
 
@@ -56,15 +63,21 @@ def _prefix_shared(graphdef, state, prompt_P, prompt_len, resp_GS, resp_len_G, t
     pos_GS = prompt_len + jnp.arange(s_pad)[None, :]
     pos_GS = jnp.where(jnp.arange(s_pad)[None, :] < resp_len_G[:, None], pos_GS, -1)
     logits_GSV, _ = model(resp_GS, pos_GS, cache=cache)
-    first_G = token_logprobs(jnp.broadcast_to(last_V, (g, 1, last_V.shape[-1])),
-                             resp_GS[:, :1], temperature)
+    first_G = token_logprobs(
+        jnp.broadcast_to(last_V, (g, 1, last_V.shape[-1])), resp_GS[:, :1], temperature
+    )
     rest_GS = token_logprobs(logits_GSV[:, :-1], resp_GS[:, 1:], temperature)
     return jnp.concatenate([first_G, rest_GS], axis=1)
 
 
 def prefix_shared_logprobs(
-    graphdef, state, prompt: np.ndarray, responses: list[np.ndarray], *,
-    temperature: float = 1.0, bucket: int = 64,
+    graphdef,
+    state,
+    prompt: np.ndarray,
+    responses: list[np.ndarray],
+    *,
+    temperature: float = 1.0,
+    bucket: int = 64,
 ) -> list[np.ndarray]:
     """Log-probs of each response's tokens given the shared prompt (prompt run once).
 
@@ -81,9 +94,11 @@ def prefix_shared_logprobs(
     resp_GS = np.zeros((len(responses), s_pad), np.int32)
     for i, r in enumerate(responses):
         resp_GS[i, : len(r)] = r
-    out_GS = np.asarray(
-        _prefix_shared(graphdef, state, prompt_P, len(prompt), resp_GS, lens,
-                       temperature=temperature)
+    # to_host: with parameters sharded across processes the output may be too.
+    out_GS = distributed.to_host(
+        _prefix_shared(
+            graphdef, state, prompt_P, len(prompt), resp_GS, lens, temperature=temperature
+        )
     )
     return [out_GS[i, :n] for i, n in enumerate(lens)]
 

@@ -121,8 +121,12 @@ def pack(samples: list[TrainSample], row_len: int, rows_multiple: int = 1) -> Pa
             out.sample_RT[r, sl] = i
             col += n
     used = sum(len(s.tokens) - 1 for s in samples)
-    logging.debug("packed %d samples into %d rows (%.0f%% full)", len(samples), num_rows,
-                  100.0 * used / max(1, num_rows * row_len))
+    logging.debug(
+        "packed %d samples into %d rows (%.0f%% full)",
+        len(samples),
+        num_rows,
+        100.0 * used / max(1, num_rows * row_len),
+    )
     return out
 
 
@@ -133,8 +137,9 @@ def split_rows(batch: PackedBatch, rows_per_micro: int) -> list[PackedBatch]:
     arrays = batch.arrays()
     if total != n:
         arrays = {
-            k: np.concatenate([v, np.full((total - n, v.shape[1]), -1 if k == "sample_RT" else 0,
-                                          v.dtype)])
+            k: np.concatenate(
+                [v, np.full((total - n, v.shape[1]), -1 if k == "sample_RT" else 0, v.dtype)]
+            )
             for k, v in arrays.items()
         }
     return [

@@ -83,8 +83,14 @@ def _steps_to(rows: list[dict], key: str, target: float) -> str:
     return "not reached"
 
 
-def write_report(workdir: str, run_dirs: Mapping[str, str], *, timings: Mapping[str, float],
-                 corpus_stats: Mapping, mode: str) -> str:
+def write_report(
+    workdir: str,
+    run_dirs: Mapping[str, str],
+    *,
+    timings: Mapping[str, float],
+    corpus_stats: Mapping,
+    mode: str,
+) -> str:
     runs = {name: read_metrics(d) for name, d in run_dirs.items()}
     plots = []
     for key, title in _PLOTS:
@@ -122,15 +128,21 @@ def write_report(workdir: str, run_dirs: Mapping[str, str], *, timings: Mapping[
         )
     lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
-    phase_keys = sorted({k for rows in runs.values() for r in rows for k in r
-                         if k.startswith("time/")})
+    phase_keys = sorted(
+        {k for rows in runs.values() for r in rows for k in r if k.startswith("time/")}
+    )
     if phase_keys:
-        lines += ["", "Mean seconds per step and phase:", "", "| run | " +
-                  " | ".join(k[5:] for k in phase_keys) + " |",
-                  "|---|" + "---|" * len(phase_keys)]
+        lines += [
+            "",
+            "Mean seconds per step and phase:",
+            "",
+            "| run | " + " | ".join(k[5:] for k in phase_keys) + " |",
+            "|---|" + "---|" * len(phase_keys),
+        ]
         for name, rows in runs.items():
-            lines.append(f"| {name} | " + " | ".join(
-                f"{_mean_over(rows, k):.2f}" for k in phase_keys) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(f"{_mean_over(rows, k):.2f}" for k in phase_keys) + " |"
+            )
     lines += ["", "## Plots", ""]
     lines += [f"![{title}]({fname})" for title, fname in plots]
     path = os.path.join(workdir, "report.md")

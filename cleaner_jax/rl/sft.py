@@ -55,8 +55,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps_per_epoch = max(1, rows_per_epoch // s.rows_per_step)
     total = steps_per_epoch * s.epochs
     optimizer = make_optimizer(
-        OptimConfig(learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, total_steps=total,
-                    grad_clip=config.optim.grad_clip, weight_decay=config.optim.weight_decay)
+        OptimConfig(
+            learning_rate=s.learning_rate,
+            warmup_steps=s.warmup_steps,
+            total_steps=total,
+            grad_clip=config.optim.grad_clip,
+            weight_decay=config.optim.weight_decay,
+        )
     )
     updater = Updater(bundle.graphdef, optimizer, LossConfig(kind="sft"), mesh=bundle.mesh)
     state = bundle.state
@@ -85,6 +90,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if jax.process_index() == 0:
         tokenizer.save_pretrained(out_dir)
     writer.close()
-    logging.info("SFT done: %d steps, last loss %.4f, exported to %s", step,
-                 metrics.get("loss", float("nan")), out_dir)
+    logging.info(
+        "SFT done: %d steps, last loss %.4f, exported to %s",
+        step,
+        metrics.get("loss", float("nan")),
+        out_dir,
+    )
     return metrics

@@ -28,14 +28,20 @@ from cleaner_jax.agent.sandbox import SandboxConfig, SandboxPool
 from cleaner_jax.data.readers import EpochIterator, filter_overlong, read_agentrl
 from cleaner_jax.models import hf_io
 from cleaner_jax.rl import checkpoint as checkpoint_lib
+from cleaner_jax.rl import distributed, model_setup
 from cleaner_jax.rl import logprobs as logprobs_lib
 from cleaner_jax.rl import metrics as metrics_lib
-from cleaner_jax.rl import model_setup
 from cleaner_jax.rl.advantages import compute_advantages
 from cleaner_jax.rl.collect import Collector, Rollout
 from cleaner_jax.rl.packing import pack, split_rows
 from cleaner_jax.rl.rewards import OverlongConfig, RewardConfig, RewardScorer, reward_metrics
-from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer, split_minibatches
+from cleaner_jax.rl.update import (
+    LossConfig,
+    OptimConfig,
+    Updater,
+    make_optimizer,
+    split_minibatches,
+)
 from cleaner_jax.saar import aggregate_stats
 from cleaner_jax.sampling import Engine, EngineConfig
 
@@ -71,9 +77,11 @@ class _JudgePool:
     """
 
     def __init__(self, config):
-        self._config = SandboxConfig(num_workers=config.sandbox.num_workers,
-                                     timeout_s=config.sandbox.timeout_s,
-                                     max_output_chars=1_000_000)
+        self._config = SandboxConfig(
+            num_workers=config.sandbox.num_workers,
+            timeout_s=config.sandbox.timeout_s,
+            max_output_chars=1_000_000,
+        )
         self._pool = None
 
     async def run(self, code, stdin=None, timeout_s=None):
@@ -95,7 +103,10 @@ def _old_logprobs(config, bundle, state, rollouts: list[Rollout], samples, n: in
         group = samples[g : g + n]
         p = group[0].prompt_len
         resp = logprobs_lib.prefix_shared_logprobs(
-            bundle.graphdef, state, group[0].tokens[:p], [s.tokens[p:] for s in group],
+            bundle.graphdef,
+            state,
+            group[0].tokens[:p],
+            [s.tokens[p:] for s in group],
             temperature=temperature,
         )
         for k, s in enumerate(group):
@@ -114,6 +125,14 @@ def _old_logprobs(config, bundle, state, rollouts: list[Rollout], samples, n: in
     return metrics
 
 
+def _exchange(rollouts: list[Rollout], results: list) -> tuple[list[Rollout], list]:
+    """Every process's rollouts and reward results, in global prompt order (a collective)."""
+    if jax.process_count() == 1:
+        return rollouts, results
+    pairs = distributed.gather_shares(list(zip(rollouts, results, strict=True)))
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
 class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
         self.config, self.workdir = config, workdir
@@ -123,30 +142,39 @@ class Trainer:
         o = config.optim
         self.updater = Updater(
             self.bundle.graphdef,
-            make_optimizer(OptimConfig(learning_rate=o.learning_rate,
-                                       warmup_steps=o.warmup_steps,
-                                       weight_decay=o.weight_decay, grad_clip=o.grad_clip)),
-            LossConfig(kind="ppo", clip_eps_low=config.loss.clip_eps_low,
-                       clip_eps_high=config.loss.clip_eps_high,
-                       dual_clip_c=config.loss.dual_clip_c or None,
-                       temperature=config.rollout.temperature,
-                       entropy_coef=config.loss.entropy_coef),
+            make_optimizer(
+                OptimConfig(
+                    learning_rate=o.learning_rate,
+                    warmup_steps=o.warmup_steps,
+                    weight_decay=o.weight_decay,
+                    grad_clip=o.grad_clip,
+                )
+            ),
+            LossConfig(
+                kind="ppo",
+                clip_eps_low=config.loss.clip_eps_low,
+                clip_eps_high=config.loss.clip_eps_high,
+                dual_clip_c=config.loss.dual_clip_c or None,
+                temperature=config.rollout.temperature,
+                entropy_coef=config.loss.entropy_coef,
+            ),
             mesh=self.bundle.mesh,
         )
         self.state = self.bundle.state
         self.opt_state = self.updater.init(self.state)
         self.ckpt = checkpoint_lib.Checkpointer(
-            os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+            os.path.join(workdir, "checkpoints"),
+            keep=config.checkpoint.keep,
             every=config.checkpoint.every,
         )
-        self.pool = SandboxPool(SandboxConfig(num_workers=config.sandbox.num_workers,
-                                              timeout_s=config.sandbox.timeout_s))
+        self.pool = SandboxPool(
+            SandboxConfig(
+                num_workers=config.sandbox.num_workers, timeout_s=config.sandbox.timeout_s
+            )
+        )
         self.judge = _JudgePool(config)
         self.scorer = RewardScorer(_reward_config(config), code_runner=self.judge)
-        self.engine = Engine(
-            (self.bundle.graphdef, model_setup.cast_state(self.state, self.bundle.cfg.dtype)),
-            _engine_config(config),
-        )
+        self.engine = Engine((self.bundle.graphdef, self._sampler_params()), _engine_config(config))
         self.collector = Collector(config, self.tokenizer, self.engine, self.pool)
         self._load_data()
         self.step = 0
@@ -173,8 +201,22 @@ class Trainer:
         self.state, self.opt_state = state, opt_state
         self.step = int(meta["step"])
         self.iterator.set_state(meta["data"])
-        self.engine.update_params(model_setup.cast_state(self.state, self.bundle.cfg.dtype))
+        self.engine.update_params(self._sampler_params())
         logging.info("resumed from step %d", self.step)
+
+    def _sampler_params(self):
+        """The sampler's weights: as they are with one process; with several, a full copy on
+        this process's first device, since the sampler runs process-local jits. A collective."""
+        if jax.process_count() == 1:
+            return model_setup.cast_state(self.state, self.bundle.cfg.dtype)
+        return distributed.local_replica(self.state, self.bundle.cfg.dtype)
+
+    def _collect_share(self, examples, n, *, tag, **sampling) -> list[Rollout]:
+        """Rolls out this process's share of the prompts (all of them with one process)."""
+        mine = distributed.process_share(examples)
+        return self.collector.collect(
+            [examples[i] for i in mine], n, tag=tag, group_offset=mine[0] if mine else 0, **sampling
+        )
 
     def close(self):
         self.ckpt.close()
@@ -190,11 +232,14 @@ class Trainer:
         v = self.config.validation
         if not self.val_examples:
             return {}
-        rollouts = self.collector.collect(
-            self.val_examples, v.n, tag=("val", self.step), temperature=v.temperature,
+        rollouts = self._collect_share(
+            self.val_examples,
+            v.n,
+            tag=("val", self.step),
+            temperature=v.temperature,
             top_p=v.top_p,
         )
-        results = self._score(rollouts)
+        rollouts, results = _exchange(rollouts, self._score(rollouts))
         out = {f"val/{k}": x for k, x in reward_metrics(results).items()}
         stats = aggregate_stats([r.trajectory.stats for r in rollouts])
         out.update({f"val/{k}": x for k, x in stats.items() if isinstance(x, int | float)})
@@ -207,9 +252,12 @@ class Trainer:
         metrics: dict = {}
         examples = self.iterator.next_batch(c.rollout.prompts_per_step)
         with timer("rollout"):
-            rollouts = self.collector.collect(examples, n, tag=("train", self.step))
+            rollouts = self._collect_share(examples, n, tag=("train", self.step))
+        local_tokens = sum(len(r.trajectory.tokens) for r in rollouts)
         with timer("reward"):
             results = self._score(rollouts)
+        with timer("exchange"):
+            rollouts, results = _exchange(rollouts, results)
         rewards = np.array([r.score for r in results], np.float32)
         adv = compute_advantages(rewards, n, c.advantage.estimator)
         samples = [r.train_sample(float(a)) for r, a in zip(rollouts, adv, strict=True)]
@@ -225,7 +273,7 @@ class Trainer:
                 )
             metrics.update({f"train/{k}": v for k, v in upd.items()})
         with timer("sync_weights"):
-            self.engine.update_params(model_setup.cast_state(self.state, self.bundle.cfg.dtype))
+            self.engine.update_params(self._sampler_params())
         metrics.update(reward_metrics(results))
         stats = aggregate_stats([r.trajectory.stats for r in rollouts])
         metrics.update({f"saar/{k}": v for k, v in stats.items() if isinstance(v, int | float)})
@@ -235,8 +283,8 @@ class Trainer:
         metrics["spliced_tokens"] = float(sum(r.spliced_tokens for r in rollouts))
         phases = timer.pop()
         metrics.update(phases)
-        total_tokens = sum(len(r.trajectory.tokens) for r in rollouts)
-        metrics["rollout_tokens_per_s"] = total_tokens / max(phases["time/rollout"], 1e-9)
+        # Per process: this process's tokens over its own rollout time.
+        metrics["rollout_tokens_per_s"] = local_tokens / max(phases["time/rollout"], 1e-9)
         return metrics
 
     def fit(self) -> dict:
@@ -252,9 +300,13 @@ class Trainer:
                 metrics.update(self.validate())
             metrics["step_time_s"] = time.time() - t0
             self.writer.write(self.step, metrics)
-            self.ckpt.save(self.step, self.state, self.opt_state,
-                           {"step": self.step, "data": self.iterator.get_state()},
-                           force=self.step == c.total_steps)
+            self.ckpt.save(
+                self.step,
+                self.state,
+                self.opt_state,
+                {"step": self.step, "data": self.iterator.get_state()},
+                force=self.step == c.total_steps,
+            )
             last = metrics
         self.ckpt.wait()
         if c.checkpoint.export_hf:
@@ -267,11 +319,19 @@ class Trainer:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.multiprocess:
-        jax.distributed.initialize()
+        distributed.initialize()
     if config.prepare_synthetic:
+        from jax.experimental import multihost_utils
+
         from cleaner_jax.rl import demo  # the demo imports this module
 
-        demo.fill_synthetic_paths(config, workdir)
+        # Process 0 writes the assets; the others wait for them, then only set the paths.
+        if distributed.is_main_process():
+            demo.fill_synthetic_paths(config, workdir)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("cleaner_jax_synthetic_assets")
+            if not distributed.is_main_process():
+                demo.fill_synthetic_paths(config, workdir)
     trainer = Trainer(config, workdir)
     try:
         return trainer.fit()

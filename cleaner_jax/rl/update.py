@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from cleaner_jax.rl import distributed
 from cleaner_jax.rl import loss as loss_lib
 from cleaner_jax.rl.packing import PackedBatch
 
@@ -65,8 +66,13 @@ class LossConfig:
 
 _MINIBATCH_NORMALIZED = frozenset({"loss", "pg_loss", "kl", "entropy"})
 _ARRAY_FIELDS = (
-    "inputs_RT", "targets_RT", "positions_RT", "segment_ids_RT", "loss_mask_RT",
-    "old_logprobs_RT", "advantages_RT",
+    "inputs_RT",
+    "targets_RT",
+    "positions_RT",
+    "segment_ids_RT",
+    "loss_mask_RT",
+    "old_logprobs_RT",
+    "advantages_RT",
 )
 
 
@@ -84,9 +90,15 @@ def _loss(state, graphdef, arrays, num_tokens, cfg: LossConfig):
         metrics = {"loss": loss, "nll": loss_lib.masked_mean(-logp_RT, mask_RT)}
     else:
         loss, metrics = loss_lib.policy_loss(
-            logp_RT, arrays["old_logprobs_RT"], arrays["advantages_RT"], mask_RT,
-            clip_eps_low=cfg.clip_eps_low, clip_eps_high=cfg.clip_eps_high,
-            dual_clip_c=cfg.dual_clip_c, entropy_BT=entropy_RT, entropy_coef=cfg.entropy_coef,
+            logp_RT,
+            arrays["old_logprobs_RT"],
+            arrays["advantages_RT"],
+            mask_RT,
+            clip_eps_low=cfg.clip_eps_low,
+            clip_eps_high=cfg.clip_eps_high,
+            dual_clip_c=cfg.dual_clip_c,
+            entropy_BT=entropy_RT,
+            entropy_coef=cfg.entropy_coef,
             num_tokens=num_tokens,
         )
     # Metrics already divided by the mini-batch token count sum up as they are; per-micro means
@@ -142,7 +154,9 @@ class Updater:
         arrays = {k: getattr(micro, k) for k in _ARRAY_FIELDS}
         if self._batch_sharding is None:
             return {k: jnp.asarray(v) for k, v in arrays.items()}
-        return {k: jax.device_put(v, self._batch_sharding) for k, v in arrays.items()}
+        # Every process holds the same host batch; each fills only its own shards (device_put
+        # would also all-gather every array across processes to check that they agree).
+        return distributed.host_batch_to_global(arrays, self._batch_sharding)
 
     def grads(self, state, micro_batches: list[PackedBatch]):
         """Summed gradients and token-mean metrics over the micro-batches (no update)."""

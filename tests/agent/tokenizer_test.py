@@ -118,6 +118,16 @@ def test_any_digit_string_is_one_token_per_digit(tok, digits):
     assert [tok.decode([i]) for i in ids] == list(digits)
 
 
+def test_digit_groups_when_asked():
+    numbers = [" ".join(str(i) for i in range(1000))] * 3
+    grouped = tokenizer_lib.build_tokenizer(corpus() + numbers, 2048, digits_per_token=3)
+    pieces = [grouped.decode([i]) for i in encode(grouped, "x = 1995 * 47 + 123456")]
+    assert [p for p in pieces if p.strip().isdigit()] == ["199", "5", "47", "123", "456"]
+    assert "".join(pieces) == "x = 1995 * 47 + 123456"
+    with pytest.raises(ValueError, match="digits_per_token"):
+        tokenizer_lib.split_pattern(0)
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.text(max_size=40))
 def test_encode_decode_round_trip_up_to_nfc(tok, text):

@@ -49,7 +49,10 @@ def test_locked_config_rejects_typos():
 
 def test_parse_arg():
     assert parse_arg("runlocal,seed=3,arm=baseline", runlocal=False, seed=0, arm="x") == {
-        "runlocal": True, "seed": 3, "arm": "baseline"}
+        "runlocal": True,
+        "seed": 3,
+        "arm": "baseline",
+    }
     with pytest.raises(ValueError, match="unknown config arg"):
         parse_arg("sed=3", seed=0)
     with pytest.raises(ValueError, match="arm must be"):

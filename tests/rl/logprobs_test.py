@@ -26,13 +26,15 @@ def test_packed_and_prefix_shared_match_full_forward():
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, 128, 21)
     responses = [rng.integers(0, 128, n) for n in (3, 17, 9, 1)]
-    samples = [TrainSample(np.concatenate([prompt, r]), np.ones(len(prompt) + len(r)))
-               for r in responses]
+    samples = [
+        TrainSample(np.concatenate([prompt, r]), np.ones(len(prompt) + len(r))) for r in responses
+    ]
     temperature = 0.7
     batch = pack(samples, 48)
     packed = unpack_per_sample(packed_logprobs(graphdef, state, batch, temperature), batch, samples)
-    shared = prefix_shared_logprobs(graphdef, state, prompt, responses, temperature=temperature,
-                                    bucket=16)
+    shared = prefix_shared_logprobs(
+        graphdef, state, prompt, responses, temperature=temperature, bucket=16
+    )
     for s, p, sh in zip(samples, packed, shared, strict=True):
         ref = _reference(model, s.tokens, temperature)
         np.testing.assert_allclose(p[1:], ref, atol=1e-5)

@@ -11,8 +11,12 @@ from cleaner_jax.rl.packing import TrainSample, assign_rows, pack, split_rows, u
 def _samples(lengths, seed=0):
     rng = np.random.default_rng(seed)
     return [
-        TrainSample(rng.integers(1, 100, n), rng.integers(0, 2, n), advantage=float(i),
-                    logprobs=-rng.random(n))
+        TrainSample(
+            rng.integers(1, 100, n),
+            rng.integers(0, 2, n),
+            advantage=float(i),
+            logprobs=-rng.random(n),
+        )
         for i, n in enumerate(lengths)
     ]
 

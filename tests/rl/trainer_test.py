@@ -40,8 +40,13 @@ def _config(assets, total_steps, arm="cleaner"):
 
 
 def _deterministic(row):
-    return {k: v for k, v in row.items() if not k.startswith("time/")
-            and k not in ("step_time_s", "rollout_tokens_per_s") and "seconds" not in k}
+    return {
+        k: v
+        for k, v in row.items()
+        if not k.startswith("time/")
+        and k not in ("step_time_s", "rollout_tokens_per_s")
+        and "seconds" not in k
+    }
 
 
 def test_resume_after_crash_matches_uninterrupted_run(assets, tmp_path):
@@ -64,8 +69,14 @@ def test_resume_after_crash_matches_uninterrupted_run(assets, tmp_path):
     with open(straight / "hf_export" / "step_2" / "config.json") as f:
         assert json.load(f)["architectures"] == ["Qwen3ForCausalLM"]
     row = a[1]
-    for key in ("reward/mean", "train/loss", "saar/first_attempt_failure_rate",
-                "logprob_mismatch/mean_abs", "time/rollout", "time/update"):
+    for key in (
+        "reward/mean",
+        "train/loss",
+        "saar/first_attempt_failure_rate",
+        "logprob_mismatch/mean_abs",
+        "time/rollout",
+        "time/update",
+    ):
         assert key in row, key
     # Sampler and trainer log-probs agree on non-spliced tokens (fp32, same weights).
     assert row["logprob_mismatch/max_abs"] < 1e-4

@@ -19,16 +19,22 @@ def setup():
     graphdef, state = nnx.split(Qwen(cfg, rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(0)
     samples = [
-        TrainSample(rng.integers(0, 64, n), rng.random(n) > 0.3, advantage=float(rng.normal()),
-                    logprobs=-rng.random(n) * 4)
+        TrainSample(
+            rng.integers(0, 64, n),
+            rng.random(n) > 0.3,
+            advantage=float(rng.normal()),
+            logprobs=-rng.random(n) * 4,
+        )
         for n in rng.integers(5, 30, 10)
     ]
     return cfg, graphdef, state, pack(samples, 32, rows_multiple=8)
 
 
 def _max_diff(a, b):
-    return max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a),
-                                                           jax.tree.leaves(b), strict=True))
+    return max(
+        float(jnp.abs(x - y).max())
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 @pytest.mark.parametrize("kind", ["ppo", "sft"])

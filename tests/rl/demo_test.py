@@ -1,0 +1,28 @@
+"""The embedded default's quick mode end to end: assets, SFT, both GRPO arms, the report."""
+
+import os
+
+import pytest
+
+from cleaner_jax.rl import demo
+from cleaner_jax.rl.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_mode_produces_the_report(tmp_path):
+    stages = []
+    path = demo.run_demo("quick", str(tmp_path), progress=stages.append)
+    assert [s.split()[0] for s in stages] == ["1/4", "2/4", "3/4", "3/4", "4/4"]
+    text = open(path).read()
+    for run in ("baseline_seed0", "cleaner_seed0"):
+        assert f"| {run} |" in text
+        rows = read_metrics(tmp_path / run)
+        assert [r["step"] for r in rows] == [0, 1, 2]
+        assert "val/reward/acc" in rows[-1] and "saar/first_attempt_failure_rate" in rows[1]
+    assert os.path.exists(tmp_path / "saar_first_attempt_failure_rate.png")
+    assert os.path.exists(tmp_path / "sft" / "hf_export" / "final" / "model.safetensors")
+    # Re-running skips every finished stage.
+    again = []
+    demo.run_demo("quick", str(tmp_path), progress=again.append)
+    assert [s.split()[0] for s in again] == ["1/4", "4/4"]
