@@ -46,7 +46,6 @@ DATA_SOURCE = "synthetic_tool_math"
 SPLITS: tuple[str, ...] = ("train", "test")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class TaskRanges:
     """Inclusive (low, high) ranges of the numbers in the problems: the difficulty knobs.

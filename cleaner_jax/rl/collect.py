@@ -110,7 +110,8 @@ class Collector:
         self.saar = saar_config_from(config)
 
     def prompt_tokens(self, example: Example) -> list[int]:
-        return self.chat.prompt_tokens(example.messages, example.extra.get("tools") or TOOLS)
+        tools = (example.extra.get("tools") or TOOLS) if self.config.data.tools_in_prompt else None
+        return self.chat.prompt_tokens(example.messages, tools)
 
     async def _one(self, example, group, prompt, sampling, saar, seed) -> Rollout:
         policy = EnginePolicy(

@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
             val_files=[],
             max_prompt_tokens=2560,
             shuffle_seed=0,
+            # List the code_interpreter tool in the system prompt (Qwen's <tools> block).
+            tools_in_prompt=True,
         )
     )
 
@@ -239,6 +241,9 @@ def demo_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.reward.overlong_buffer = 64
     c.data.max_prompt_tokens = 256
     c.data.shuffle_seed = args["seed"]
+    # Without Qwen's ~150-token <tools> block the question sits ~40 tokens before the code that
+    # copies its numbers; with it, the 2-layer model did not learn to copy within the CPU budget.
+    c.data.tools_in_prompt = False
     c.optim.update(dict(learning_rate=5e-5, warmup_steps=2, weight_decay=0.0))
     c.train.update(dict(mini_batch_prompts=8, row_len=640, rows_per_micro=8))
     c.validation.update(dict(every=4, n=2, temperature=1.0, top_p=1.0, max_prompts=32))

@@ -41,10 +41,28 @@ class DemoMode:
 
 MODES = {
     # A smoke run of every stage (CI); too short to show anything about SAAR.
-    "quick": DemoMode(seeds=(0,), rl_steps=2, prompts_per_step=4, samples_per_prompt=4,
-                      n_sft=160, n_rl_train=64, n_test=8, sft_epochs=1, val_every=2),
-    "full": DemoMode(seeds=(0, 1, 2), rl_steps=12, prompts_per_step=8, samples_per_prompt=8,
-                     n_sft=800, n_rl_train=512, n_test=32, sft_epochs=7, val_every=4),
+    "quick": DemoMode(
+        seeds=(0,),
+        rl_steps=2,
+        prompts_per_step=4,
+        samples_per_prompt=4,
+        n_sft=160,
+        n_rl_train=64,
+        n_test=8,
+        sft_epochs=1,
+        val_every=2,
+    ),
+    "full": DemoMode(
+        seeds=(0, 1, 2),
+        rl_steps=12,
+        prompts_per_step=8,
+        samples_per_prompt=8,
+        n_sft=800,
+        n_rl_train=512,
+        n_test=32,
+        sft_epochs=7,
+        val_every=4,
+    ),
 }
 ARMS = ("baseline", "cleaner")
 TOKENIZER_VOCAB = 2048

@@ -28,10 +28,13 @@ from cleaner_jax.rl.packing import TrainSample, pack, split_rows
 from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
 
 
-def load_sft_samples(files, chat: ChatFormat, row_len: int) -> list[TrainSample]:
+def load_sft_samples(
+    files, chat: ChatFormat, row_len: int, tools_in_prompt: bool = True
+) -> list[TrainSample]:
     samples, dropped = [], 0
     for rec in read_records(list(files)):
-        tokens, mask = chat.conversation_tokens(rec["messages"], rec.get("tools") or TOOLS)
+        tools = (rec.get("tools") or TOOLS) if tools_in_prompt else None
+        tokens, mask = chat.conversation_tokens(rec["messages"], tools)
         if len(tokens) - 1 > row_len:
             dropped += 1
             continue
@@ -49,7 +52,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     s = config.sft
     tokenizer = model_setup.tokenizer_for(config)
     chat = ChatFormat(tokenizer)
-    samples = load_sft_samples(s.train_files, chat, s.row_len)
+    samples = load_sft_samples(s.train_files, chat, s.row_len, config.data.tools_in_prompt)
     bundle = model_setup.build_model(config, len(tokenizer))
     rows_per_epoch = pack(samples, s.row_len).num_rows
     steps_per_epoch = max(1, rows_per_epoch // s.rows_per_step)
