@@ -25,7 +25,7 @@ from cleaner_jax.rl import checkpoint as checkpoint_lib
 from cleaner_jax.rl import metrics as metrics_lib
 from cleaner_jax.rl import model_setup
 from cleaner_jax.rl.packing import TrainSample, pack, split_rows
-from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
+from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer, round_rows
 
 
 def load_sft_samples(
@@ -54,8 +54,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     chat = ChatFormat(tokenizer)
     samples = load_sft_samples(s.train_files, chat, s.row_len, config.data.tools_in_prompt)
     bundle = model_setup.build_model(config, len(tokenizer))
+    rows_per_step = round_rows(s.rows_per_step, bundle.mesh)
     rows_per_epoch = pack(samples, s.row_len).num_rows
-    steps_per_epoch = max(1, rows_per_epoch // s.rows_per_step)
+    steps_per_epoch = max(1, rows_per_epoch // rows_per_step)
     total = steps_per_epoch * s.epochs
     optimizer = make_optimizer(
         OptimConfig(
@@ -79,7 +80,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     for epoch in range(s.epochs):
         order = rng.permutation(len(samples))
         batch = pack([samples[i] for i in order], s.row_len)
-        micros = split_rows(batch, s.rows_per_step)[:steps_per_epoch]
+        micros = split_rows(batch, rows_per_step)[:steps_per_epoch]
         for micro in micros:
             state, opt_state, metrics = updater.step(state, opt_state, [micro])
             step += 1

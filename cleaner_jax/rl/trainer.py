@@ -40,6 +40,7 @@ from cleaner_jax.rl.update import (
     OptimConfig,
     Updater,
     make_optimizer,
+    round_rows,
     split_minibatches,
 )
 from cleaner_jax.saar import aggregate_stats
@@ -198,7 +199,13 @@ class Trainer:
         state, opt_state, meta = self.ckpt.restore(
             abstract_params=self.state, abstract_opt_state=self.opt_state
         )
-        self.state, self.opt_state = state, opt_state
+        # Place every restored leaf exactly like the freshly initialised one (orbax may hand
+        # optimizer-state leaves back on a single device).
+        self.state, self.opt_state = jax.tree.map(
+            lambda x, ref: jax.device_put(x, ref.sharding),
+            (state, opt_state),
+            (self.state, self.opt_state),
+        )
         self.step = int(meta["step"])
         self.iterator.set_state(meta["data"])
         self.engine.update_params(self._sampler_params())
@@ -266,7 +273,7 @@ class Trainer:
         with timer("update"):
             per_mb = c.train.mini_batch_prompts * n
             for mb in split_minibatches(samples, max(1, len(samples) // per_mb)):
-                rows = c.train.rows_per_micro
+                rows = round_rows(c.train.rows_per_micro, self.bundle.mesh)
                 micros = split_rows(pack(mb, c.train.row_len, rows), rows)
                 self.state, self.opt_state, upd = self.updater.step(
                     self.state, self.opt_state, micros

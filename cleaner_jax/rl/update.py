@@ -144,7 +144,16 @@ class Updater:
         self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1))
 
     def init(self, state) -> Any:
-        return jax.jit(self.optimizer.init)(state)
+        # Eager on purpose: under jit, XLA places the zero moments on one device; eagerly they
+        # keep each parameter's sharding.
+        opt_state = self.optimizer.init(state)
+        if self.mesh is None:
+            return opt_state
+        # Scalars (step counts) land on one device; replicate them on the mesh.
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return jax.tree.map(
+            lambda x: jax.device_put(x, replicated) if x.ndim == 0 else x, opt_state
+        )
 
     def _apply_impl(self, state, opt_state, grads):
         updates, opt_state = self.optimizer.update(grads, opt_state, state)
@@ -183,6 +192,14 @@ class Updater:
         out["grad_norm"] = float(gnorm)
         out["trained_tokens"] = float(sum(float(m.loss_mask_RT.sum()) for m in micro_batches))
         return state, opt_state, out
+
+
+def round_rows(rows: int, mesh: jax.sharding.Mesh | None) -> int:
+    """`rows` rounded up to a multiple of the mesh's batch shards (data x fsdp)."""
+    if mesh is None:
+        return rows
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    return -(-rows // shards) * shards
 
 
 def split_minibatches(items: list, num_minibatches: int) -> list[list]:

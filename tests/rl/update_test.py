@@ -86,3 +86,14 @@ def test_loss_gradient_matches_finite_differences(setup):
     fd = (loss_with(eps) - loss_with(-eps)) / (2 * eps)
     np.testing.assert_allclose(fd, float(g_val[0, 0]), rtol=2e-2, atol=2e-4)
     assert np.isfinite(metrics["loss"])
+
+
+def test_optimizer_state_lives_on_the_parameter_mesh(setup):
+    cfg, graphdef, state, _ = setup
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    sharded = sharding.shard_state(state, mesh, cfg=cfg)
+    opt_state = Updater(graphdef, make_optimizer(OptimConfig()), LossConfig(), mesh=mesh).init(
+        sharded
+    )
+    for leaf in jax.tree.leaves(opt_state):
+        assert len(leaf.sharding.device_set) == 8, leaf.shape
