@@ -18,6 +18,7 @@ from cleaner_jax.agent.sandbox import (
     SandboxPool,
     SandboxStartError,
 )
+from cleaner_jax.agent.sandbox.bwrap import bwrap_unusable_reason
 
 MARKER = "\n... [output truncated]"
 
@@ -196,7 +197,10 @@ def test_fallback_equals_bwrap(pool, fallback_pool, code):
 
 
 def test_modes_are_reported(pool, fallback_pool):
-    assert pool.sandbox_mode == "bwrap" and pool.degraded_reason is None
+    if bwrap_unusable_reason(SandboxConfig()):
+        assert pool.sandbox_mode == "fallback" and "bubblewrap" in pool.degraded_reason
+    else:
+        assert pool.sandbox_mode == "bwrap" and pool.degraded_reason is None
     assert fallback_pool.sandbox_mode == "fallback"
     assert "use_bwrap=False" in fallback_pool.degraded_reason
 
