@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 
 from cleaner_jax.agent.sandbox.config import SandboxConfig
 
@@ -50,6 +51,25 @@ def bwrap_unusable_reason(config: SandboxConfig) -> str | None:
     return None
 
 
+_PRIVATE_MOUNTS = ("/tmp", "/dev/shm")
+
+
+def _hidden_by_private_mounts(config: SandboxConfig) -> list[str]:
+    """Paths the worker needs (its script, the interpreter, the venv and import path) that lie
+    under /tmp or /dev/shm, which the sandbox replaces with empty tmpfs: a checkout or venv in
+    /tmp would otherwise vanish inside the sandbox. They are bound back read-only."""
+    wanted = {os.path.dirname(WORKER_SCRIPT), config.python_executable, sys.prefix}
+    wanted.update(p for p in sys.path if p)
+    found = set()
+    for path in wanted:
+        for candidate in (os.path.abspath(path), os.path.realpath(path)):
+            inside = any(candidate == m or candidate.startswith(m + "/") for m in _PRIVATE_MOUNTS)
+            if inside and os.path.exists(candidate) and candidate not in _PRIVATE_MOUNTS:
+                found.add(candidate)
+    # Keep only the outermost paths (a bind of /tmp/x already carries /tmp/x/y).
+    return sorted(p for p in found if not any(p.startswith(q + "/") for q in found))
+
+
 def worker_command(config: SandboxConfig, use_bwrap: bool, workdir: str | None) -> list[str]:
     """argv that starts one worker; `workdir` is the fallback mode's scratch directory."""
     setup = {
@@ -70,6 +90,7 @@ def worker_command(config: SandboxConfig, use_bwrap: bool, workdir: str | None) 
         "--proc", "/proc",
         "--tmpfs", "/tmp",
         "--tmpfs", "/dev/shm",
+        *[arg for path in _hidden_by_private_mounts(config) for arg in ("--ro-bind", path, path)],
         "--unshare-net",
         "--unshare-pid",
         "--unshare-ipc",
