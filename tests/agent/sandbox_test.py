@@ -18,7 +18,7 @@ from cleaner_jax.agent.sandbox import (
     SandboxPool,
     SandboxStartError,
 )
-from cleaner_jax.agent.sandbox.bwrap import bwrap_unusable_reason
+from cleaner_jax.agent.sandbox.bwrap import bwrap_unusable_reason, worker_command
 
 MARKER = "\n... [output truncated]"
 
@@ -316,3 +316,18 @@ def _descendants(pid: int) -> list[int]:
         frontier = [c for p in frontier for c in children.get(p, [])]
         out.extend(frontier)
     return out
+
+
+def test_import_path_under_tmp_is_bound_back_into_the_sandbox(monkeypatch, tmp_path):
+    # Regression: with the checkout or venv under /tmp, bwrap's private /tmp hid the worker
+    # script and the pool silently ran in fallback mode.
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.setattr(sys, "path", [str(site), *sys.path])
+    argv = worker_command(SandboxConfig(), use_bwrap=True, workdir=None)
+    expected = os.path.realpath(site) if str(site).startswith("/tmp/") else None
+    if expected is None:
+        pytest.skip(f"pytest's tmp_path {site} is not under /tmp on this machine")
+    binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
+    assert any(expected == b or expected.startswith(b + "/") for b in binds), binds
+    assert argv.index("--tmpfs") < argv.index("--ro-bind", argv.index("--tmpfs"))
