@@ -124,12 +124,39 @@ def hostile_pool(request):
         yield p
 
 
+def _parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name may hold spaces and parentheses: the ppid follows the last ')'.
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _ours_or_escaped(pid: int) -> bool:
+    """A process descends from this test process (the pool's workers are child subreapers, so
+    orphans stay below them) or escaped to init. Sandbox processes of other pytest-xdist workers
+    running at the same time descend from those workers and are not ours to judge."""
+    me, seen = os.getpid(), set()
+    while pid not in seen:
+        seen.add(pid)
+        parent = _parent_pid(pid)
+        if parent is None:
+            return False  # gone meanwhile
+        if parent in (me, 1):
+            return True
+        if parent == 0:
+            return False
+        pid = parent
+    return False
+
+
 def _sandbox_uid_processes() -> list[int]:
     pids = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                if os.stat(f"/proc/{name}").st_uid == SANDBOX_UID:
+                if os.stat(f"/proc/{name}").st_uid == SANDBOX_UID and _ours_or_escaped(int(name)):
                     pids.append(int(name))
             except OSError:
                 pass
