@@ -11,11 +11,13 @@ tool's response, and the final answer ``The answer is \\boxed{N}.``. Three kinds
                approach + rewritten code → success → answer  (error_rate * (1 - shallow_share))
 
 Shallow bugs: ``name_typo`` (NameError: a misspelt identifier such as ``prnt`` or ``rr``),
-``missing_paren`` (SyntaxError), ``missing_import`` (NameError: ``operator`` used without import;
-the warm sandbox pre-imports math/itertools/collections/numpy/sympy, so those would not fail).
-Deep bugs: ``str_operands`` (TypeError: factors written as strings), ``zero_modulus``
-(ZeroDivisionError: the loop reduces modulo its counter, which starts at 0), ``sum_of_str``
-(TypeError: summing a string), ``range_power`` (TypeError: squaring a range). Every tool text is
+``missing_paren`` (SyntaxError), ``missing_import`` (NameError: ``operator``, ``factorial`` or
+``isqrt`` used without its import; the warm sandbox pre-imports math/itertools/collections/numpy/
+sympy as modules, so dropping ``import math`` would not fail). Deep bugs (per template, in
+`synthetic_task.DEEP_BUGS`): ``str_operands`` / ``str_start`` / ``sum_of_str`` / ``range_power``
+/ ``float_factorial`` (TypeError: strings, ranges or floats where ints belong),
+``zero_modulus`` / ``divisor_from_zero`` (ZeroDivisionError: a loop counter from 0 used as a
+modulus or divisor). Every tool text is
 `ExecResult.to_tool_response_text()` of really running the call in the `SandboxPool`; the corpus
 builder checks that each buggy call failed with the intended exception and each other call
 succeeded and printed the ground truth, and raises otherwise.

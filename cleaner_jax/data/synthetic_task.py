@@ -9,13 +9,18 @@ with the `code_interpreter` tool, and copying the printed number into ``\\boxed{
   powmod    "What is 37^1234 mod 97?"                           (modular power)
   digitsum  "What is the sum of the digits of 7^45?"            (digit sum of a big power)
   sumsq     "What is the sum of k^2 for k from 12 to 85?"       (sum of a range of squares)
+  primecount "How many primes are less than 743?"
+  collatz   "How many Collatz steps lead from 743 to 1?"
+  selfpow   "What is 743^743 mod 1000?"
 
-Numbers are written plainly; the demo tokenizer (Qwen's pre-tokenizer) gives every digit its own
-token, so copying a number is copying digit tokens. The prompt is the real math prompt
-(`prompts.MATH_TEMPLATE`, the template the AIME readers use) around the question, with the
-`code_interpreter` tool given to the chat template, so the demo runs the exact prompt/tool format
-of the real configs. The user turn is 42-65 tokens with a demo tokenizer of 512-1024 tokens; the
-tool block the template adds brings the whole prompt to about 200-240.
+The last three are the embedded demo's: one number to copy into the code and an answer below
+1000, each a single token for the demo tokenizer (numbers in groups of up to three digits), so
+the copying a 2-layer model has to learn is as small as it gets. The first four need several
+numbers copied (digit by digit with Qwen's tokenizer); they suit larger models. The prompt is
+the real math prompt (`prompts.MATH_TEMPLATE`, the template the AIME readers use) around the
+question, with the `code_interpreter` tool given to the chat template unless the config leaves
+the tool block out (`data.tools_in_prompt`), so the task runs the prompt/tool format of the real
+configs.
 
 Splits are disjoint by construction: a problem's split is a hash of its template and parameters
 (`test_fraction` of the key space is "test"), so any train set and any test set drawn with the same
@@ -62,6 +67,12 @@ class TaskRanges:
     digitsum_exponent: tuple[int, int] = (20, 99)
     sumsq_start: tuple[int, int] = (1, 60)
     sumsq_count: tuple[int, int] = (10, 90)  # number of terms
+    primecount_n: tuple[int, int] = (100, 999)
+    collatz_n: tuple[int, int] = (100, 999)
+    selfpow_n: tuple[int, int] = (100, 999)
+    selfpow_modulus: tuple[int, int] = (1000, 1000)
+    factmod_n: tuple[int, int] = (10, 999)
+    factmod_modulus: tuple[int, int] = (997, 997)  # a prime above n keeps n! mod m nonzero
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -136,6 +147,49 @@ def _sample_sumsq(rng: random.Random, r: TaskRanges) -> dict[str, int]:
     return {"lo": lo, "hi": lo + rng.randint(*r.sumsq_count) - 1}
 
 
+def _single(field: str):
+    def sample(rng: random.Random, r: TaskRanges) -> dict[str, int]:
+        return {"n": rng.randint(*getattr(r, field))}
+
+    return sample
+
+
+def _with_modulus(field: str, modulus_field: str, solve: Callable[[Mapping[str, int]], int]):
+    """Samples n and a modulus m, skipping draws whose answer is a guessable 0."""
+
+    def sample(rng: random.Random, r: TaskRanges) -> dict[str, int]:
+        for _ in range(_MAX_RESAMPLES):
+            p = {"n": rng.randint(*getattr(r, field)), "m": rng.randint(*getattr(r, modulus_field))}
+            if solve(p):
+                return p
+        raise ValueError(f"{field} and {modulus_field} give only answers of 0")
+
+    return sample
+
+
+def _factorial_mod(p: Mapping[str, int]) -> int:
+    r = 1
+    for k in range(2, p["n"] + 1):
+        r = r * k % p["m"]
+    return r
+
+
+def _selfpow(p: Mapping[str, int]) -> int:
+    return pow(p["n"], p["n"], p["m"])
+
+
+def _count_primes_below(n: int) -> int:
+    return sum(1 for k in range(2, n) if all(k % d for d in range(2, int(k**0.5) + 1)))
+
+
+def _collatz_steps(n: int) -> int:
+    steps = 0
+    while n != 1:
+        n = n // 2 if n % 2 == 0 else 3 * n + 1
+        steps += 1
+    return steps
+
+
 _TEMPLATES: dict[str, _Template] = {
     t.name: t
     for t in (
@@ -162,6 +216,30 @@ _TEMPLATES: dict[str, _Template] = {
             _sample_sumsq,
             lambda p: f"What is the sum of k^2 for k from {p['lo']} to {p['hi']}?",
             lambda p: sum(k * k for k in range(p["lo"], p["hi"] + 1)),
+        ),
+        _Template(
+            "primecount",
+            _single("primecount_n"),
+            lambda p: f"How many primes are less than {p['n']}?",
+            lambda p: _count_primes_below(p["n"]),
+        ),
+        _Template(
+            "collatz",
+            _single("collatz_n"),
+            lambda p: f"How many Collatz steps lead from {p['n']} to 1?",
+            lambda p: _collatz_steps(p["n"]),
+        ),
+        _Template(
+            "selfpow",
+            _with_modulus("selfpow_n", "selfpow_modulus", _selfpow),
+            lambda p: f"What is {p['n']}^{p['n']} mod {p['m']}?",
+            _selfpow,
+        ),
+        _Template(
+            "factmod",
+            _with_modulus("factmod_n", "factmod_modulus", _factorial_mod),
+            lambda p: f"What is {p['n']}! mod {p['m']}?",
+            _factorial_mod,
         ),
     )
 }
@@ -414,6 +492,94 @@ APPROACHES: dict[str, tuple[Approach, ...]] = {
     ),
 }
 
+# The single-number templates (the demo's): one number to copy into the code, an answer below 1000.
+APPROACHES.update(
+    {
+        "primecount": (
+            Approach(
+                "trial",
+                "I will count the numbers below it that have no divisor.",
+                lambda p: f"print(sum(all(k % d for d in range(2, k)) for k in range(2, {p['n']})))",
+                ("all", "sum"),
+            ),
+            Approach(
+                "isqrt",
+                "I will test divisors up to the square root of each number.",
+                lambda p: (
+                    "from math import isqrt\n"
+                    "print(sum(all(k % d for d in range(2, isqrt(k) + 1)) "
+                    f"for k in range(2, {p['n']})))"
+                ),
+                ("isqrt",),
+                import_line="from math import isqrt",
+            ),
+            Approach(
+                "sieve",
+                "I will sieve out the multiples of each prime.",
+                lambda p: (
+                    f"n = {p['n']}\ns = [True] * n\nfor i in range(2, n):\n    if s[i]:\n"
+                    "        for j in range(i * i, n, i):\n            s[j] = False\n"
+                    "print(sum(s) - 2)"
+                ),
+                ("s", "n"),
+            ),
+        ),
+        "collatz": (
+            Approach(
+                "while",
+                "I will follow the sequence in a loop and count the steps.",
+                lambda p: (
+                    f"n = {p['n']}\nsteps = 0\nwhile n != 1:\n"
+                    "    n = n // 2 if n % 2 == 0 else 3 * n + 1\n    steps += 1\nprint(steps)"
+                ),
+                ("steps", "n"),
+            ),
+            Approach(
+                "list",
+                "I will build the whole sequence in a list and count its steps.",
+                lambda p: (
+                    f"seq = [{p['n']}]\nwhile seq[-1] > 1:\n    x = seq[-1]\n"
+                    "    seq.append(3 * x + 1 if x % 2 else x // 2)\nprint(len(seq) - 1)"
+                ),
+                ("seq",),
+            ),
+        ),
+        "selfpow": (
+            Approach(
+                "pow",
+                "I will use the three-argument pow of Python.",
+                lambda p: f"print(pow({p['n']}, {p['n']}, {p['m']}))",
+                ("pow", "print"),
+            ),
+            Approach(
+                "loop",
+                "I will multiply in a loop and reduce at every step.",
+                lambda p: (
+                    f"r = 1\nfor _ in range({p['n']}):\n    r = r * {p['n']} % {p['m']}\nprint(r)"
+                ),
+                ("r", "range"),
+            ),
+        ),
+        "factmod": (
+            Approach(
+                "factorial",
+                "I will use math.factorial and reduce the result.",
+                lambda p: f"from math import factorial\nprint(factorial({p['n']}) % {p['m']})",
+                ("factorial",),
+                import_line="from math import factorial",
+            ),
+            Approach(
+                "loop",
+                "I will multiply in a loop and reduce at every step.",
+                lambda p: (
+                    f"r = 1\nfor k in range(2, {p['n']} + 1):\n    r = r * k % {p['m']}\nprint(r)"
+                ),
+                ("r", "range"),
+            ),
+        ),
+    }
+)
+
 DEEP_BUGS: dict[str, tuple[DeepBug, ...]] = {
     "mul": (
         DeepBug(
@@ -449,6 +615,45 @@ DEEP_BUGS: dict[str, tuple[DeepBug, ...]] = {
             "TypeError",
             lambda p: f"print(sum(range({p['lo']}, {p['hi']} + 1) ** 2))",
             "while",
+        ),
+    ),
+    "primecount": (
+        DeepBug(
+            "divisor_from_zero",
+            "trial",
+            "ZeroDivisionError",
+            lambda p: f"print(sum(all(k % d for d in range(k)) for k in range(2, {p['n']})))",
+            "sieve",
+        ),
+    ),
+    "collatz": (
+        DeepBug(
+            "str_start",
+            "while",
+            "TypeError",
+            lambda p: (
+                f'n = "{p["n"]}"\nsteps = 0\nwhile n != 1:\n'
+                "    n = n // 2 if n % 2 == 0 else 3 * n + 1\n    steps += 1\nprint(steps)"
+            ),
+            "list",
+        ),
+    ),
+    "selfpow": (
+        DeepBug(
+            "zero_modulus",
+            "loop",
+            "ZeroDivisionError",
+            lambda p: f"r = 1\nfor i in range({p['n']}):\n    r = r * {p['n']} % i\nprint(r)",
+            "pow",
+        ),
+    ),
+    "factmod": (
+        DeepBug(
+            "float_factorial",
+            "factorial",
+            "TypeError",
+            lambda p: f"from math import factorial\nprint(factorial({p['n']} / 1) % {p['m']})",
+            "loop",
         ),
     ),
 }

@@ -39,6 +39,7 @@ class DemoMode:
     prompts_per_step: int
     samples_per_prompt: int
     n_sft: int
+    sft_copies: int  # corpus examples per SFT problem (different approaches, bugs and kinds)
     n_rl_train: int
     n_test: int
     sft_epochs: int
@@ -52,8 +53,9 @@ MODES = {
         rl_steps=2,
         prompts_per_step=4,
         samples_per_prompt=4,
-        n_sft=160,
-        n_rl_train=64,
+        n_sft=48,
+        sft_copies=2,
+        n_rl_train=32,
         n_test=8,
         sft_epochs=1,
         val_every=2,
@@ -63,8 +65,9 @@ MODES = {
         rl_steps=10,
         prompts_per_step=8,
         samples_per_prompt=8,
-        n_sft=800,
-        n_rl_train=512,
+        n_sft=176,
+        sft_copies=5,
+        n_rl_train=64,
         n_test=32,
         sft_epochs=7,
         val_every=4,
@@ -77,23 +80,31 @@ TOKENIZER_VOCAB = 2048
 # size did not learn to copy digit strings within the CPU budget: after 900 SFT steps the loss on
 # digit tokens was still 2.1 nats (chance: 2.3) while every other token was at 0.06.
 DIGITS_PER_TOKEN = 3
-# Small numbers: a model this size must copy every digit from the question into its code and from
-# the tool output into \boxed{}, and copying long digit strings is what it learns last.
+# One number per question, below 127, and an answer below 127 (mod the prime 127): a single
+# token each for the demo tokenizer (numbers in groups of up to three digits). The code copies
+# the question's one varying number; the box copies the one number of the last tool output.
+# Measured on this 2-layer d=96 model: with numbers up to 999 (a thousand distinct tokens) it did
+# not learn to copy within the CPU budget (held-out copy accuracy 0 after 430 SFT steps, also with
+# copy drills mixed in), while a copy task over ~190 values is learned in ~150 steps and over
+# ~1000 values still has 2 nats of loss after 350.
 TASK_RANGES = synthetic_task.TaskRanges(
-    mul_digits=(2, 2),
-    powmod_base=(2, 99),
-    powmod_exponent=(10, 99),
-    powmod_modulus=(7, 97),
-    digitsum_base=(2, 9),
-    digitsum_exponent=(10, 40),
-    sumsq_start=(1, 40),
-    sumsq_count=(10, 40),
+    collatz_n=(10, 126),
+    factmod_n=(10, 126),
+    factmod_modulus=(127, 127),
+    selfpow_n=(10, 126),
+    selfpow_modulus=(127, 127),
 )
-TEMPLATES = ("mul", "powmod")
+TEMPLATES = ("collatz", "factmod", "selfpow")
 
 
 def prepare_assets(
-    assets_dir: str, *, n_sft: int, n_rl_train: int, n_test: int, seed: int = 0
+    assets_dir: str,
+    *,
+    n_sft: int,
+    n_rl_train: int,
+    n_test: int,
+    sft_copies: int = 1,
+    seed: int = 0,
 ) -> dict[str, str]:
     """Problems, SFT corpus (run through the sandbox) and tokenizer; skipped if already there."""
     paths = {
@@ -111,7 +122,11 @@ def prepare_assets(
     sft_problems, rl_problems = train[:n_sft], train[n_sft:]
     test = synthetic_task.make_problems("test", n_test, seed + 1, **task)
     with SandboxPool(SandboxConfig(num_workers=2, timeout_s=4.0)) as pool:
-        corpus = sft_corpus.make_sft_corpus(sft_problems, pool, seed=seed)
+        corpus = [
+            example
+            for copy in range(sft_copies)
+            for example in sft_corpus.make_sft_corpus(sft_problems, pool, seed=seed + copy)
+        ]
     sft_corpus.write_sft_jsonl(corpus, paths["sft"])
     synthetic_task.write_rl_jsonl(rl_problems, paths["rl_train"])
     synthetic_task.write_rl_jsonl(test, paths["test"])
@@ -178,6 +193,7 @@ def run_demo(mode_name: str, workdir: str, progress=None) -> str:
         n_sft=mode.n_sft,
         n_rl_train=mode.n_rl_train,
         n_test=mode.n_test,
+        sft_copies=mode.sft_copies,
     )
     timings["assets"] = time.time() - t0
 

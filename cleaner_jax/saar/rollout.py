@@ -206,11 +206,14 @@ class _Rollout:
         if self.tokens_used + len(tokens) > self.limits.max_response_tokens:
             return False
         self.tokens_used += len(tokens)
-        self.segments.append(Segment.tool(tokens, sum(is_model_error(r) for r in results)))
+        failures = sum(is_model_error(r) for r in results)
+        self.segments.append(Segment.tool(tokens, failures))
+        self.last_tool_failed = failures > 0
         return True
 
     async def run(self, prompt_tokens: Sequence[int]) -> Trajectory:
         self.segments = [Segment.prompt(prompt_tokens)]
+        self.last_tool_failed = False
         while True:
             self.termination = self._out_of_budget()
             if self.termination:
@@ -231,7 +234,8 @@ class _Rollout:
                 # No turn left to read the results: like the reference, do not execute.
                 self.termination = "max_turns"
                 break
-            results = await self._execute(calls, first_attempt=True)
+            # A call written right after a visible tool failure is a correction, in either arm.
+            results = await self._execute(calls, first_attempt=not self.last_tool_failed)
             note = None
             if self.rollback_on and any(is_model_error(r) for r in results):
                 outcome = await self._rollback(context, calls, results)

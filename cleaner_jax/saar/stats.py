@@ -3,7 +3,10 @@
 Definitions (DESIGN §1 step 10):
   tool_calls: tool calls the model made, retries included (malformed ones too, since they are
     the model's error; calls refused by the attempt cap are not counted).
-  first_attempt_calls / first_attempt_successes: calls in turns that were not SAAR retries.
+  first_attempt_calls / first_attempt_successes: calls written without a failed tool result in
+    sight: neither SAAR retries nor, in either arm, the turn right after a visible tool failure
+    (the baseline's in-context correction). The same footing for both arms: how often the
+    model's uncorrected calls fail.
   rollbacks_triggered: failing positions at which SAAR sampled at least one retry.
   rollbacks_recovered: of those, positions where a retry succeeded and was spliced in.
   rollbacks_failed: positions left unrecovered (retries exhausted, retry answered without a call,

@@ -133,6 +133,9 @@ def test_every_bug_kind_really_fails(error_corpus):
         ("zero_modulus", "ZeroDivisionError"),
         ("sum_of_str", "TypeError"),
         ("range_power", "TypeError"),
+        ("divisor_from_zero", "ZeroDivisionError"),
+        ("str_start", "TypeError"),
+        ("float_factorial", "TypeError"),
     }
     assert set(seen) == expected, seen
     assert collections.Counter(e.kind for e in corpus) == {"shallow_fix": 20, "deep_fix": 20}

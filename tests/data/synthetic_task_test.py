@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import math
 
 import hypothesis
 import hypothesis.strategies as st
@@ -40,6 +41,20 @@ def _sum_squares_closed_form(lo: int, hi: int) -> int:
     return f(hi) - f(lo - 1)
 
 
+def _primes_below_sieve(n: int) -> int:
+    composite = set()
+    count = 0
+    for k in range(2, n):
+        if k not in composite:
+            count += 1
+            composite.update(range(k * k, n, k))
+    return count
+
+
+def _collatz_recursive(n: int) -> int:
+    return 0 if n == 1 else 1 + _collatz_recursive(3 * n + 1 if n % 2 else n // 2)
+
+
 def _independent_answer(problem: task.Problem) -> int:
     p = problem.params
     if problem.template == "mul":
@@ -50,6 +65,14 @@ def _independent_answer(problem: task.Problem) -> int:
         return _digit_sum_divmod(p["a"] ** p["b"])
     if problem.template == "sumsq":
         return _sum_squares_closed_form(p["lo"], p["hi"])
+    if problem.template == "primecount":
+        return _primes_below_sieve(p["n"])
+    if problem.template == "collatz":
+        return _collatz_recursive(p["n"])
+    if problem.template == "selfpow":
+        return _square_and_multiply(p["n"], p["n"], p["m"])
+    if problem.template == "factmod":
+        return math.prod(range(1, p["n"] + 1)) % p["m"]
     raise AssertionError(problem.template)
 
 
@@ -62,6 +85,12 @@ def _independent_answer(problem: task.Problem) -> int:
         ("digitsum", {"a": 2, "b": 10}, 7),  # 1024
         ("sumsq", {"lo": 1, "hi": 3}, 14),  # 1 + 4 + 9
         ("sumsq", {"lo": 3, "hi": 4}, 25),
+        ("primecount", {"n": 10}, 4),  # 2 3 5 7
+        ("primecount", {"n": 100}, 25),
+        ("collatz", {"n": 6}, 8),  # 6 3 10 5 16 8 4 2 1
+        ("collatz", {"n": 27}, 111),
+        ("selfpow", {"n": 12, "m": 1000}, 256),  # 12^12 = 8916100448256
+        ("factmod", {"n": 5, "m": 7}, 1),  # 120 = 17 * 7 + 1
     ],
 )
 def test_solve_golden(template, params, answer):
@@ -78,7 +107,8 @@ def test_deterministic_by_seed():
 
 def test_templates_round_robin_and_ids_unique():
     problems = task.make_problems("train", 40, seed=0)
-    assert [p.template for p in problems[:8]] == list(task.TEMPLATE_NAMES) * 2
+    k = len(task.TEMPLATE_NAMES)
+    assert [p.template for p in problems[: 2 * k]] == list(task.TEMPLATE_NAMES) * 2
     assert len({p.id for p in problems}) == 40
 
 
@@ -126,17 +156,33 @@ def test_every_approach_prints_the_answer():
 
 def test_ranges_respected():
     ranges = task.TaskRanges(
-        mul_digits=(4, 4), powmod_modulus=(50, 60), digitsum_exponent=(30, 31), sumsq_count=(7, 7)
+        mul_digits=(4, 4),
+        powmod_modulus=(50, 60),
+        digitsum_exponent=(30, 31),
+        sumsq_count=(7, 7),
+        primecount_n=(200, 300),
+        collatz_n=(30, 80),
+        selfpow_n=(500, 600),
+        selfpow_modulus=(97, 97),
+        factmod_n=(10, 60),
     )
-    for p in task.make_problems("train", 40, seed=0, ranges=ranges):
+    for p in task.make_problems("train", 80, seed=0, ranges=ranges):
         if p.template == "mul":
             assert 1000 <= p.params["a"] <= 9999 and 1000 <= p.params["b"] <= 9999
         elif p.template == "powmod":
             assert 50 <= p.params["m"] <= 60 and p.params["a"] % p.params["m"]
         elif p.template == "digitsum":
             assert p.params["b"] in (30, 31) and p.params["a"] % 10
-        else:
+        elif p.template == "sumsq":
             assert p.params["hi"] - p.params["lo"] + 1 == 7
+        elif p.template == "primecount":
+            assert 200 <= p.params["n"] <= 300
+        elif p.template == "collatz":
+            assert 30 <= p.params["n"] <= 80
+        elif p.template == "selfpow":
+            assert 500 <= p.params["n"] <= 600 and p.params["m"] == 97
+        else:
+            assert 10 <= p.params["n"] <= 60 and p.params["m"] == 997
 
 
 def test_boxed_ground_truth_scores_under_strict_math_reward():

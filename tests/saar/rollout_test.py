@@ -187,7 +187,8 @@ def test_retries_exhausted_keep_last_failure_with_note_and_disable_rollback():
     s = traj.stats
     assert (s.rollbacks_triggered, s.rollbacks_recovered, s.rollbacks_failed) == (1, 0, 1)
     assert (s.exhaustions, s.retries, s.shallow, s.deep) == (1, 3, 3, 0)
-    assert (s.tool_calls, s.first_attempt_calls, s.first_attempt_successes) == (5, 2, 0)
+    # Turn 4 follows a visible failure: a correction, not a first attempt.
+    assert (s.tool_calls, s.first_attempt_calls, s.first_attempt_successes) == (5, 1, 0)
     assert s.failure_types == {"NameError": 5}
     assert s.final_tool_failures == 2
     assert len(policy.score_calls) == 3
