@@ -4,12 +4,12 @@ import os
 
 import pytest
 
+from cleaner_jax.data import synthetic_task
 from cleaner_jax.rl import demo
 from cleaner_jax.rl.metrics import read_metrics
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_quick_mode_produces_the_report(tmp_path):
     stages = []
     path = demo.run_demo("quick", str(tmp_path), progress=stages.append)
@@ -26,3 +26,15 @@ def test_quick_mode_produces_the_report(tmp_path):
     again = []
     demo.run_demo("quick", str(tmp_path), progress=again.append)
     assert [s.split()[0] for s in again] == ["1/4", "4/4"]
+
+
+@pytest.mark.parametrize("mode", sorted(demo.MODES))
+def test_task_sizes_fit_the_demo_ranges(mode):
+    """Every mode's problem counts can be drawn, and every question number and answer is below
+    1000, so the demo tokenizer (digit groups of 3) makes each one a single token."""
+    m = demo.MODES[mode]
+    task = dict(ranges=demo.TASK_RANGES, templates=demo.TEMPLATES)
+    train = synthetic_task.make_problems("train", m.n_sft + m.n_rl_train, 0, **task)
+    test = synthetic_task.make_problems("test", m.n_test, 1, **task)
+    for p in train + test:
+        assert int(p.answer) < 1000 and all(v < 1000 for v in p.params.values()), p
