@@ -9,11 +9,17 @@
 4. `report.md` + PNG plots (`rl/report.py`).
 Everything lands in one workdir; a finished stage is not redone when the command is re-run.
 
-Known limitation (measured, Nov 2026): after SFT the 2-layer model writes the format and the code
-templates (loss 0.06 nats on those tokens) but not the question's numbers (4.1 nats on number
-tokens, about chance over 2-digit numbers), so held-out accuracy stays near 0 and GRPO gets almost
-no outcome signal in either arm. The same model learns a pure copy task in ~150 steps, so the
-mixture, not the architecture, is what has to change for the comparison to be a fair test.
+Known limitation (measured, Nov 2026, 2-core CPU): after SFT the 2-layer d=96 model writes the
+format, the reasoning and the code templates (0.08 nats per token) but does not copy numbers:
+held-out copy accuracy is 0 for the question's number in the code and for the tool output in the
+box, also on training problems. So accuracy stays near 0 in both arms, GRPO advantages come
+almost only from the overlong penalty, and the comparison is not yet a fair test of SAAR. What
+was tried (each an SFT run plus a per-token probe): numbers in 1-3 digit tokens instead of
+digits; one number per question and answers below 127 (this task); 5 corpus copies per problem;
+copy drills mixed into the SFT data; a drill pre-training stage before SFT; lr 1e-3; head_dim
+48. Pure copy drills alone need ~250 steps of 16 drills at a constant lr 3e-3 before the copy
+circuit forms (a phase change), and mixed with the task it did not form within the budget. Next
+candidates: a wider model with more steps (GPU), or a loss weight on copy tokens.
 """
 
 from __future__ import annotations
@@ -62,15 +68,15 @@ MODES = {
     ),
     "full": DemoMode(
         seeds=(0, 1, 2),
-        rl_steps=10,
+        rl_steps=6,
         prompts_per_step=8,
         samples_per_prompt=8,
         n_sft=176,
         sft_copies=5,
         n_rl_train=64,
         n_test=32,
-        sft_epochs=7,
-        val_every=4,
+        sft_epochs=6,
+        val_every=3,
     ),
 }
 ARMS = ("baseline", "cleaner")
