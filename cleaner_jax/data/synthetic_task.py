@@ -499,7 +499,9 @@ APPROACHES.update(
             Approach(
                 "trial",
                 "I will count the numbers below it that have no divisor.",
-                lambda p: f"print(sum(all(k % d for d in range(2, k)) for k in range(2, {p['n']})))",
+                lambda p: (
+                    f"print(sum(all(k % d for d in range(2, k)) for k in range(2, {p['n']})))"
+                ),
                 ("all", "sum"),
             ),
             Approach(
