@@ -2,6 +2,7 @@
 calls, asyncio concurrency, bubblewrap vs fallback equivalence, and infrastructure failures."""
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -332,4 +333,26 @@ def test_import_path_under_tmp_is_bound_back_into_the_sandbox(monkeypatch, tmp_p
         pytest.skip(f"pytest's tmp_path {site} is not under /tmp on this machine")
     binds = [argv[i + 1] for i, a in enumerate(argv) if a == "--ro-bind"]
     assert any(expected == b or expected.startswith(b + "/") for b in binds), binds
+    # The per-call scratch wipe is told to leave the binds alone.
+    setup = json.loads(argv[-1])
+    assert set(binds) - {"/"} <= set(setup["keep"]), (binds, setup["keep"])
     assert argv.index("--tmpfs") < argv.index("--ro-bind", argv.index("--tmpfs"))
+
+
+def test_scratch_wipe_leaves_bound_paths_alone(tmp_path):
+    # Regression: with the checkout under /tmp, the wipe after every call walked the read-only
+    # bind of the whole checkout and venv (186 ms per call instead of 8).
+    from cleaner_jax.agent.sandbox.worker import _clean_scratch
+
+    bound = tmp_path / "a" / "checkout"
+    (bound / "pkg").mkdir(parents=True)
+    (bound / "pkg" / "mod.py").write_text("x = 1\n")
+    (tmp_path / "a" / "junk.txt").write_text("junk")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "result.csv").write_text("1,2\n")
+    (tmp_path / "notes.txt").write_text("hi")
+    _clean_scratch(str(tmp_path), keep=(str(bound),))
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+    assert (bound / "pkg" / "mod.py").read_text() == "x = 1\n"
+    _clean_scratch(str(tmp_path))
+    assert os.listdir(tmp_path) == []

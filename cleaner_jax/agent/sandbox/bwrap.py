@@ -72,6 +72,7 @@ def _hidden_by_private_mounts(config: SandboxConfig) -> list[str]:
 
 def worker_command(config: SandboxConfig, use_bwrap: bool, workdir: str | None) -> list[str]:
     """argv that starts one worker; `workdir` is the fallback mode's scratch directory."""
+    binds = _hidden_by_private_mounts(config) if use_bwrap else []
     setup = {
         "preimport": list(config.preimport),
         "chmod_tmp": use_bwrap,
@@ -79,6 +80,8 @@ def worker_command(config: SandboxConfig, use_bwrap: bool, workdir: str | None) 
         # Private to this worker in both modes, so it is wiped after every call.
         "scratch_dir": "/tmp" if use_bwrap else workdir,
         "sandbox_uid": config.sandbox_uid,
+        # Bound back into the private /tmp: the per-call scratch wipe leaves them alone.
+        "keep": binds,
     }
     python = [config.python_executable, "-s", "-B", WORKER_SCRIPT, json.dumps(setup)]
     if not use_bwrap:
@@ -90,7 +93,7 @@ def worker_command(config: SandboxConfig, use_bwrap: bool, workdir: str | None) 
         "--proc", "/proc",
         "--tmpfs", "/tmp",
         "--tmpfs", "/dev/shm",
-        *[arg for path in _hidden_by_private_mounts(config) for arg in ("--ro-bind", path, path)],
+        *[arg for path in binds for arg in ("--ro-bind", path, path)],
         "--unshare-net",
         "--unshare-pid",
         "--unshare-ipc",

@@ -127,11 +127,15 @@ def _set_child_subreaper() -> bool:
 # ---------------------------------------------------------------------------------------------
 # Worker side: arm a child, hand it a request, drain, enforce the deadline, clean up.
 # ---------------------------------------------------------------------------------------------
-def _clean_scratch(path: str) -> None:
+def _clean_scratch(path: str, keep: tuple[str, ...] = ()) -> None:
+    """Empties `path`, except entries that are or lead to a `keep` path (the read-only binds of
+    a checkout or venv under /tmp): walking those would cost a full tree walk per call."""
     import shutil
 
     for name in os.listdir(path):
         full = os.path.join(path, name)
+        if any(k == full or k.startswith(full + "/") for k in keep):
+            continue
         if os.path.isdir(full) and not os.path.islink(full):
             shutil.rmtree(full, ignore_errors=True)
         else:
@@ -382,6 +386,7 @@ def main() -> None:
     os.dup2(2, 1)
     os.close(devnull)
     scratch_dir = setup.get("scratch_dir") or "/tmp"
+    keep = tuple(setup.get("keep", ()))
     if setup.get("chmod_tmp") and os.getuid() == 0:
         os.chmod(scratch_dir, 0o1777)
     subreaper = _set_child_subreaper()
@@ -431,7 +436,7 @@ def main() -> None:
         _child.write_all(proto_out, encode_frame(reply))
         # After answering: reap the call's processes, wipe scratch, fork the next child.
         _kill_all_descendants(armed["pid"])
-        _clean_scratch(scratch_dir)
+        _clean_scratch(scratch_dir, keep)
         armed = _arm(prelude, scratch_dir)
 
 
