@@ -250,7 +250,7 @@ def demo_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint.update(dict(every=8, keep=1, export_hf=False))
     c.sft.update(
         dict(
-            epochs=6,
+            epochs=5,
             rows_per_step=4,
             row_len=640,
             learning_rate=3e-3,

@@ -74,8 +74,8 @@ MODES = {
         n_sft=176,
         sft_copies=5,
         n_rl_train=64,
-        n_test=32,
-        sft_epochs=6,
+        n_test=24,
+        sft_epochs=5,
         val_every=3,
     ),
 }
