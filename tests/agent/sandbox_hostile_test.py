@@ -20,16 +20,18 @@ SANDBOX_UID = 65534
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(cleaner_jax.__file__)))
 PROBE_FILE = os.path.join(REPO_DIR, "sandbox_escape_probe.txt")
 
+# Walks up from the code's process to its own worker and SIGKILLs it. (Killing every worker.py
+# on the machine would, in fallback mode, also hit other pools' code children that share the
+# sandbox uid, e.g. those of a concurrent pytest-xdist worker.)
 KILL_OWN_WORKER = """\
 import os
-for pid in os.listdir('/proc'):
-    if pid.isdigit() and int(pid) != os.getpid():
-        try:
-            cmd = open(f'/proc/{pid}/cmdline', 'rb').read()
-        except OSError:
-            continue
-        if b'worker.py' in cmd:
-            os.kill(int(pid), 9)
+pid = os.getppid()
+while pid > 1:
+    cmd = open(f'/proc/{pid}/cmdline', 'rb').read()
+    if b'worker.py' in cmd:
+        os.kill(pid, 9)
+        break
+    pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])
 print('survived')
 """
 
@@ -163,7 +165,7 @@ def _sandbox_uid_processes() -> list[int]:
     return pids
 
 
-def _wait_no_stray(deadline_s: float = 3.0) -> list[int]:
+def _wait_no_stray(deadline_s: float = 10.0) -> list[int]:
     # Code runs as the sandbox uid and only there; armed children still run as root. The worker
     # reaps right after replying, so allow it a moment.
     end = time.monotonic() + deadline_s
