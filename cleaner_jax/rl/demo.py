@@ -17,9 +17,10 @@ almost only from the overlong penalty, and the comparison is not yet a fair test
 was tried (each an SFT run plus a per-token probe): numbers in 1-3 digit tokens instead of
 digits; one number per question and answers below 127 (this task); 5 corpus copies per problem;
 copy drills mixed into the SFT data; a drill pre-training stage before SFT (lr 1e-3 and
-head_dim 48 only in 75-step drill runs: no difference). Pure copy drills alone need ~250 steps of 16 drills at a constant lr 3e-3 before the copy
-circuit forms (a phase change), and mixed with the task it did not form within the budget. Next
-candidates: a wider model with more steps (GPU), or a loss weight on copy tokens.
+head_dim 48 only in 75-step drill runs: no difference). Pure copy drills alone need ~250 steps
+of 16 drills at a constant lr 3e-3 before the copy circuit forms (a phase change), and mixed with
+the task it did not form within the budget. Next candidates: a loss weight on number tokens, a
+longer drill-only stage at constant lr, or a wider model with more steps.
 """
 
 from __future__ import annotations
