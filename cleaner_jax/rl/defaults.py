@@ -126,6 +126,8 @@ def base_config() -> ml_collections.ConfigDict:
             row_len=4096,
             learning_rate=1e-5,
             warmup_steps=10,
+            # "cosine" (decays to 0 over the run) or "constant" after the warmup.
+            lr_schedule="cosine",
             checkpoint_every=200,
         )
     )
@@ -218,7 +220,9 @@ def demo_config(arg: str | None = None) -> ml_collections.ConfigDict:
             num_layers=2,
             num_heads=4,
             num_kv_heads=2,
-            head_dim=24,
+            # 4 x 48 > hidden_size on purpose: with head_dim 24 the copy circuit (question number
+            # into the code, tool output into \boxed{}) formed ~100 steps later in the same drills.
+            head_dim=48,
         )
     )
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
@@ -255,6 +259,9 @@ def demo_config(arg: str | None = None) -> ml_collections.ConfigDict:
             row_len=640,
             learning_rate=3e-3,
             warmup_steps=20,
+            # Copying numbers forms late (a phase change after ~200 steps at the full rate); a
+            # cosine decay had taken the rate away by then and the model copied nothing.
+            lr_schedule="constant",
             checkpoint_every=100000,
         )
     )

@@ -25,7 +25,14 @@ from cleaner_jax.rl import checkpoint as checkpoint_lib
 from cleaner_jax.rl import metrics as metrics_lib
 from cleaner_jax.rl import model_setup
 from cleaner_jax.rl.packing import TrainSample, pack, split_rows
-from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer, round_rows
+from cleaner_jax.rl.update import (
+    LossConfig,
+    OptimConfig,
+    Updater,
+    make_optimizer,
+    make_schedule,
+    round_rows,
+)
 
 
 def load_sft_samples(
@@ -50,6 +57,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, exports to `workdir/hf_export/final` and returns the last step's metrics."""
     os.makedirs(workdir, exist_ok=True)
     s = config.sft
+    if s.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"sft.lr_schedule must be 'cosine' or 'constant', got {s.lr_schedule!r}")
     tokenizer = model_setup.tokenizer_for(config)
     chat = ChatFormat(tokenizer)
     samples = load_sft_samples(s.train_files, chat, s.row_len, config.data.tools_in_prompt)
@@ -58,15 +67,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows_per_epoch = pack(samples, s.row_len).num_rows
     steps_per_epoch = max(1, rows_per_epoch // rows_per_step)
     total = steps_per_epoch * s.epochs
-    optimizer = make_optimizer(
-        OptimConfig(
-            learning_rate=s.learning_rate,
-            warmup_steps=s.warmup_steps,
-            total_steps=total,
-            grad_clip=config.optim.grad_clip,
-            weight_decay=config.optim.weight_decay,
-        )
+    optim_config = OptimConfig(
+        learning_rate=s.learning_rate,
+        warmup_steps=s.warmup_steps,
+        total_steps=total if s.lr_schedule == "cosine" else None,
+        grad_clip=config.optim.grad_clip,
+        weight_decay=config.optim.weight_decay,
     )
+    optimizer, schedule = make_optimizer(optim_config), make_schedule(optim_config)
     updater = Updater(bundle.graphdef, optimizer, LossConfig(kind="sft"), mesh=bundle.mesh)
     state = bundle.state
     opt_state = updater.init(state)
@@ -82,9 +90,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batch = pack([samples[i] for i in order], s.row_len)
         micros = split_rows(batch, rows_per_step)[:steps_per_epoch]
         for micro in micros:
+            # The rate this step is taken with (optax counts from 0).
+            learning_rate = float(schedule(step))
             state, opt_state, metrics = updater.step(state, opt_state, [micro])
             step += 1
-            metrics.update(epoch=epoch, elapsed_s=time.time() - t0)
+            metrics.update(epoch=epoch, learning_rate=learning_rate, elapsed_s=time.time() - t0)
             writer.write(step, metrics)
             ckpt.save(step, state, opt_state, {"step": step})
     ckpt.save(step, state, opt_state, {"step": step}, force=True)

@@ -39,7 +39,8 @@ class OptimConfig:
     total_steps: int | None = None  # None: constant after warmup (verl's default); else cosine
 
 
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+def make_schedule(cfg: OptimConfig) -> optax.Schedule:
+    """Linear warmup, then cosine decay to 0 at `total_steps` or constant when it is None."""
     warmup = optax.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
     if cfg.total_steps:
         decay = optax.cosine_decay_schedule(
@@ -47,10 +48,15 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
         )
     else:
         decay = optax.constant_schedule(cfg.learning_rate)
-    schedule = optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+    return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
-        optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
+        optax.adamw(
+            make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay
+        ),
     )
 
 

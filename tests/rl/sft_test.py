@@ -1,0 +1,85 @@
+"""Cold-start SFT (`cleaner_jax.rl.sft.run`): learning-rate schedules and the HF export."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cleaner_jax.agent.tokenizer import build_tokenizer
+from cleaner_jax.models import hf_io
+from cleaner_jax.rl import defaults, sft
+from cleaner_jax.rl.metrics import read_metrics
+
+PEAK, WARMUP = 2e-3, 2
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sft")
+    rng = np.random.default_rng(0)
+    convs = []
+    for _ in range(48):
+        a, b = (int(x) for x in rng.integers(0, 50, 2))
+        convs.append(
+            [
+                {"role": "user", "content": f"What is {a} + {b}?"},
+                {"role": "assistant", "content": f"It is {a + b}."},
+            ]
+        )
+    path = d / "sft.jsonl"
+    path.write_text("".join(json.dumps({"messages": m}) + "\n" for m in convs))
+    texts = [m["content"] for conv in convs for m in conv]
+    build_tokenizer(texts, 300, out_dir=d / "tokenizer")
+    return str(path), str(d / "tokenizer")
+
+
+def _config(corpus, schedule):
+    c = defaults.demo_config()
+    c.model.tiny.update(
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_layers=1,
+            num_heads=2,
+            num_kv_heads=1,
+            head_dim=16,
+        )
+    )
+    c.sft.update(
+        dict(
+            train_files=(corpus[0],),
+            epochs=3,
+            rows_per_step=8,
+            row_len=64,
+            learning_rate=PEAK,
+            warmup_steps=WARMUP,
+            lr_schedule=schedule,
+        )
+    )
+    c.tokenizer_path = corpus[1]
+    return c
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_learning_rate_follows_the_schedule_and_export_loads(corpus, tmp_path, schedule):
+    sft.run(_config(corpus, schedule), str(tmp_path))
+    rows = read_metrics(tmp_path)
+    lrs = [r["learning_rate"] for r in rows]
+    assert len(lrs) >= 6
+    # Linear warmup from 0: the first step is taken with rate 0, the next with PEAK / WARMUP.
+    np.testing.assert_allclose(lrs[:WARMUP], [0.0, PEAK / WARMUP], rtol=1e-6)
+    after = np.array(lrs[WARMUP:])
+    if schedule == "constant":
+        np.testing.assert_allclose(after, PEAK, rtol=1e-6)
+    else:
+        assert after[0] == pytest.approx(PEAK, rel=1e-6)
+        assert np.all(np.diff(after) < 0)
+        assert after[-1] < 0.2 * PEAK
+    cfg, _ = hf_io.load_hf_checkpoint(os.path.join(tmp_path, "hf_export", "final"))
+    assert (cfg.hidden_size, cfg.num_layers) == (32, 1)
+
+
+def test_unknown_schedule_is_refused(corpus, tmp_path):
+    with pytest.raises(ValueError, match="lr_schedule"):
+        sft.run(_config(corpus, "linear"), str(tmp_path))
