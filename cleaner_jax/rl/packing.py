@@ -67,6 +67,10 @@ class PackedBatch:
     def num_rows(self) -> int:
         return self.inputs_RT.shape[0]
 
+    def take_rows(self, rows: np.ndarray) -> PackedBatch:
+        """The rows `rows` (indices, in that order)."""
+        return PackedBatch(**{k: v[rows] for k, v in self.arrays().items()})
+
 
 def assign_rows(lengths: list[int], row_len: int) -> list[list[int]]:
     """First-fit decreasing bin packing of pair counts into rows of capacity `row_len`."""

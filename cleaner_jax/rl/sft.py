@@ -24,7 +24,7 @@ from cleaner_jax.models import hf_io
 from cleaner_jax.rl import checkpoint as checkpoint_lib
 from cleaner_jax.rl import metrics as metrics_lib
 from cleaner_jax.rl import model_setup
-from cleaner_jax.rl.packing import TrainSample, pack, split_rows
+from cleaner_jax.rl.packing import PackedBatch, TrainSample, pack, split_rows
 from cleaner_jax.rl.update import (
     LossConfig,
     OptimConfig,
@@ -51,6 +51,26 @@ def load_sft_samples(
     if not samples:
         raise ValueError(f"no SFT conversations found in {list(files)}")
     return samples
+
+
+def epoch_micro_batches(
+    samples: list[TrainSample],
+    row_len: int,
+    rows_per_step: int,
+    steps: int,
+    rng: np.random.Generator,
+) -> list[PackedBatch]:
+    """One epoch's `steps` micro-batches of `rows_per_step` rows each, in random order.
+
+    The rows are shuffled after packing: first-fit-decreasing packing fills rows longest sample
+    first, so unshuffled the first steps of every epoch would see only the longest conversations
+    (here the failed-then-fixed ones) and the last steps only the shortest.
+    """
+    order = rng.permutation(len(samples))
+    batch = pack([samples[i] for i in order], row_len)
+    batch = batch.take_rows(rng.permutation(batch.num_rows))
+    batch.sample_RT = np.where(batch.sample_RT >= 0, order[batch.sample_RT], -1)  # into `samples`
+    return split_rows(batch, rows_per_step)[:steps]
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -86,10 +106,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("SFT: %d conversations, %d steps (%d epochs)", len(samples), total, s.epochs)
     step, metrics, t0 = 0, {}, time.time()
     for epoch in range(s.epochs):
-        order = rng.permutation(len(samples))
-        batch = pack([samples[i] for i in order], s.row_len)
-        micros = split_rows(batch, rows_per_step)[:steps_per_epoch]
-        for micro in micros:
+        for micro in epoch_micro_batches(samples, s.row_len, rows_per_step, steps_per_epoch, rng):
             # The rate this step is taken with (optax counts from 0).
             learning_rate = float(schedule(step))
             state, opt_state, metrics = updater.step(state, opt_state, [micro])

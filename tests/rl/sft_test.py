@@ -10,6 +10,7 @@ from cleaner_jax.agent.tokenizer import build_tokenizer
 from cleaner_jax.models import hf_io
 from cleaner_jax.rl import defaults, sft
 from cleaner_jax.rl.metrics import read_metrics
+from cleaner_jax.rl.packing import TrainSample
 
 PEAK, WARMUP = 2e-3, 2
 
@@ -83,3 +84,21 @@ def test_learning_rate_follows_the_schedule_and_export_loads(corpus, tmp_path, s
 def test_unknown_schedule_is_refused(corpus, tmp_path):
     with pytest.raises(ValueError, match="lr_schedule"):
         sft.run(_config(corpus, "linear"), str(tmp_path))
+
+
+def test_epoch_rows_are_shuffled_not_length_sorted():
+    # 40 long and 120 short conversations: packing alone puts every long one in the first rows.
+    lengths = [300] * 40 + [40] * 120
+    samples = [TrainSample(list(range(n)), [0] + [1] * (n - 1)) for n in lengths]
+    rng = np.random.default_rng(0)
+    micros = sft.epoch_micro_batches(samples, 640, 1, 10_000, rng)
+    seen = np.concatenate([m.sample_RT[m.sample_RT >= 0] for m in micros])
+    per_sample = np.bincount(seen, minlength=len(samples))
+    np.testing.assert_array_equal(per_sample, [n - 1 for n in lengths])  # each one, whole, once
+    longest = [max(lengths[i] for i in m.sample_RT[m.sample_RT >= 0]) for m in micros]
+    # Unshuffled, the steps come longest first (every long conversation before any short-only row).
+    assert np.any(np.diff(longest) > 0)
+    again = sft.epoch_micro_batches(samples, 640, 1, 10_000, np.random.default_rng(1))
+    assert not all(
+        np.array_equal(a.sample_RT, b.sample_RT) for a, b in zip(micros, again, strict=True)
+    )
