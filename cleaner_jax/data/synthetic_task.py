@@ -10,12 +10,17 @@ with the `code_interpreter` tool, and copying the printed number into ``\\boxed{
   digitsum  "What is the sum of the digits of 7^45?"            (digit sum of a big power)
   sumsq     "What is the sum of k^2 for k from 12 to 85?"       (sum of a range of squares)
   primecount "How many primes are less than 743?"
-  collatz   "How many Collatz steps lead from 743 to 1?"
-  selfpow   "What is 743^743 mod 1000?"
+  collatz   "How many Collatz steps lead from n = 743 to 1?"
+  selfpow   "What is n^n mod 1000 for n = 743?"
+  factmod   "What is n! mod 997 for n = 743?"
 
-The last three are the embedded demo's: one number to copy into the code and an answer below
-1000, each a single token for the demo tokenizer (numbers in groups of up to three digits), so
-the copying a 2-layer model has to learn is as small as it gets. The first four need several
+The last four have one number to copy into the code and an answer below 1000, each a single
+token for the demo tokenizer (numbers in groups of up to three digits), so the copying a 2-layer
+model has to learn is as small as it gets; the demo uses collatz, selfpow and factmod, whose
+questions name the number `n = 743` and whose solutions all start with the line `n = 743`: the
+copy is then the textbook induction pattern (after `n =`, repeat what followed `n =` before),
+which a 2-layer model learns in fewer SFT steps than a copy into varying code contexts (held-out
+copy accuracy after the same SFT: see `rl/demo.py`). The first four need several
 numbers copied (digit by digit with Qwen's tokenizer); they suit larger models. The prompt is
 the real math prompt (`prompts.MATH_TEMPLATE`, the template the AIME readers use) around the
 question, with the `code_interpreter` tool given to the chat template unless the config leaves
@@ -229,19 +234,19 @@ _TEMPLATES: dict[str, _Template] = {
         _Template(
             "collatz",
             _single("collatz_n"),
-            lambda p: f"How many Collatz steps lead from {p['n']} to 1?",
+            lambda p: f"How many Collatz steps lead from n = {p['n']} to 1?",
             lambda p: _collatz_steps(p["n"]),
         ),
         _Template(
             "selfpow",
             _with_modulus("selfpow_n", "selfpow_modulus", _selfpow),
-            lambda p: f"What is {p['n']}^{p['n']} mod {p['m']}?",
+            lambda p: f"What is n^n mod {p['m']} for n = {p['n']}?",
             _selfpow,
         ),
         _Template(
             "factmod",
             _with_modulus("factmod_n", "factmod_modulus", _factorial_mod),
-            lambda p: f"What is {p['n']}! mod {p['m']}?",
+            lambda p: f"What is n! mod {p['m']} for n = {p['n']}?",
             _factorial_mod,
         ),
     )

@@ -156,7 +156,7 @@ APPROACHES.update(
                 "list",
                 "I will build the whole sequence in a list and count its steps.",
                 lambda p: (
-                    f"seq = [{p['n']}]\nwhile seq[-1] > 1:\n    x = seq[-1]\n"
+                    f"n = {p['n']}\nseq = [n]\nwhile seq[-1] > 1:\n    x = seq[-1]\n"
                     "    seq.append(3 * x + 1 if x % 2 else x // 2)\nprint(len(seq) - 1)"
                 ),
                 ("seq",),
@@ -166,14 +166,14 @@ APPROACHES.update(
             Approach(
                 "pow",
                 "I will use the three-argument pow of Python.",
-                lambda p: f"print(pow({p['n']}, {p['n']}, {p['m']}))",
+                lambda p: f"n = {p['n']}\nprint(pow(n, n, {p['m']}))",
                 ("pow", "print"),
             ),
             Approach(
                 "loop",
                 "I will multiply in a loop and reduce at every step.",
                 lambda p: (
-                    f"r = 1\nfor _ in range({p['n']}):\n    r = r * {p['n']} % {p['m']}\nprint(r)"
+                    f"n = {p['n']}\nr = 1\nfor _ in range(n):\n    r = r * n % {p['m']}\nprint(r)"
                 ),
                 ("r", "range"),
             ),
@@ -182,7 +182,9 @@ APPROACHES.update(
             Approach(
                 "factorial",
                 "I will use math.factorial and reduce the result.",
-                lambda p: f"from math import factorial\nprint(factorial({p['n']}) % {p['m']})",
+                lambda p: (
+                    f"n = {p['n']}\nfrom math import factorial\nprint(factorial(n) % {p['m']})"
+                ),
                 ("factorial",),
                 import_line="from math import factorial",
             ),
@@ -190,7 +192,8 @@ APPROACHES.update(
                 "loop",
                 "I will multiply in a loop and reduce at every step.",
                 lambda p: (
-                    f"r = 1\nfor k in range(2, {p['n']} + 1):\n    r = r * k % {p['m']}\nprint(r)"
+                    f"n = {p['n']}\nr = 1\nfor k in range(2, n + 1):\n"
+                    f"    r = r * k % {p['m']}\nprint(r)"
                 ),
                 ("r", "range"),
             ),
@@ -261,7 +264,7 @@ DEEP_BUGS: dict[str, tuple[DeepBug, ...]] = {
             "zero_modulus",
             "loop",
             "ZeroDivisionError",
-            lambda p: f"r = 1\nfor i in range({p['n']}):\n    r = r * {p['n']} % i\nprint(r)",
+            lambda p: f"n = {p['n']}\nr = 1\nfor i in range(n):\n    r = r * n % i\nprint(r)",
             "pow",
         ),
     ),
@@ -270,7 +273,9 @@ DEEP_BUGS: dict[str, tuple[DeepBug, ...]] = {
             "float_factorial",
             "factorial",
             "TypeError",
-            lambda p: f"from math import factorial\nprint(factorial({p['n']} / 1) % {p['m']})",
+            lambda p: (
+                f"n = {p['n']}\nfrom math import factorial\nprint(factorial(n / 1) % {p['m']})"
+            ),
             "loop",
         ),
     ),

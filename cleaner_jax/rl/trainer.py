@@ -96,34 +96,43 @@ class _JudgePool:
 
 
 def _old_logprobs(config, bundle, state, rollouts: list[Rollout], samples, n: int) -> dict:
-    """Fills `samples[i].logprobs` per `train.old_logprobs`; returns mismatch metrics."""
-    sampler_lp = [s.logprobs.copy() for s in samples]
-    temperature = config.rollout.temperature
-    trainer_lp = [None] * len(samples)
+    """Fills `samples[i].logprobs` per `train.old_logprobs`; returns mismatch metrics.
+
+    "recompute" scores every group with the trainer's parameters (prefix-shared); "sampler" keeps
+    the sampler's log-probs and scores only the groups holding a rollout whose log-probs are
+    stale (SAAR splices without rescoring), so a step without such rollouts costs nothing here.
+    Mismatch metrics cover the fresh tokens of the groups that were scored (none: no metrics).
+    """
+    use_trainer = config.train.old_logprobs == "recompute"
+    fresh = [not r.has_stale_logprobs for r in rollouts]
+    scored, sampler_lp, trainer_lp, masks = [], [], [], []
     for g in range(0, len(samples), n):
         group = samples[g : g + n]
+        if not use_trainer and all(fresh[g : g + n]):
+            continue
         p = group[0].prompt_len
         resp = logprobs_lib.prefix_shared_logprobs(
             bundle.graphdef,
             state,
             group[0].tokens[:p],
             [s.tokens[p:] for s in group],
-            temperature=temperature,
+            temperature=config.rollout.temperature,
         )
         for k, s in enumerate(group):
             full = np.zeros(len(s.tokens), np.float32)
             full[p:] = resp[k]
-            trainer_lp[g + k] = full
-    fresh = [not r.has_stale_logprobs for r in rollouts]
-    mask = np.concatenate([s.loss_mask * f for s, f in zip(samples, fresh, strict=True)])
-    metrics = logprobs_lib.mismatch_metrics(
-        np.concatenate(sampler_lp), np.concatenate(trainer_lp), mask
-    )
-    use_trainer = config.train.old_logprobs == "recompute"
-    for s, f, lp in zip(samples, fresh, trainer_lp, strict=True):
+            scored.append((s, fresh[g + k], full))
+            sampler_lp.append(s.logprobs.copy())
+            trainer_lp.append(full)
+            masks.append(s.loss_mask * fresh[g + k])
+    for s, f, lp in scored:
         if use_trainer or not f:
             s.logprobs = lp
-    return metrics
+    if not scored:
+        return {}
+    return logprobs_lib.mismatch_metrics(
+        np.concatenate(sampler_lp), np.concatenate(trainer_lp), np.concatenate(masks)
+    )
 
 
 def _exchange(rollouts: list[Rollout], results: list) -> tuple[list[Rollout], list]:
