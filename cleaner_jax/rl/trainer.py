@@ -252,6 +252,7 @@ class Trainer:
             self.val_examples,
             v.n,
             tag=("val", self.step),
+            saar_enabled=v.saar and self.config.saar.enabled,
             temperature=v.temperature,
             top_p=v.top_p,
         )

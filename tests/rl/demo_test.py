@@ -20,6 +20,10 @@ def test_quick_mode_produces_the_report(tmp_path):
         rows = read_metrics(tmp_path / run)
         assert [r["step"] for r in rows] == [0, 1, 2]
         assert "val/reward/acc" in rows[-1] and "saar/first_attempt_failure_rate" in rows[1]
+    # Validation runs without SAAR: both arms start from the same checkpoint and seeds.
+    first = [read_metrics(tmp_path / run)[0] for run in ("baseline_seed0", "cleaner_seed0")]
+    assert first[0]["val/reward/acc"] == first[1]["val/reward/acc"]
+    assert first[0]["val/tool_calls_per_traj"] == first[1]["val/tool_calls_per_traj"]
     assert os.path.exists(tmp_path / "saar_first_attempt_failure_rate.png")
     assert os.path.exists(tmp_path / "sft" / "hf_export" / "final" / "model.safetensors")
     # Re-running skips every finished stage.

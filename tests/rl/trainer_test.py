@@ -36,6 +36,7 @@ def _config(assets, total_steps, arm="cleaner"):
     c.validation.n = 1
     c.validation.max_prompts = 2
     c.checkpoint.export_hf = True
+    c.train.old_logprobs = "recompute"  # the demo's "sampler" would skip the mismatch metrics
     return c
 
 
@@ -80,3 +81,13 @@ def test_resume_after_crash_matches_uninterrupted_run(assets, tmp_path):
         assert key in row, key
     # Sampler and trainer log-probs agree on non-spliced tokens (fp32, same weights).
     assert row["logprob_mismatch/max_abs"] < 1e-4
+
+
+def test_validation_runs_without_saar_by_default(assets, tmp_path):
+    c = _config(assets, 1, arm="cleaner")
+    c.validation.every = 1
+    c.validation.max_prompts = 2
+    trainer.run(c, str(tmp_path))
+    rows = read_metrics(tmp_path)
+    assert rows[0]["val/saar_enabled_frac"] == rows[1]["val/saar_enabled_frac"] == 0.0
+    assert rows[1]["saar/saar_enabled_frac"] == 1.0  # training rollouts do use it
