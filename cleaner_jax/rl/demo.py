@@ -71,15 +71,15 @@ MODES = {
     ),
     "full": DemoMode(
         seeds=(0, 1, 2),
-        rl_steps=8,
+        rl_steps=6,
         prompts_per_step=4,
         samples_per_prompt=8,
         n_sft=176,
         sft_copies=5,
         n_rl_train=64,
-        n_test=24,
+        n_test=16,
         sft_epochs=5,
-        val_every=4,
+        val_every=3,
     ),
 }
 ARMS = ("baseline", "cleaner")
