@@ -103,7 +103,10 @@ def _old_logprobs(config, bundle, state, rollouts: list[Rollout], samples, n: in
     stale (SAAR splices without rescoring), so a step without such rollouts costs nothing here.
     Mismatch metrics cover the fresh tokens of the groups that were scored (none: no metrics).
     """
-    use_trainer = config.train.old_logprobs == "recompute"
+    mode = config.train.old_logprobs
+    if mode not in ("recompute", "sampler"):
+        raise ValueError(f"train.old_logprobs must be 'recompute' or 'sampler', got {mode!r}")
+    use_trainer = mode == "recompute"
     fresh = [not r.has_stale_logprobs for r in rollouts]
     scored, sampler_lp, trainer_lp, masks = [], [], [], []
     for g in range(0, len(samples), n):

@@ -75,3 +75,9 @@ def test_recompute_mode_replaces_every_sample(bundle):
     for s in samples:
         np.testing.assert_allclose(s.logprobs[PROMPT:], _trainer_logprobs(bundle, s), atol=1e-5)
     assert "logprob_mismatch/kl_k3" in metrics
+
+
+def test_unknown_mode_is_refused(bundle):
+    samples, rollouts = _samples([False, False])
+    with pytest.raises(ValueError, match="old_logprobs"):
+        trainer._old_logprobs(_config("trainer"), *bundle, rollouts, samples, N)
