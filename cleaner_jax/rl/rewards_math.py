@@ -35,9 +35,12 @@ MathMode = Literal["strict", "lenient"]
 MATH_MODES: tuple[str, ...] = ("strict", "lenient")
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
-# A fresh worker imports math-verify/sympy (~1-2 s, more on a loaded machine); that is not the
-# answer's fault, so a worker's first check gets this much extra time.
-_STARTUP_GRACE_S = 30.0
+# A fresh worker imports math-verify/sympy and warms them up (~1-2 s, more on a loaded machine),
+# then says it is ready; a check's deadline starts only after that, since the start-up is not the
+# answer's fault (a fixed start-up grace also let a fresh worker's first check run that much
+# longer). A worker not ready after this long is an infra failure.
+_STARTUP_LIMIT_S = 300.0
+_READY = "ready"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +162,10 @@ def verify_choice(response: str, ground_truth: str) -> MathVerdict:
 def _worker_main(conn: multiprocessing.connection.Connection, timeout_s: float | None) -> None:
     # The worker's main thread runs math-verify, so its signal.alarm timeouts are live here.
     logging.getLogger("math_verify").setLevel(logging.ERROR)
+    # The slow part (imports of math-verify, sympy, the LaTeX parser; their first-use set-up) is
+    # done by one check before saying ready.
+    verify_math("\\boxed{1}", "1", "strict", timeout_s=None)
+    conn.send(_READY)
     while True:
         try:
             request = conn.recv()
@@ -180,7 +187,12 @@ class _Worker:
         self.proc = ctx.Process(target=_worker_main, args=(child, timeout_s), daemon=True)
         self.proc.start()
         child.close()
-        self.warm = False  # True once it has answered: start-up (imports) no longer pending
+        self.ready = False  # True once it has finished its imports
+
+    def wait_ready(self, limit_s: float) -> bool:
+        if not self.ready and self.conn.poll(limit_s):
+            self.ready = self.conn.recv() == _READY
+        return self.ready
 
     def kill(self) -> None:
         self.proc.kill()
@@ -228,11 +240,14 @@ class MathVerifierPool:
         try:
             if worker is None or not worker.proc.is_alive():
                 worker = _Worker(self._ctx, self._inner_timeout_s)
+            if not worker.wait_ready(_STARTUP_LIMIT_S):
+                logger.warning("math verifier worker not ready after %.0fs", _STARTUP_LIMIT_S)
+                worker.kill()
+                worker = None
+                return MathVerdict(False, None, error="verifier worker did not start")
             start = time.monotonic()
             worker.conn.send((response, ground_truth, mode))
-            startup_s = 0.0 if worker.warm else _STARTUP_GRACE_S
-            if worker.conn.poll(self.timeout_s + startup_s):
-                worker.warm = True
+            if worker.conn.poll(self.timeout_s):
                 return worker.conn.recv()
             elapsed = time.monotonic() - start
             logger.warning(

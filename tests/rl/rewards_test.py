@@ -5,6 +5,7 @@ import asyncio
 import dataclasses
 import sys
 import threading
+import time
 
 import pytest
 
@@ -267,6 +268,17 @@ def test_pool_hard_deadline_kills_a_hung_check():
         hung = pool.verify(r"\boxed{10^{10^{10}}}", "5")
         assert hung.timed_out and not hung.correct and hung.error
         assert pool.verify(r"\boxed{\frac{1}{2}}", "0.5").correct  # respawned worker
+
+
+def test_pool_deadline_starts_after_the_worker_is_ready():
+    # A fresh worker's spawn + math-verify/sympy import and first parse take longer than this
+    # deadline; the deadline must count only the check itself.
+    with RM.MathVerifierPool(num_workers=2, timeout_s=0.25, inner_timeout_s=None) as pool:
+        t0 = time.monotonic()
+        first = pool.verify(r"\boxed{4}", "4")
+        assert first.correct and not first.timed_out, first
+        assert time.monotonic() - t0 > 0.25  # the start-up alone outlasted the deadline
+        assert pool.verify(r"\boxed{5}", "4").correct is False
 
 
 def test_pool_works_from_threads(verifier):
