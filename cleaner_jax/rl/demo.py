@@ -78,7 +78,9 @@ MODES = {
         sft_copies=5,
         n_rl_train=64,
         n_test=16,
-        sft_epochs=5,
+        # 8 epochs (~1000 updates), not 5: after 5 a recovered trajectory was right less often
+        # than a clean one (0.30 vs 0.39), after 8 as often (0.47 vs 0.48); see the docstring.
+        sft_epochs=8,
         val_every=3,
     ),
 }
@@ -114,6 +116,8 @@ def prepare_assets(
     n_test: int,
     sft_copies: int = 1,
     seed: int = 0,
+    error_rate: float = 1 / 3,
+    shallow_share: float = 0.5,
 ) -> dict[str, str]:
     """Problems, SFT corpus (run through the sandbox) and tokenizer; skipped if already there."""
     paths = {
@@ -134,7 +138,13 @@ def prepare_assets(
         corpus = [
             example
             for copy in range(sft_copies)
-            for example in sft_corpus.make_sft_corpus(sft_problems, pool, seed=seed + copy)
+            for example in sft_corpus.make_sft_corpus(
+                sft_problems,
+                pool,
+                seed=seed + copy,
+                error_rate=error_rate,
+                shallow_share=shallow_share,
+            )
         ]
     sft_corpus.write_sft_jsonl(corpus, paths["sft"])
     synthetic_task.write_rl_jsonl(rl_problems, paths["rl_train"])

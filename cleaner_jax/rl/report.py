@@ -27,6 +27,7 @@ _PLOTS = (
     ("reward/acc", "train accuracy (rollouts)"),
     ("saar/tool_calls_per_traj", "tool calls per trajectory"),
     ("response_length/mean", "response length (tokens)"),
+    ("credit/adv_recovered", "E[advantage | recovered failed call]"),
 )
 _COLORS = {"baseline": "tab:blue", "cleaner": "tab:red"}
 
@@ -83,6 +84,48 @@ def _steps_to(rows: list[dict], key: str, target: float) -> str:
     return "not reached"
 
 
+_CREDIT_COLS = (
+    ("accuracy", "train acc"),
+    ("first_call_failure_rate", "failed first call"),
+    ("recovery_rate", "of which recovered"),
+    ("acc_clean", "acc, clean"),
+    ("acc_recovered", "acc, recovered"),
+    ("adv_recovered", "E[A \\| recovered]"),
+    ("failed_call_credit_baseline", "credit on failed calls, unpurified"),
+    ("failed_call_credit_saar", "credit on failed calls, purified"),
+)
+
+
+def _nanmean_over(rows: list[dict], key: str) -> float:
+    vals = [r[key] for r in rows if key in r and r["step"] > 0 and np.isfinite(r[key])]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _credit_section(runs: Mapping[str, list[dict]]) -> list[str]:
+    """Where GRPO's credit on failed calls went (`credit/*`, see `rl/credit.py`)."""
+    if not any(k.startswith("credit/") for rows in runs.values() for r in rows for k in r):
+        return []
+    lines = [
+        "",
+        "## Credit on failed calls",
+        "",
+        "Means over training steps of the trainer's `credit/*` metrics (`rl/credit.py`). "
+        '"Recovered": a later call succeeded in context (baseline) or SAAR spliced a successful '
+        "retry in (cleaner). SAAR moves a recovered trajectory's advantage from its failed call "
+        "to the clean correction, so it lowers the first-attempt failure rate faster than the "
+        "baseline only if E[A | recovered] > 0 (recovered trajectories beat their group's "
+        "mean). Negative credit on failed calls means GRPO pushes against them; the baseline "
+        "trains on the unpurified trajectories, the cleaner arm on the purified ones.",
+        "",
+        "| run | " + " | ".join(label for _, label in _CREDIT_COLS) + " |",
+        "|---|" + "---|" * len(_CREDIT_COLS),
+    ]
+    for name, rows in runs.items():
+        vals = [_nanmean_over(rows, f"credit/{key}") for key, _ in _CREDIT_COLS]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    return lines
+
+
 def write_report(
     workdir: str,
     run_dirs: Mapping[str, str],
@@ -126,6 +169,7 @@ def write_report(
             f"{_steps_to(rows, 'val/reward/acc', target)} | {shallow:.0f} | {deep:.0f} | "
             f"{rec:.0f} / {trig:.0f} |"
         )
+    lines += _credit_section(runs)
     lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     phase_keys = sorted(

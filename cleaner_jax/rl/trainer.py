@@ -33,6 +33,7 @@ from cleaner_jax.rl import logprobs as logprobs_lib
 from cleaner_jax.rl import metrics as metrics_lib
 from cleaner_jax.rl.advantages import compute_advantages
 from cleaner_jax.rl.collect import Collector, Rollout
+from cleaner_jax.rl.credit import call_outcome, credit_diagnostics
 from cleaner_jax.rl.packing import pack, split_rows
 from cleaner_jax.rl.rewards import OverlongConfig, RewardConfig, RewardScorer, reward_metrics
 from cleaner_jax.rl.update import (
@@ -245,13 +246,29 @@ class Trainer:
         self.pool.close()
 
     def _score(self, rollouts: list[Rollout]):
-        return self.scorer.score_batch_sync([r.reward_input(self.collector.chat) for r in rollouts])
+        results = self.scorer.score_batch_sync(
+            [r.reward_input(self.collector.chat) for r in rollouts]
+        )
+        # A failed check scores 0 and is logged; when all of a batch fails, the reward code
+        # itself is broken (verifier workers cannot start, ...) and training on it is no use.
+        if results and all(r.error is not None for r in results):
+            raise RuntimeError(
+                f"every reward check of this batch ({len(results)}) failed; "
+                f"the first: {results[0].error}"
+            )
+        return results
+
+    def sample(self, examples, n: int, *, tag, **sampling) -> tuple[list[Rollout], list]:
+        """n scored rollouts per example with the current weights (no update), in global order
+        on every process; `sampling`: saar_enabled, temperature, top_p overrides."""
+        rollouts = self._collect_share(examples, n, tag=tag, **sampling)
+        return _exchange(rollouts, self._score(rollouts))
 
     def validate(self) -> dict:
         v = self.config.validation
         if not self.val_examples:
             return {}
-        rollouts = self._collect_share(
+        rollouts, results = self.sample(
             self.val_examples,
             v.n,
             tag=("val", self.step),
@@ -259,7 +276,6 @@ class Trainer:
             temperature=v.temperature,
             top_p=v.top_p,
         )
-        rollouts, results = _exchange(rollouts, self._score(rollouts))
         out = {f"val/{k}": x for k, x in reward_metrics(results).items()}
         stats = aggregate_stats([r.trajectory.stats for r in rollouts])
         out.update({f"val/{k}": x for k, x in stats.items() if isinstance(x, int | float)})
@@ -297,6 +313,12 @@ class Trainer:
         metrics.update(reward_metrics(results))
         stats = aggregate_stats([r.trajectory.stats for r in rollouts])
         metrics.update({f"saar/{k}": v for k, v in stats.items() if isinstance(v, int | float)})
+        outcomes = [
+            call_outcome(r.trajectory, s.acc) for r, s in zip(rollouts, results, strict=True)
+        ]
+        credit = credit_diagnostics(outcomes, n, adv)
+        # A mean over no trajectory (no failed call this step, ...) is left out, not logged NaN.
+        metrics.update({f"credit/{k}": v for k, v in credit.items() if not np.isnan(v)})
         resp_lens = [len(r.trajectory.response_tokens) for r in rollouts]
         metrics["response_length/mean"] = float(np.mean(resp_lens))
         metrics["response_length/max"] = float(np.max(resp_lens))

@@ -20,6 +20,8 @@ def test_quick_mode_produces_the_report(tmp_path):
         rows = read_metrics(tmp_path / run)
         assert [r["step"] for r in rows] == [0, 1, 2]
         assert "val/reward/acc" in rows[-1] and "saar/first_attempt_failure_rate" in rows[1]
+        assert "credit/accuracy" in rows[1]
+    assert "## Credit on failed calls" in text
     # Validation runs without SAAR: both arms start from the same checkpoint and seeds.
     first = [read_metrics(tmp_path / run)[0] for run in ("baseline_seed0", "cleaner_seed0")]
     assert first[0]["val/reward/acc"] == first[1]["val/reward/acc"]

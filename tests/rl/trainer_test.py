@@ -74,11 +74,14 @@ def test_resume_after_crash_matches_uninterrupted_run(assets, tmp_path):
         "reward/mean",
         "train/loss",
         "saar/first_attempt_failure_rate",
+        "credit/first_call_failure_rate",
+        "credit/failed_call_credit_saar",
         "logprob_mismatch/mean_abs",
         "time/rollout",
         "time/update",
     ):
         assert key in row, key
+    assert row["credit/accuracy"] == pytest.approx(row["reward/acc"])
     # Sampler and trainer log-probs agree on non-spliced tokens (fp32, same weights).
     assert row["logprob_mismatch/max_abs"] < 1e-4
 
@@ -91,3 +94,20 @@ def test_validation_runs_without_saar_by_default(assets, tmp_path):
     rows = read_metrics(tmp_path)
     assert rows[0]["val/saar_enabled_frac"] == rows[1]["val/saar_enabled_frac"] == 0.0
     assert rows[1]["saar/saar_enabled_frac"] == 1.0  # training rollouts do use it
+
+
+def test_a_batch_whose_every_reward_check_failed_stops_the_run(assets, tmp_path, monkeypatch):
+    from cleaner_jax.rl import rewards
+
+    def broken(self, items):
+        return [rewards.RewardResult(0.0, False, {}, error="verifier worker did not start")] * len(
+            items
+        )
+
+    monkeypatch.setattr(rewards.RewardScorer, "score_batch_sync", broken)
+    c = _config(assets, 1)
+    c.validation.every = 0
+    with pytest.raises(RuntimeError, match="every reward check .* failed.*did not start"):
+        trainer.run(c, str(tmp_path))
+    metrics = tmp_path / "metrics.jsonl"  # nothing was trained on it, so no step was logged
+    assert not metrics.exists() or metrics.read_text().strip() == ""

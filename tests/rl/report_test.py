@@ -1,0 +1,45 @@
+"""The demo report from hand-written metrics: table values, credit section, plots."""
+
+import json
+import os
+
+from cleaner_jax.rl import report
+
+
+def _write(run_dir, rows):
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def test_report_tables_and_plots(tmp_path):
+    base = [
+        {"step": 0, "val/reward/acc": 0.25},
+        {"step": 1, "saar/first_attempt_failure_rate": 0.4, "credit/adv_recovered": -0.2},
+        {"step": 2, "saar/first_attempt_failure_rate": 0.2, "val/reward/acc": 0.5},
+    ]
+    clean = [
+        {"step": 0, "val/reward/acc": 0.25},
+        {"step": 1, "saar/first_attempt_failure_rate": 0.3, "saar/shallow_sum": 2},
+        {"step": 2, "saar/first_attempt_failure_rate": 0.1, "val/reward/acc": 0.75},
+        {"step": 3, "credit/adv_recovered": 0.5, "saar/deep_sum": 1},
+    ]
+    runs = {"baseline_seed0": str(tmp_path / "b"), "cleaner_seed0": str(tmp_path / "c")}
+    _write(runs["baseline_seed0"], base)
+    _write(runs["cleaner_seed0"], clean)
+    path = report.write_report(
+        str(tmp_path), runs, timings={"sft": 1.5}, corpus_stats={"direct": 2}, mode="quick"
+    )
+    text = open(path).read()
+    # failure rate mean over steps > 0, last, ..., final held-out acc, steps to 0.5, shallow, deep
+    assert "| baseline_seed0 | 0.300 | 0.200 |" in text
+    assert "| cleaner_seed0 | 0.200 | 0.100 |" in text
+    assert "steps to baseline's final acc (0.500)" in text
+    assert "| 0.750 | 2 | 2 | 1 |" in text
+    # Credit: a step without the metric is skipped, not counted as 0 (E[A | recovered] column).
+    section = text.split("## Credit on failed calls")[1].split("## Wall time")[0]
+    base_row = next(line for line in section.splitlines() if line.startswith("| baseline_seed0"))
+    assert base_row.split(" | ")[6] == "-0.200" and "nan" in base_row
+    assert "| sft | 1.5 |" in text
+    for png in ("saar_first_attempt_failure_rate.png", "credit_adv_recovered.png"):
+        assert os.path.getsize(tmp_path / png) > 1000
