@@ -126,6 +126,75 @@ def _credit_section(runs: Mapping[str, list[dict]]) -> list[str]:
     return lines
 
 
+def _arm_mean_curve(runs: Mapping[str, list[dict]], arm: str, key: str) -> dict[int, float]:
+    """Mean over the arm's seeds at each step every seed logged `key`."""
+    curves = [dict(zip(*_series(rows, key), strict=True)) for n, rows in runs.items()]
+    curves = [c for (n, _), c in zip(runs.items(), curves, strict=True) if _arm_of(n) == arm]
+    if not curves:
+        return {}
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return {int(st): float(np.mean([c[st] for c in curves])) for st in steps}
+
+
+def _paired_diff(runs: Mapping[str, list[dict]], key: str) -> dict[str, float]:
+    """Per seed: mean over steps > 0 of cleaner - baseline in `key`. The arms of a seed train
+    on the same prompts at every step, so the difference removes the prompt-batch noise."""
+    out = {}
+    for name, rows in runs.items():
+        if _arm_of(name) != "baseline":
+            continue
+        seed = name[len("baseline") :]
+        other = runs.get("cleaner" + seed)
+        if other is None:
+            continue
+        a = {r["step"]: r[key] for r in rows if key in r and r["step"] > 0}
+        b = {r["step"]: r[key] for r in other if key in r and r["step"] > 0}
+        common = sorted(set(a) & set(b))
+        if common:
+            out[seed.lstrip("_")] = float(np.mean([b[st] - a[st] for st in common]))
+    return out
+
+
+def _spread(vals: list[float]) -> str:
+    vals = [v for v in vals if np.isfinite(v)]
+    if not vals:
+        return "n/a"
+    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
+
+
+def _arms_section(runs: Mapping[str, list[dict]], target: float) -> list[str]:
+    """Per arm: mean ± std over seeds; steps to the target on the arm's mean held-out curve;
+    the paired per-seed difference in first-attempt failure rate."""
+    lines = [
+        "",
+        "## Arms (mean ± std over seeds)",
+        "",
+        "| arm | seeds | first-attempt failure rate | tool failures / trained traj | "
+        "held-out acc (final) | steps to baseline's final acc (arm mean curve) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm in sorted({_arm_of(n) for n in runs}):
+        arm_runs = [rows for n, rows in runs.items() if _arm_of(n) == arm]
+        curve = _arm_mean_curve(runs, arm, "val/reward/acc")
+        reached = next((str(st) for st, v in curve.items() if v >= target), "not reached")
+        lines.append(
+            f"| {arm} | {len(arm_runs)} | "
+            f"{_spread([_mean_over(r, 'saar/first_attempt_failure_rate') for r in arm_runs])} | "
+            f"{_spread([_mean_over(r, 'saar/final_tool_failures_per_traj') for r in arm_runs])} | "
+            f"{_spread([_last(r, 'val/reward/acc') for r in arm_runs])} | {reached} |"
+        )
+    diff = _paired_diff(runs, "saar/first_attempt_failure_rate")
+    if diff:
+        per_seed = ", ".join(f"{k}: {v:+.3f}" for k, v in diff.items())
+        lines += [
+            "",
+            "First-attempt failure rate, cleaner - baseline, paired by seed and step (same "
+            f"prompts): mean {np.mean(list(diff.values())):+.3f} ({per_seed}). Negative means "
+            "SAAR's arm writes fewer failing calls.",
+        ]
+    return lines
+
+
 def write_report(
     workdir: str,
     run_dirs: Mapping[str, str],
@@ -169,6 +238,7 @@ def write_report(
             f"{_steps_to(rows, 'val/reward/acc', target)} | {shallow:.0f} | {deep:.0f} | "
             f"{rec:.0f} / {trig:.0f} |"
         )
+    lines += _arms_section(runs, target)
     lines += _credit_section(runs)
     lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]

@@ -36,6 +36,10 @@ def test_report_tables_and_plots(tmp_path):
     assert "| cleaner_seed0 | 0.200 | 0.100 |" in text
     assert "steps to baseline's final acc (0.500)" in text
     assert "| 0.750 | 2 | 2 | 1 |" in text
+    # Arms: mean ± std over seeds, steps to 0.5 on the arm's mean curve, paired difference.
+    assert "| baseline | 1 | 0.300 ± 0.000 | n/a | 0.500 ± 0.000 | 2 |" in text
+    assert "| cleaner | 1 | 0.200 ± 0.000 |" in text
+    assert "mean -0.100 (seed0: -0.100)" in text
     # Credit: a step without the metric is skipped, not counted as 0 (E[A | recovered] column).
     section = text.split("## Credit on failed calls")[1].split("## Wall time")[0]
     base_row = next(line for line in section.splitlines() if line.startswith("| baseline_seed0"))
