@@ -44,23 +44,40 @@ def _arm_of(name: str) -> str:
     return name.split("_seed")[0]
 
 
+def _arm_mean_curve(runs: Mapping[str, list[dict]], arm: str, key: str) -> dict[int, float]:
+    """Mean over the arm's seeds at each step every seed logged `key`."""
+    curves = [
+        dict(zip(*_series(rows, key), strict=True)) for n, rows in runs.items() if _arm_of(n) == arm
+    ]
+    curves = [c for c in curves if c]
+    if not curves:
+        return {}
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return {int(st): float(np.mean([c[st] for c in curves])) for st in steps}
+
+
 def _plot(runs: Mapping[str, list[dict]], key: str, title: str, path: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    by_arm: dict[str, list] = {}
     for name, rows in runs.items():
         steps, vals = _series(rows, key)
         if len(steps):
             ax.plot(steps, vals, color=_COLORS.get(_arm_of(name)), alpha=0.3, lw=1)
-            by_arm.setdefault(_arm_of(name), []).append(dict(zip(steps, vals, strict=True)))
-    for arm, dicts in by_arm.items():
-        steps = sorted(set.intersection(*(set(d) for d in dicts)))
-        if steps:
-            mean = [np.mean([d[s] for d in dicts]) for s in steps]
-            ax.plot(steps, mean, color=_COLORS.get(arm), lw=2.2, label=f"{arm} (mean)")
+    labelled = False
+    for arm in sorted({_arm_of(n) for n in runs}):
+        curve = _arm_mean_curve(runs, arm, key)
+        if curve:
+            ax.plot(
+                list(curve),
+                list(curve.values()),
+                color=_COLORS.get(arm),
+                lw=2.2,
+                label=f"{arm} (mean)",
+            )
+            labelled = True
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    if by_arm:
+    if labelled:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -73,7 +90,8 @@ def _last(rows: list[dict], key: str) -> float:
 
 
 def _mean_over(rows: list[dict], key: str) -> float:
-    vals = [r[key] for r in rows if key in r and r["step"] > 0]
+    """Mean over the training steps (> 0) that logged a finite `key`."""
+    vals = [r[key] for r in rows if key in r and r["step"] > 0 and np.isfinite(r[key])]
     return float(np.mean(vals)) if vals else float("nan")
 
 
@@ -96,11 +114,6 @@ _CREDIT_COLS = (
 )
 
 
-def _nanmean_over(rows: list[dict], key: str) -> float:
-    vals = [r[key] for r in rows if key in r and r["step"] > 0 and np.isfinite(r[key])]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
 def _credit_section(runs: Mapping[str, list[dict]]) -> list[str]:
     """Where GRPO's credit on failed calls went (`credit/*`, see `rl/credit.py`)."""
     if not any(k.startswith("credit/") for rows in runs.values() for r in rows for k in r):
@@ -121,19 +134,9 @@ def _credit_section(runs: Mapping[str, list[dict]]) -> list[str]:
         "|---|" + "---|" * len(_CREDIT_COLS),
     ]
     for name, rows in runs.items():
-        vals = [_nanmean_over(rows, f"credit/{key}") for key, _ in _CREDIT_COLS]
+        vals = [_mean_over(rows, f"credit/{key}") for key, _ in _CREDIT_COLS]
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
     return lines
-
-
-def _arm_mean_curve(runs: Mapping[str, list[dict]], arm: str, key: str) -> dict[int, float]:
-    """Mean over the arm's seeds at each step every seed logged `key`."""
-    curves = [dict(zip(*_series(rows, key), strict=True)) for n, rows in runs.items()]
-    curves = [c for (n, _), c in zip(runs.items(), curves, strict=True) if _arm_of(n) == arm]
-    if not curves:
-        return {}
-    steps = sorted(set.intersection(*(set(c) for c in curves)))
-    return {int(st): float(np.mean([c[st] for c in curves])) for st in steps}
 
 
 def _paired_diff(runs: Mapping[str, list[dict]], key: str) -> dict[str, float]:
