@@ -24,27 +24,28 @@ one SFT run each, so these differ by about their noise). Earlier attempts with t
 (numbers as 1-3 digit tokens, answers below 127, corpus copies, copy drills in the mix, a drill
 pre-training stage) had left copy accuracy at ~0.
 
-Does SAAR lower the first-attempt tool failure rate here? (measured Dec 2026, 2-core CPU.) With
-5 SFT epochs and RL lr 1e-3, no: over 3 seeds x 6 steps the two arms' rates were the same within
-noise (0.35 vs 0.35 mean). The trainer's credit diagnostics (`rl/credit.py`, logged as
-`credit/*`) say why. SAAR moves a recovered trajectory's advantage from its failed call to the
-clean correction, so its extra push against failing calls is ~2 P(recovered) E[A | recovered]:
-it helps only when recovered trajectories beat their group's mean. On the 5-epoch SFT model (64
-training prompts x 8, no SAAR) the model recovered in context 96% of the time, but a recovered
-trajectory was right less often than a clean one (0.30 vs 0.39: after an error the tiny model
-boxed a wrong number, switched templates or corrupted its code), so E[A | recovered] = -0.03:
-the baseline already pushed against failed calls through those trajectories. What was changed:
-SFT corpus with half of the examples failing first (collapsed: acc 0.03); 80% of the fixes
-shallow (acc 0.15, recovery 0.60, 0.13 vs 0.19); 8 SFT epochs instead of 5 (acc 0.46, recovery
-0.87, recovered as accurate as clean: 0.47 vs 0.48) -- kept, so self-correction no longer costs
-the answer; and RL lr 3e-4 instead of 1e-3, which with the stronger model made both arms worse
-in 6 steps. E[A | recovered] is then ~0 (-0.02 on the SFT model; -0.26..+0.13 per seed during
-RL): the answer's correctness does not depend on whether the first call failed -- most wrong
-answers are silently wrong numbers copied into clean code, which no tool error reveals -- so
-outcome reward gives failed calls about the same credit with or without purification. The
-miniature is a fair test of the credit-assignment claim in this regime, and it predicts no
-difference in the failure rate, which is what the runs show; SAAR does remove the failures
-from the trained trajectories (tool failures / trained trajectory 0.00 vs ~0.3).
+Does SAAR lower the first-attempt tool failure rate here? (measured Dec 2026, 2-core CPU.) With 5
+SFT epochs and RL lr 1e-3, no: over 3 seeds x 6 steps the two arms' rates were the same within
+noise (0.35 vs 0.35 mean). The trainer's credit diagnostics (`rl/credit.py`, logged as `credit/*`)
+say why. SAAR moves a recovered trajectory's advantage from its failed call to the clean
+correction, so its extra push against failing calls is ~2 P(recovered) E[A | recovered]: it helps
+only when recovered trajectories beat their group's mean. On the 5-epoch SFT model (64 training
+prompts x 8, no SAAR) the model recovered in context 96% of the time, but a recovered trajectory
+was right less often than a clean one (0.30 vs 0.39: after an error the tiny model boxed a wrong
+number, switched templates or corrupted its code), so E[A | recovered] = -0.03: the baseline
+already pushed against failed calls through those trajectories. What was changed: SFT corpus with
+half of the examples failing first (collapsed: acc 0.03); 80% of the fixes shallow (acc 0.15,
+recovery 0.60, 0.13 vs 0.19); 8 SFT epochs instead of 5 (acc 0.46, recovery 0.87, recovered as
+accurate as clean: 0.47 vs 0.48) -- kept, so self-correction no longer costs the answer; and RL lr
+3e-4 instead of 1e-3, which with the stronger model made both arms worse in 6 steps. E[A |
+recovered] is then ~0 (-0.02 on the SFT model; -0.15..+0.07 per baseline seed during RL): whether
+the answer is right hardly depends on whether the first call failed -- the wrong answers seen were
+mostly a miscopied number in code that ran, which no tool error reveals -- so outcome reward gives
+failed calls about the same credit with or without purification. The miniature is a fair test of
+the credit-assignment claim in this regime, and it predicts no difference in the failure rate,
+which is what the runs show (3 seeds x 6 steps: first-attempt failure rate 0.250 +- 0.035 with
+SAAR, 0.255 +- 0.041 without, paired difference -0.005); SAAR does remove the failures from the
+trained trajectories (0.002 vs 0.32 per trajectory).
 """
 
 from __future__ import annotations
