@@ -1,6 +1,9 @@
 """The embedded default's quick mode end to end: assets, SFT, both GRPO arms, the report."""
 
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -8,30 +11,57 @@ from cleaner_jax.data import synthetic_task
 from cleaner_jax.rl import demo
 from cleaner_jax.rl.metrics import read_metrics
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run_quick(workdir) -> list[str]:
+    """The README's command in quick mode, in a fresh process with the machine's real devices
+    (this suite forces 8 virtual CPU devices, which would shard the tiny model 8 ways and round
+    its batches up to 8 rows); returns the stage lines it printed."""
+    env = dict(os.environ)
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+    if flags.strip():
+        env["XLA_FLAGS"] = flags.strip()
+    else:
+        env.pop("XLA_FLAGS", None)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(_ROOT, "launch", "demo.py"),
+            "--mode=quick",
+            f"--workdir={workdir}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"outputs in {workdir}" in out.stdout
+    return [m.group(1) for m in re.finditer(r"^\[\s*\d+s\] (\d/\d) ", out.stdout, re.M)]
+
 
 @pytest.mark.slow
 def test_quick_mode_produces_the_report(tmp_path):
-    stages = []
-    path = demo.run_demo("quick", str(tmp_path), progress=stages.append)
-    assert [s.split()[0] for s in stages] == ["1/4", "2/4", "3/4", "3/4", "4/4"]
-    text = open(path).read()
+    stages = _run_quick(tmp_path)
+    assert stages == ["1/4", "2/4", "3/4", "3/4", "4/4"]
+    text = open(tmp_path / "report.md").read()
     for run in ("baseline_seed0", "cleaner_seed0"):
         assert f"| {run} |" in text
         rows = read_metrics(tmp_path / run)
         assert [r["step"] for r in rows] == [0, 1, 2]
         assert "val/reward/acc" in rows[-1] and "saar/first_attempt_failure_rate" in rows[1]
         assert "credit/accuracy" in rows[1]
-    assert "## Credit on failed calls" in text
+    assert "## Credit on failed calls" in text and "## Arms" in text
     # Validation runs without SAAR: both arms start from the same checkpoint and seeds.
     first = [read_metrics(tmp_path / run)[0] for run in ("baseline_seed0", "cleaner_seed0")]
     assert first[0]["val/reward/acc"] == first[1]["val/reward/acc"]
     assert first[0]["val/tool_calls_per_traj"] == first[1]["val/tool_calls_per_traj"]
     assert os.path.exists(tmp_path / "saar_first_attempt_failure_rate.png")
     assert os.path.exists(tmp_path / "sft" / "hf_export" / "final" / "model.safetensors")
+    assert os.listdir(tmp_path / "jax_cache")  # compiled programs are cached in the workdir
     # Re-running skips every finished stage.
-    again = []
-    demo.run_demo("quick", str(tmp_path), progress=again.append)
-    assert [s.split()[0] for s in again] == ["1/4", "4/4"]
+    assert _run_quick(tmp_path) == ["1/4", "4/4"]
 
 
 @pytest.mark.parametrize("mode", sorted(demo.MODES))
