@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cleaner_jax.rl.advantages import grpo_advantages
+
 
 @dataclasses.dataclass(frozen=True)
 class CallOutcome:
@@ -63,8 +65,8 @@ def credit_diagnostics(
     eps: float = 1e-6,
 ) -> dict:
     """Summary of `outcomes`, grouped n per prompt in order (as the trainer's rollouts are).
-    `advantages`: the ones trained on; by default GRPO's (r - mean) / (std + eps) per group of
-    the outcomes' correctness. Means over no trajectory are NaN."""
+    `advantages`: the ones trained on; by default GRPO's (`rl/advantages.py`) of the outcomes'
+    correctness. Means over no trajectory are NaN."""
     if n < 1 or len(outcomes) % n:
         raise ValueError(f"{len(outcomes)} outcomes do not split into groups of n={n}")
     if any(o.recovered and not o.first_failed for o in outcomes):
@@ -74,7 +76,7 @@ def credit_diagnostics(
     rec = np.array([o.recovered for o in outcomes]).reshape(-1, n)
     unrec = bug & ~rec
     if advantages is None:
-        adv = (acc - acc.mean(1, keepdims=True)) / (acc.std(1, keepdims=True) + eps)
+        adv = grpo_advantages(acc.reshape(-1), n, eps).reshape(-1, n)
     elif len(advantages) != len(outcomes):
         raise ValueError(f"{len(advantages)} advantages for {len(outcomes)} outcomes")
     else:

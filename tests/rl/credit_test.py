@@ -15,24 +15,24 @@ UNRECOVERED = CallOutcome(correct=False, first_failed=True)
 
 
 def test_golden_values():
-    # Group 1: acc (1, 1, 1, 0): mean 3/4, std sqrt(3)/4, A = (1/sqrt3, 1/sqrt3, 1/sqrt3, -sqrt3).
-    # Group 2: all right, every A = 0 (no signal), one of them recovered.
+    # Group 1: acc (1, 1, 1, 0): mean 3/4, sample std (GRPO's, ddof=1) 1/2,
+    # A = (1/2, 1/2, 1/2, -3/2). Group 2: all right, every A = 0 (no signal), one recovered.
     d = credit_diagnostics(
         [CLEAN_RIGHT, CLEAN_RIGHT, RECOVERED_RIGHT, UNRECOVERED]
         + [CLEAN_RIGHT, CLEAN_RIGHT, CLEAN_RIGHT, RECOVERED_RIGHT],
         n=4,
     )
-    a, s3 = 1 / math.sqrt(3), math.sqrt(3)
+    up, down = 0.5, 1.5
     assert d["trajectories"] == 8 and d["groups"] == 2
     assert d["mixed_group_frac"] == 0.5
     assert d["first_call_failure_rate"] == pytest.approx(3 / 8)
     assert d["recovery_rate"] == pytest.approx(2 / 3)
     assert d["acc_recovered"] == 1.0 and d["acc_unrecovered"] == 0.0
-    assert d["adv_recovered"] == pytest.approx(a / 2, rel=1e-5)
-    assert d["adv_unrecovered"] == pytest.approx(-s3, rel=1e-5)
-    # Baseline: the recovered-right call's +1/sqrt3 offsets part of the unrecovered -sqrt3.
-    assert d["failed_call_credit_baseline"] == pytest.approx((a - s3) / 8, rel=1e-5)
-    assert d["failed_call_credit_saar"] == pytest.approx(-s3 / 8, rel=1e-5)
+    assert d["adv_recovered"] == pytest.approx(up / 2, rel=1e-5)
+    assert d["adv_unrecovered"] == pytest.approx(-down, rel=1e-5)
+    # Baseline: the recovered-right call's +1/2 offsets part of the unrecovered -3/2.
+    assert d["failed_call_credit_baseline"] == pytest.approx((up - down) / 8, rel=1e-5)
+    assert d["failed_call_credit_saar"] == pytest.approx(-down / 8, rel=1e-5)
 
 
 def test_recovery_that_costs_the_answer_makes_the_baseline_push_harder():
