@@ -5,7 +5,9 @@ r"""Memory plan per device for Qwen3-4B and Qwen2.5-7B on 1xH100, 8xH100, TPU v5
     --kv_seq_len=8192 --json=/tmp/plan.json
 
 Params/optimizer state come from `nnx.eval_shape` of the real model and the real sharding rules
-on an abstract mesh (see cleaner_jax/models/memory_plan.py for the activation formulas).
+on an abstract mesh; training activations from XLA's memory analysis of the compiled training step
+(the trainer's own program at these shapes, 1 and 2 layers extrapolated; ~1 min of compiling on a
+CPU), `--nomeasure` for the hand formula instead (see cleaner_jax/models/memory_plan.py).
 
 `--roundtrip_dir=DIR` also runs the real-width check on CPU: a random-weight model with
 Qwen3-4B's widths (vocab 151936, D 2560, F 9728, 32/8 heads) but `--roundtrip_layers` layers,
@@ -32,6 +34,7 @@ _PAGES = flags.DEFINE_integer("kv_pages", 0, "KV pages (0: kv_seqs x kv_seq_len)
 _SEQS = flags.DEFINE_integer("kv_seqs", 64, "Concurrent sequences in the KV budget.")
 _SEQ_LEN = flags.DEFINE_integer("kv_seq_len", 23040, "Tokens per sequence in the KV budget.")
 _JSON = flags.DEFINE_string("json", "", "Also write the rows as JSON here.")
+_MEASURE = flags.DEFINE_bool("measure", True, "Activations from the compiled training step.")
 _RT_DIR = flags.DEFINE_string("roundtrip_dir", "", "Run the real-width HF round trip here.")
 _RT_LAYERS = flags.DEFINE_integer("roundtrip_layers", 2, "Layers of the round-trip model.")
 
@@ -40,9 +43,8 @@ _COLUMNS = (
     "params_sampler",
     "grads_fp32_x2",
     "opt_state",
-    "act_no_remat",
-    "act_remat",
-    "logits",
+    "act_formula",
+    "activations",
     "kv_bytes",
     "total_with_kv",
 )
@@ -56,8 +58,9 @@ def _print_table(rows):
         cells += [f"{r[c] / mp.GIB:.2f}" for c in _COLUMNS]
         print(" | ".join(cells + ["yes" if r["fits"] else "NO"]))
     print(
-        "(GiB per device; total = params + sampler copy + grads + opt + act(remat="
-        f"{_REMAT.value}) + logits + KV; KV pages: {rows[0]['kv_pages']})"
+        "(GiB per device; total = params + sampler copy + grads + opt + activations (remat="
+        f"{_REMAT.value}, from the {rows[0]['activations_from']}) + KV; KV pages: "
+        f"{rows[0]['kv_pages']})"
     )
 
 
@@ -109,7 +112,7 @@ def main(argv):
         kv_seqs=_SEQS.value,
         kv_seq_len=_SEQ_LEN.value,
     )
-    rows = mp.plan_all(w)
+    rows = mp.plan_all(w, measure=_MEASURE.value)
     for hw in mp.HARDWARE.values():
         print(
             f"{hw.name}: {hw.num_devices} JAX devices x {hw.hbm_gib:.0f} GiB, mesh "

@@ -8,18 +8,24 @@ and the bytes per device are the products of `NamedSharding.shard_shape`. Optimi
 sharded like their parameter (what GSPMD propagates through `jit(optimizer.init)`); scalars are
 replicated.
 
-Activations and logits are formulas (per device, t tokens per device per micro-batch, b bytes of
-the compute dtype, T packed row length, rows per device r = t / T):
+Activations are read off the compiled training program (`rl.compiled_memory`): the trainer's
+loss + gradient of one micro-batch (`rl.update._grad_step`, with the configured attention path,
+chunked log-probs and remat) is lowered with abstract inputs at the workload's row length and rows
+per device, compiled for the local backend (CPU here), and XLA's `memory_analysis().temp` is what
+the program needs besides its arguments and outputs; 1- and 2-layer compiles are extrapolated
+linearly in the layers. So the plan follows the code: a path that built [T, T] or [T, V] would show.
+With tensor parallelism the measured bytes are divided by the tensor axis (an estimate: the
+compile is unsharded). `activation_bytes` keeps a hand formula of the same program as a cross-check
+(t tokens per device, b bytes of the compute dtype, T row length):
   per layer, per token, saved for the backward pass (elements, compute dtype):
       A = 4D (residual in, input norm out, residual mid, post-attn norm out)
         + 3NH + 3KH (q/k/v projections, q/k after norm+RoPE, attention output)
         + 4F (gate, up, silu(gate), gate*up)
-  dense attention (the model's `attention_weights_mask`): float32 logits and probabilities
-      [N, T, T] per row: 8 N T^2 bytes per row;
-  layer(t) = t A b + r 8 N T^2
+  memory-linear attention also keeps a float32 log-sum-exp per query and head: 4 N bytes a token;
+  layer(t) = t (A b + 4 N)
   no remat: L layer(t);   remat (per layer): L t D b (layer inputs) + layer(t) (one layer
       recomputed during its backward);
-  logits head: float32 logits, log-softmax and their gradient, 3 t V 4 bytes / tensor.
+  log-prob head: float32 logits of one chunk of c tokens, their softmax and gradient: 3 c V 4.
 Gradients: float32 like the master params, twice (the accumulator and the current micro-batch's).
 KV pages: `sampling.paged_cache.bytes_per_page` in the sampler's dtype; the pool is not sharded,
 so every rollout-replica device holds all of its pages.
@@ -127,8 +133,10 @@ def abstract_opt_state(params: nnx.State) -> Any:
     return jax.eval_shape(make_optimizer(OptimConfig()).init, params)
 
 
-def activation_bytes(cfg: ModelConfig, w: Workload, tensor: int = 1) -> dict[str, int]:
-    """The module docstring's formulas, per device."""
+def activation_bytes(
+    cfg: ModelConfig, w: Workload, tensor: int = 1, logprob_chunk: int = 1024
+) -> dict[str, int]:
+    """The module docstring's hand formula, per device."""
     b = jnp.dtype(w.compute_dtype).itemsize
     d, f, n, k, h = (
         cfg.hidden_size,
@@ -138,16 +146,26 @@ def activation_bytes(cfg: ModelConfig, w: Workload, tensor: int = 1) -> dict[str
         cfg.head_dim,
     )
     t = w.tokens_per_device
-    rows = t / w.row_len
     per_token = 4 * d + 3 * n * h + 3 * k * h + 4 * f
-    attention = rows * 8 * n * w.row_len**2
-    layer = (t * per_token * b + attention) / tensor
+    layer = t * (per_token * b + 4 * n) / tensor
+    chunk = min(logprob_chunk, t) if logprob_chunk > 0 else t
     return {
         "act_layer": int(layer),
         "act_no_remat": int(cfg.num_layers * layer),
         "act_remat": int(cfg.num_layers * t * d * b + layer),
-        "logits": int(3 * t * cfg.vocab_size * 4 / tensor),
+        "logits": int(3 * chunk * cfg.vocab_size * 4 / tensor),
     }
+
+
+def measured_activation_bytes(cfg: ModelConfig, w: Workload, tensor: int = 1) -> dict[str, int]:
+    """Temporaries of the compiled training step (see the module docstring), per device."""
+    from cleaner_jax.rl import compiled_memory  # rl depends on models
+
+    rows = max(1, w.tokens_per_device // w.row_len)
+    got = compiled_memory.train_activation_bytes(
+        cfg.replace(dtype=w.compute_dtype, remat=w.remat), w.row_len, rows
+    )
+    return {k: int(v / tensor) for k, v in got.items()}
 
 
 def kv_bytes(cfg: ModelConfig, w: Workload) -> int:
@@ -156,8 +174,18 @@ def kv_bytes(cfg: ModelConfig, w: Workload) -> int:
     return w.num_kv_pages * bytes_per_page(cfg, w.page_size, w.compute_dtype)
 
 
-def plan(cfg: ModelConfig, hw: Hardware, w: Workload, rules: Rules | None = None) -> dict:
-    """Bytes per device of every item, the total and whether it fits the device's HBM."""
+def plan(
+    cfg: ModelConfig,
+    hw: Hardware,
+    w: Workload,
+    rules: Rules | None = None,
+    measured: dict[str, int] | None = None,
+) -> dict:
+    """Bytes per device of every item, the total and whether it fits the device's HBM.
+
+    `measured`: `measured_activation_bytes(cfg, w, tensor)`; the training activations in the
+    total are then the compiled program's, else the hand formula's.
+    """
     mesh = abstract_mesh(hw.mesh)
     params = abstract_state(cfg.replace(param_dtype="float32"))
     sampler = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, w.compute_dtype), params)
@@ -173,27 +201,41 @@ def plan(cfg: ModelConfig, hw: Hardware, w: Workload, rules: Rules | None = None
         "params_sampler": per_device_bytes(sampler, mesh, cfg, rules),
         "grads_fp32_x2": 2 * p32,
         "opt_state": per_device_bytes(opt, mesh, cfg, rules),
-        "act_no_remat": act["act_no_remat"],
-        "act_remat": act["act_remat"],
-        "act_attention_share": act["act_layer"],
-        "logits": act["logits"],
+        "act_formula": (act["act_remat"] if w.remat else act["act_no_remat"]) + act["logits"],
         "kv_pages": w.num_kv_pages,
         "kv_bytes": kv_bytes(cfg, w),
     }
-    act_used = act["act_remat"] if w.remat else act["act_no_remat"]
+    if measured is not None:
+        out["act_compiled"] = measured["total"]
+        out["act_compiled_per_layer"] = measured["per_layer"]
+        out["activations"] = measured["total"]
+        out["activations_from"] = "compiled training step (memory_analysis)"
+    else:
+        out["activations"] = out["act_formula"]
+        out["activations_from"] = "formula"
     static = out["params_fp32"] + out["params_sampler"] + out["grads_fp32_x2"] + out["opt_state"]
-    out["train_total"] = static + act_used + out["logits"]
+    out["train_total"] = static + out["activations"]
     out["total_with_kv"] = out["train_total"] + out["kv_bytes"]
     out["fits"] = out["total_with_kv"] <= out["hbm_bytes"]
     return out
 
 
 def plan_all(
-    w: Workload, models: Mapping[str, str] = MODELS, hardware: Mapping[str, Hardware] = HARDWARE
+    w: Workload,
+    models: Mapping[str, str] = MODELS,
+    hardware: Mapping[str, Hardware] = HARDWARE,
+    measure: bool = True,
 ) -> list[dict]:
+    """Every (model, hardware) row; `measure` compiles the training step once per model and
+    tensor width (see `measured_activation_bytes`)."""
     rows = []
     for model_name, preset in models.items():
-        cfg = PRESETS[preset].replace(dtype=w.compute_dtype)
+        cfg = PRESETS[preset].replace(dtype=w.compute_dtype, remat=w.remat)
+        measured: dict[int, dict[str, int]] = {}
         for hw in hardware.values():
-            rows.append({"model": model_name, "hardware": hw.name, **plan(cfg, hw, w)})
+            tensor = hw.mesh[2]
+            if measure and tensor not in measured:
+                measured[tensor] = measured_activation_bytes(cfg, w, tensor)
+            m = measured.get(tensor)
+            rows.append({"model": model_name, "hardware": hw.name, **plan(cfg, hw, w, None, m)})
     return rows

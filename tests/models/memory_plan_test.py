@@ -45,14 +45,28 @@ def test_qwen3_4b_params_and_adam_state_per_device():
 def test_activation_formula_hand_computed():
     cfg = tiny_variant("qwen3", hidden_size=8, intermediate_size=16, head_dim=2, num_layers=3)
     w = mp.Workload(tokens_per_device=20, row_len=10, compute_dtype="float16")
-    # per token: 4*8 + 3*4*2 + 3*2*2 + 4*16 = 32 + 24 + 12 + 64 = 132 elements of 2 bytes;
-    # attention: 2 rows * 8 * 4 heads * 10^2 = 6400 bytes.
-    layer = 20 * 132 * 2 + 6400
-    got = mp.activation_bytes(cfg, w)
+    # per token: 4*8 + 3*4*2 + 3*2*2 + 4*16 = 32 + 24 + 12 + 64 = 132 elements of 2 bytes,
+    # plus a float32 log-sum-exp per head: 4 * 4 bytes. No [T, T] term.
+    layer = 20 * (132 * 2 + 16)
+    got = mp.activation_bytes(cfg, w, logprob_chunk=8)
     assert got["act_layer"] == layer
     assert got["act_no_remat"] == 3 * layer
     assert got["act_remat"] == 3 * 20 * 8 * 2 + layer
-    assert got["logits"] == 3 * 20 * cfg.vocab_size * 4
+    assert got["logits"] == 3 * 8 * cfg.vocab_size * 4
+
+
+def test_measured_activations_grow_linearly_with_the_row():
+    """The plan's activations come from the compiled training step: 4x the row, ~4x the bytes
+    (a [T, T] attention or [T, V] logits would give ~16x / a large constant)."""
+    cfg = tiny_variant("qwen3", hidden_size=32, intermediate_size=64, num_layers=3, remat=True)
+    small = mp.measured_activation_bytes(cfg, mp.Workload(1024, 1024, "float32"))
+    big = mp.measured_activation_bytes(cfg, mp.Workload(4096, 4096, "float32"))
+    assert small["total"] == small["one_layer"] + 2 * small["per_layer"]
+    assert 2.0 < big["total"] / small["total"] < 6.0
+    hw = mp.Hardware("test", 8, 80.0, (1, 8, 1))
+    row = mp.plan(cfg, hw, mp.Workload(1024, 1024, "float32"), measured=small)
+    assert row["activations"] == small["total"]
+    assert row["activations_from"].startswith("compiled")
 
 
 def test_kv_pages_from_sequence_budget():

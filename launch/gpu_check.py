@@ -1,0 +1,234 @@
+r"""The accelerator check: decode speed against the HBM roofline, training MFU, one SAAR rollout.
+
+  python launch/gpu_check.py --out=/tmp/gpu_check.json           # on one H100/H200 (~6 min)
+  python launch/gpu_check.py --tiny --out=/tmp/gpu_check.json    # the same code on CPU, tiny
+
+`launch/gpu_check.sh` runs this after the `gpu` test marker. Every section writes the JSON as it
+finishes, and a section that fails records its error and the next one still runs, so a crash loses
+nothing measured before it.
+
+Sections (random weights, bf16 compute; `--tiny` shrinks every shape):
+1. machine: device kind, jax version, a measured HBM copy bandwidth and bf16 matmul rate;
+2. decode: `Engine.generate_batch` on a Qwen3-0.6B-shaped model, greedy, at batch 1 and 64:
+   tokens/s, and at batch 1 the fraction of the HBM roofline (each token reads every weight and
+   the KV written so far: tokens/s <= bandwidth / bytes per token);
+3. train: `rl.update.Updater.step` (loss + gradient + AdamW, fp32 master weights, per-layer remat)
+   on one packed row of 8,192 and 16,384 tokens for Qwen3-0.6B and 1.7B shapes: tokens/s and MFU
+   (model FLOPs 6 P T + 6 L N H T^2 (causal attention, forward + backward) over the device's bf16
+   peak; P excludes the embedding lookup but includes the output projection);
+4. rollout: one GRPO step of the shipped `configs/qwen3_4b_cleaner.py:runlocal` pipeline (real
+   sandbox, agent loop, SAAR on) with a random Qwen3-0.6B-shaped policy.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import tempfile
+import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+
+from cleaner_jax.models import testing
+from cleaner_jax.models.config import PRESETS, tiny_config
+
+_OUT = flags.DEFINE_string("out", "/tmp/gpu_check.json", "JSON output path")
+_TINY = flags.DEFINE_bool("tiny", False, "Tiny shapes (the CPU dry run of this script).")
+_SECTIONS = flags.DEFINE_list("sections", ["machine", "decode", "train", "rollout"], "What to run.")
+_REPS = flags.DEFINE_integer("reps", 5, "Timed repetitions (median reported).")
+
+# Dense bf16 peak of the data sheets (FLOP/s), by `device_kind` prefix.
+_BF16_PEAK = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "TPU v5p": 459e12, "TPU v4": 275e12}
+
+
+def _median_time(fn, reps: int) -> float:
+    fn()  # compile / warm up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _machine() -> dict:
+    dev = jax.local_devices()[0]
+    kind = dev.device_kind
+    peak = next((v for k, v in _BF16_PEAK.items() if kind.startswith(k)), None)
+    n = (1 << 20) if _TINY.value else (1 << 30)  # bf16 elements: 2 MiB / 2 GiB
+    x = jnp.ones((n,), jnp.bfloat16)
+    copy = jax.jit(lambda a: a + 1)
+    t = _median_time(lambda: copy(x).block_until_ready(), _REPS.value)
+    bandwidth = 2 * x.nbytes / t  # read + write
+    m = 1024 if _TINY.value else 8192
+    a = jnp.ones((m, m), jnp.bfloat16)
+    mm = jax.jit(lambda p, q: p @ q)
+    t = _median_time(lambda: mm(a, a).block_until_ready(), _REPS.value)
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": kind,
+        "num_devices": jax.device_count(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "bf16_peak_flops_datasheet": peak,
+        "measured_copy_bandwidth_bytes_per_s": bandwidth,
+        "measured_bf16_matmul_flops": 2 * m**3 / t,
+    }
+
+
+def _model_cfg(preset: str):
+    if _TINY.value:
+        return tiny_config(vocab_size=1024, dtype="bfloat16", remat=True)
+    return PRESETS[preset].replace(dtype="bfloat16", remat=True)
+
+
+def _decode(machine: dict) -> dict:
+    from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams
+
+    cfg = _model_cfg("qwen3_0_6b")
+    model = testing.random_model(cfg.replace(param_dtype="bfloat16"), seed=0, scale=0.02)
+    graphdef, state = nnx.split(model)
+    prompt_len, new = (16, 32) if _TINY.value else (128, 512)
+    out = {"model": "qwen3_0_6b", "prompt_len": prompt_len, "new_tokens": new}
+    rng = np.random.default_rng(0)
+    for batch in (1, 64):
+        engine = Engine(
+            (graphdef, state),
+            EngineConfig(
+                page_size=16,
+                num_pages=batch * -(-(prompt_len + new) // 16) + 8,
+                max_slots=batch,
+                prefill_chunk=128 if _TINY.value else 512,
+                max_seq_len=prompt_len + new,
+                decode_steps=8,
+            ),
+        )
+        engine.warmup()
+        prompts = [rng.integers(0, cfg.vocab_size, prompt_len).tolist() for _ in range(batch)]
+        params = SamplingParams(max_new_tokens=new, greedy=True, temperature=0.0)
+        t = _median_time(lambda e=engine, p=prompts: e.generate_batch(p, params), _REPS.value)
+        tok_s = batch * new / t
+        out[f"b{batch}_tokens_per_s"] = tok_s
+        if batch == 1:
+            weights = sum(x.nbytes for x in jax.tree.leaves(state))
+            kv_per_pos = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2
+            mean_ctx = prompt_len + new / 2
+            bytes_per_token = weights + kv_per_pos * mean_ctx
+            roof = machine["measured_copy_bandwidth_bytes_per_s"] / bytes_per_token
+            out["b1_hbm_roofline_tokens_per_s"] = roof
+            out["b1_fraction_of_hbm_roofline"] = tok_s / roof
+        del engine
+    return out
+
+
+def _train(machine: dict) -> dict:
+    from cleaner_jax.rl.packing import TrainSample, pack
+    from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
+
+    lengths = (256, 512) if _TINY.value else (8192, 16384)
+    peak = machine.get("bf16_peak_flops_datasheet") or machine["measured_bf16_matmul_flops"]
+    out = {"peak_flops_used": peak}
+    for preset in ("qwen3_0_6b", "qwen3_1_7b"):
+        cfg = _model_cfg(preset)
+        model = testing.random_model(cfg, seed=0, scale=0.02)
+        graphdef, state = nnx.split(model)
+        updater = Updater(
+            graphdef, make_optimizer(OptimConfig(learning_rate=1e-6)), LossConfig(kind="ppo")
+        )
+        box = {"state": state, "opt": updater.init(state)}
+        emb = cfg.vocab_size * cfg.hidden_size
+        p = cfg.num_params() - emb + (emb if cfg.tie_word_embeddings else 0)
+        rng = np.random.default_rng(0)
+        for t in lengths:
+            toks = rng.integers(0, cfg.vocab_size, t + 1).astype(np.int32)
+            sample = TrainSample(
+                toks, np.ones(t + 1, np.float32), 1.0, np.full(t + 1, -1.0, np.float32)
+            )
+            micro = pack([sample], t)
+
+            def step(micro=micro):
+                box["state"], box["opt"], m = updater.step(box["state"], box["opt"], [micro])
+                return m
+
+            sec = _median_time(step, _REPS.value)
+            flops = 6 * p * t + 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * t * t
+            key = f"{preset}_T{t}"
+            out[key] = {
+                "step_s": sec,
+                "tokens_per_s": t / sec,
+                "model_flops": flops,
+                "mfu": flops / sec / peak,
+                "fraction_of_measured_matmul": flops / sec / machine["measured_bf16_matmul_flops"],
+            }
+            logging.info("%s: %s", key, out[key])
+        del box, model, state
+    return out
+
+
+def _rollout(machine: dict) -> dict:
+    import importlib.util
+    import os
+
+    from cleaner_jax.rl import trainer as trainer_lib
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "qwen3_4b_cleaner.py")
+    spec = importlib.util.spec_from_file_location("cfg", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("runlocal")
+    if not _TINY.value:
+        config.model.preset = "qwen3_0_6b"
+        config.model.dtype = "bfloat16"
+        config.rollout.prompts_per_step = 8
+        config.rollout.n = 8
+        config.rollout.engine.max_slots = 64
+    config.mesh.fsdp = 1
+    config.checkpoint.every = 0
+    config.total_steps = 1
+    with tempfile.TemporaryDirectory() as workdir:
+        t0 = time.perf_counter()
+        metrics = trainer_lib.run(config, workdir)
+        sec = time.perf_counter() - t0
+    keep = ("time/", "saar/", "rollout_tokens_per_s", "response_length/", "train/loss")
+    return {
+        "wall_s": sec,
+        **{k: v for k, v in metrics.items() if k.startswith(keep) and isinstance(v, float | int)},
+    }
+
+
+_RUN = {"machine": _machine, "decode": _decode, "train": _train, "rollout": _rollout}
+
+
+def main(argv):
+    del argv
+    result: dict = {"tiny": _TINY.value, "errors": {}}
+    machine: dict = {}
+    for name in _SECTIONS.value:
+        t0 = time.perf_counter()
+        try:
+            value = _machine() if name == "machine" else _RUN[name](machine or _machine())
+            if name == "machine":
+                machine = value
+            result[name] = value
+        except Exception as e:  # noqa: BLE001 - a failed section is recorded, the rest still run
+            result["errors"][name] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+            logging.error("section %s failed: %s", name, e)
+        result.setdefault("section_seconds", {})[name] = time.perf_counter() - t0
+        with open(_OUT.value, "w") as f:
+            json.dump(result, f, indent=1, default=str)
+        logging.info("section %s done in %.1f s", name, result["section_seconds"][name])
+    print(json.dumps({k: v for k, v in result.items() if k != "errors"}, indent=1, default=str))
+    if result["errors"]:
+        print("FAILED sections:", ", ".join(result["errors"]))
+        raise SystemExit(1)
+    print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)
