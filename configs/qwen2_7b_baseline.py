@@ -8,7 +8,10 @@ Open-AgentRL-30K / validation parquet files:
     --config.data.train_files='("/data/open_agentrl_30k.parquet",)' \
     --config.data.val_files='("/data/aime24.parquet",)' --workdir=/runs/qwen2_7b_baseline
 
-Variant `:runlocal`: a random tiny model and tiny budgets on CPU (same files and tokenizer).
+Variant `:runlocal`: a self-contained CPU smoke run (random tiny model of the same architecture,
+tiny budgets, the synthetic demo task and its tokenizer prepared in the workdir):
+
+  python launch/train.py --config=configs/qwen2_7b_baseline.py:runlocal --workdir=/tmp/runlocal
 """
 
 from cleaner_jax.rl.defaults import paper_config

@@ -90,7 +90,9 @@ def main(argv):
     print(f"{'context':>7} | {'temp MiB':>10} | {'KV pool MiB':>11}")
     for ctx in map(int, _DECODE.value):
         m = cm.decode_step_memory(cfg, ctx, _SLOTS.value)
-        result["decode"].append({"context": ctx, "temp_bytes": m.temp, "argument_bytes": m.argument})
+        result["decode"].append(
+            {"context": ctx, "temp_bytes": m.temp, "argument_bytes": m.argument}
+        )
         print(f"{ctx:>7} | {m.temp / MIB:>10.1f} | {m.argument / MIB:>11.1f}")
     dec = {r["context"]: r["temp_bytes"] for r in result["decode"]}
     lo, hi = min(dec), max(dec)

@@ -104,10 +104,14 @@ def main(argv):
         checkpoint_step=_STEP.value,
     )
     config = _CONFIG.value
-    if config.prepare_synthetic and not config.tokenizer_path:
+    hf_checkpoint = bool(_CHECKPOINT.value) and os.path.isfile(
+        os.path.join(_CHECKPOINT.value, "config.json")
+    )
+    if config.prepare_synthetic and not (config.tokenizer_path or hf_checkpoint):
         raise app.UsageError(
             "this config prepares synthetic assets for training; pass "
-            "--config.tokenizer_path=WORKDIR/assets/tokenizer of the run you evaluate"
+            "--config.tokenizer_path=WORKDIR/assets/tokenizer of the run you evaluate "
+            "(an HF export, WORKDIR/hf_export/step_N, brings its own)"
         )
     logging.info("evaluating %s on %s", options.checkpoint or "the config's model", options.dataset)
     summary = evaluation.evaluate(config, options, _OUT.value)

@@ -111,8 +111,8 @@ def _decode(machine: dict) -> dict:
         )
         engine.warmup()
         prompts = [rng.integers(0, cfg.vocab_size, prompt_len).tolist() for _ in range(batch)]
-        params = SamplingParams(max_new_tokens=new, greedy=True, temperature=0.0)
-        t = _median_time(lambda e=engine, p=prompts: e.generate_batch(p, params), _REPS.value)
+        sp = SamplingParams(max_new_tokens=new, greedy=True, temperature=0.0)
+        t = _median_time(lambda e=engine, p=prompts, q=sp: e.generate_batch(p, q), _REPS.value)
         tok_s = batch * new / t
         out[f"b{batch}_tokens_per_s"] = tok_s
         if batch == 1:
@@ -152,8 +152,8 @@ def _train(machine: dict) -> dict:
             )
             micro = pack([sample], t)
 
-            def step(micro=micro):
-                box["state"], box["opt"], m = updater.step(box["state"], box["opt"], [micro])
+            def step(micro=micro, box=box, up=updater):
+                box["state"], box["opt"], m = up.step(box["state"], box["opt"], [micro])
                 return m
 
             sec = _median_time(step, _REPS.value)
@@ -165,9 +165,12 @@ def _train(machine: dict) -> dict:
                 "model_flops": flops,
                 "mfu": flops / sec / peak,
                 "fraction_of_measured_matmul": flops / sec / machine["measured_bf16_matmul_flops"],
+                "peak_bytes_in_use": (jax.local_devices()[0].memory_stats() or {}).get(
+                    "peak_bytes_in_use"
+                ),
             }
             logging.info("%s: %s", key, out[key])
-        del box, model, state
+        box.clear()
     return out
 
 
@@ -177,7 +180,9 @@ def _rollout(machine: dict) -> dict:
 
     from cleaner_jax.rl import trainer as trainer_lib
 
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "qwen3_4b_cleaner.py")
+    path = os.path.join(
+        os.path.dirname(os.path.dirname(__file__)), "configs", "qwen3_4b_cleaner.py"
+    )
     spec = importlib.util.spec_from_file_location("cfg", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -31,7 +31,9 @@ _DTYPE = flags.DEFINE_string("dtype", "float16", "Compute dtype (sampler copy, a
 _REMAT = flags.DEFINE_bool("remat", True, "Per-layer rematerialisation in the total.")
 _PAGE = flags.DEFINE_integer("page_size", 16, "KV page size.")
 _PAGES = flags.DEFINE_integer("kv_pages", 0, "KV pages (0: kv_seqs x kv_seq_len).")
-_SEQS = flags.DEFINE_integer("kv_seqs", 64, "Concurrent sequences in the KV budget.")
+_SEQS = flags.DEFINE_integer(
+    "kv_seqs", 8, "Full-length sequences the sampler's KV pool must hold at once."
+)
 _SEQ_LEN = flags.DEFINE_integer("kv_seq_len", 23040, "Tokens per sequence in the KV budget.")
 _JSON = flags.DEFINE_string("json", "", "Also write the rows as JSON here.")
 _MEASURE = flags.DEFINE_bool("measure", True, "Activations from the compiled training step.")
@@ -52,10 +54,11 @@ _COLUMNS = (
 
 def _print_table(rows):
     head = ["model", "hardware", "dev", "HBM"] + [c.replace("_bytes", "") for c in _COLUMNS]
-    print(" | ".join(head + ["fits"]))
+    print(" | ".join(head + ["kv seqs free", "fits"]))
     for r in rows:
         cells = [r["model"], r["hardware"], str(r["devices"]), f"{r['hbm_bytes'] / mp.GIB:.0f}"]
         cells += [f"{r[c] / mp.GIB:.2f}" for c in _COLUMNS]
+        cells.append(str(r["kv_full_seqs_free"]))
         print(" | ".join(cells + ["yes" if r["fits"] else "NO"]))
     print(
         "(GiB per device; total = params + sampler copy + grads + opt + activations (remat="

@@ -14,6 +14,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from cleaner_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+
 SUPPORTED_ARCHITECTURES = ("Qwen3ForCausalLM", "Qwen2ForCausalLM")
 
 
@@ -27,6 +29,8 @@ class ModelConfig:
 
     `param_dtype` is the storage dtype of parameters (fp32 master weights for training),
     `dtype` the compute dtype of matmuls; softmax, logits and log-probs are always float32.
+    `attention` picks the training-forward attention (`attention.IMPLEMENTATIONS`; "auto" by
+    backend) and `attention_block` its query/key block length; the KV-cache path ignores both.
     """
 
     vocab_size: int
@@ -47,6 +51,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    attention: str = "auto"
+    attention_block: int = 512
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -73,6 +79,13 @@ class ModelConfig:
             )
         if self.architecture == "Qwen3ForCausalLM" and not self.qk_norm:
             raise ValueError("Qwen3 always has q/k RMSNorm: set qk_norm=True")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention={self.attention!r} is not an implementation; use one of "
+                f"{', '.join(ATTENTION_IMPLEMENTATIONS)}"
+            )
+        if self.attention_block < 1:
+            raise ValueError(f"attention_block={self.attention_block} must be >= 1")
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(

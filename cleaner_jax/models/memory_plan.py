@@ -28,7 +28,11 @@ compile is unsharded). `activation_bytes` keeps a hand formula of the same progr
   log-prob head: float32 logits of one chunk of c tokens, their softmax and gradient: 3 c V 4.
 Gradients: float32 like the master params, twice (the accumulator and the current micro-batch's).
 KV pages: `sampling.paged_cache.bytes_per_page` in the sampler's dtype; the pool is not sharded,
-so every rollout-replica device holds all of its pages.
+so the device that runs a process's sampler holds all of its pages. At run time the pool is sized
+from free memory (`rollout.engine.num_pages=0`) and the engine preempts when it runs dry, so the KV
+figure is a chosen reserve (`kv_seqs` sequences of `kv_seq_len` tokens held at once, default 8
+full-length ones), and `kv_full_seqs_free` says how many full-length sequences the memory left
+after training state and activations would hold.
 
 Letters: L layers, D embed, N heads, K kv heads, H head dim, F mlp, V vocab, T row length.
 """
@@ -89,7 +93,7 @@ class Workload:
     remat: bool = True
     page_size: int = 16
     kv_pages: int = 0  # 0: kv_seqs sequences of kv_seq_len tokens
-    kv_seqs: int = 64
+    kv_seqs: int = 8
     kv_seq_len: int = 23040
 
     @property
@@ -168,6 +172,10 @@ def measured_activation_bytes(cfg: ModelConfig, w: Workload, tensor: int = 1) ->
     return {k: int(v / tensor) for k, v in got.items()}
 
 
+def _kv_of(w: Workload) -> dict:
+    return {"page_size": w.page_size, "compute_dtype": w.compute_dtype}
+
+
 def kv_bytes(cfg: ModelConfig, w: Workload) -> int:
     from cleaner_jax.sampling.paged_cache import bytes_per_page  # sampling depends on models
 
@@ -217,6 +225,8 @@ def plan(
     out["train_total"] = static + out["activations"]
     out["total_with_kv"] = out["train_total"] + out["kv_bytes"]
     out["fits"] = out["total_with_kv"] <= out["hbm_bytes"]
+    per_seq = -(-w.kv_seq_len // w.page_size) * kv_bytes(cfg, Workload(kv_pages=1, **_kv_of(w)))
+    out["kv_full_seqs_free"] = max(0, (out["hbm_bytes"] - out["train_total"]) // per_seq)
     return out
 
 

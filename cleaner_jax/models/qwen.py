@@ -5,7 +5,8 @@ so checkpoint import/export is transposes and reshapes. Linear kernels are store
 
 Two ways in, one module:
 - training / scoring over packed rows: `model(tokens_BT, positions_BT, segment_ids_BT=...)`;
-  tokens attend causally within their own segment only (segment 0 is padding);
+  tokens attend causally within their own segment only (segment 0 is padding), through
+  `attention.attention` with the implementation `cfg.attention` (no [T, T] mask unless "dense");
 - reads/writes of an explicit KV cache: `model(tokens_BT, positions_BT, cache=cache)`; the cache
   object (a pytree, `kv_cache.DenseKVCache` or the sampler's paged cache) does the write and the
   attention for each layer through `cache.update_and_attend(layer, q, k, v, positions)`.
@@ -22,9 +23,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cleaner_jax.models import attention as attention_lib
+from cleaner_jax.models.attention import attention_weights_mask as attention_weights_mask
 from cleaner_jax.models.config import ModelConfig
-
-_NEG_INF = -1e30
 
 
 class KVCache(Protocol):
@@ -54,29 +55,6 @@ def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     out = x * cos_BTH[:, :, None, :] + rotated * sin_BTH[:, :, None, :]
     return out.astype(x_BTNH.dtype)
-
-
-def attention_weights_mask(
-    q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, mask_BTS: jax.Array
-) -> jax.Array:
-    """Grouped-query attention with a boolean mask; float32 softmax. Returns [B, T, N, H]."""
-    b, t, n, h = q_BTNH.shape
-    k = k_BSKH.shape[2]
-    q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
-    logits_BKGTS = jnp.einsum(
-        "btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
-    ) * (h**-0.5)
-    logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, _NEG_INF)
-    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
-    # A query row with no visible key (padding) gets uniform weights; zero it instead.
-    probs_BKGTS = jnp.where(mask_BTS[:, None, None], probs_BKGTS, 0.0)
-    out_BTKGH = jnp.einsum(
-        "bkgts,bskh->btkgh",
-        probs_BKGTS.astype(v_BSKH.dtype),
-        v_BSKH,
-        preferred_element_type=jnp.float32,
-    )
-    return out_BTKGH.reshape(b, t, n, h).astype(q_BTNH.dtype)
 
 
 class Linear(nnx.Module):
@@ -129,10 +107,19 @@ class Attention(nnx.Module):
         cos, sin = rope_tables(positions_BT, cfg.head_dim, cfg.rope_theta)
         return apply_rope(q_BTNH, cos, sin), apply_rope(k_BTKH, cos, sin), v_BTKH
 
-    def __call__(self, x_BTD, positions_BT, mask_BTS, layer, cache):
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, layer, cache):
         q_BTNH, k_BTKH, v_BTKH = self.qkv(x_BTD, positions_BT)
         if cache is None:
-            out_BTNH = attention_weights_mask(q_BTNH, k_BTKH, v_BTKH, mask_BTS)
+            cfg = self.cfg
+            out_BTNH = attention_lib.attention(
+                q_BTNH,
+                k_BTKH,
+                v_BTKH,
+                segment_ids_BT,
+                impl=cfg.attention,
+                block_q=cfg.attention_block,
+                block_kv=cfg.attention_block,
+            )
         else:
             out_BTNH, cache = cache.update_and_attend(layer, q_BTNH, k_BTKH, v_BTKH, positions_BT)
         b, t = x_BTD.shape[:2]
@@ -157,17 +144,17 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg=cfg)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x_BTD, positions_BT, mask_BTS, layer, cache):
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, layer, cache):
         attn_BTD, cache = self.self_attn(
-            self.input_layernorm(x_BTD), positions_BT, mask_BTS, layer, cache
+            self.input_layernorm(x_BTD), positions_BT, segment_ids_BT, layer, cache
         )
         x_BTD = x_BTD + attn_BTD
         x_BTD = x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
         return x_BTD, cache
 
 
-def _layer_forward(layer_module, x_BTD, positions_BT, mask_BTS):
-    return layer_module(x_BTD, positions_BT, mask_BTS, 0, None)[0]
+def _layer_forward(layer_module, x_BTD, positions_BT, segment_ids_BT):
+    return layer_module(x_BTD, positions_BT, segment_ids_BT, 0, None)[0]
 
 
 class Qwen(nnx.Module):
@@ -202,35 +189,27 @@ class Qwen(nnx.Module):
     ) -> tuple[jax.Array, Any]:
         """Final-norm hidden states [B, T, D] in the compute dtype, and the updated cache."""
         x_BTD = self.embed_tokens(tokens_BT).astype(self.cfg.jnp_dtype)
-        mask_BTS = None
-        if cache is None:
-            t = tokens_BT.shape[1]
-            causal_TS = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
-            if segment_ids_BT is None:
-                segment_ids_BT = jnp.ones_like(tokens_BT)
-            same_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
-            mask_BTS = causal_TS[None] & same_BTS & (segment_ids_BT[:, None, :] != 0)
+        if cache is None and segment_ids_BT is None:
+            segment_ids_BT = jnp.ones_like(tokens_BT)
         for i, layer in enumerate(self.layers):
             if self.cfg.remat and cache is None:
-                x_BTD = nnx.remat(_layer_forward)(layer, x_BTD, positions_BT, mask_BTS)
+                x_BTD = nnx.remat(_layer_forward)(layer, x_BTD, positions_BT, segment_ids_BT)
             else:
-                x_BTD, cache = layer(x_BTD, positions_BT, mask_BTS, i, cache)
+                x_BTD, cache = layer(x_BTD, positions_BT, segment_ids_BT, i, cache)
         return self.norm(x_BTD), cache
 
-    def logits(self, h_BTD: jax.Array) -> jax.Array:
-        """float32 logits [B, T, V] from hidden states."""
+    def unembedding(self) -> tuple[jax.Array, bool]:
+        """The output projection as stored: (`[V, D]` tied embedding, True) or (`[D, V]`, False).
+
+        For callers that compute logits a chunk of tokens at a time (`rl/loss.py`), never [T, V].
+        """
         if self.lm_head is None:
-            emb_VD = self.embed_tokens.embedding[...]
-            return jnp.einsum(
-                "btd,vd->btv",
-                h_BTD,
-                emb_VD.astype(h_BTD.dtype),
-                preferred_element_type=jnp.float32,
-            )
-        kernel_DV = self.lm_head.kernel[...]
-        return jnp.einsum(
-            "btd,dv->btv", h_BTD, kernel_DV.astype(h_BTD.dtype), preferred_element_type=jnp.float32
-        )
+            return self.embed_tokens.embedding[...], True
+        return self.lm_head.kernel[...], False
+
+    def logits(self, h_BTD: jax.Array) -> jax.Array:
+        """float32 logits [..., V] from hidden states [..., D]."""
+        return project_logits(h_BTD, *self.unembedding())
 
     def __call__(
         self,
@@ -244,6 +223,13 @@ class Qwen(nnx.Module):
             tokens_BT, positions_BT, segment_ids_BT=segment_ids_BT, cache=cache
         )
         return self.logits(h_BTD), cache
+
+
+def project_logits(h_XD: jax.Array, unembed: jax.Array, transposed: bool) -> jax.Array:
+    """float32 logits [..., V] of hidden states [..., D] through `Qwen.unembedding()`'s matrix."""
+    w = unembed.astype(h_XD.dtype)
+    eq = "...d,vd->...v" if transposed else "...d,dv->...v"
+    return jnp.einsum(eq, h_XD, w, preferred_element_type=jnp.float32)
 
 
 def token_logprobs(logits_BTV: jax.Array, targets_BT: jax.Array, temperature: float = 1.0):

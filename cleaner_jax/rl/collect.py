@@ -24,6 +24,7 @@ from cleaner_jax.data.readers import Example
 from cleaner_jax.rl.packing import TrainSample
 from cleaner_jax.rl.rewards import RewardInput
 from cleaner_jax.saar import Provenance, RolloutLimits, SaarConfig, Trajectory, rollout
+from cleaner_jax.sampling import EngineConfig
 
 
 def derive_seed(*parts: object) -> int:
@@ -89,6 +90,28 @@ def saar_config_from(config: ml_collections.ConfigDict) -> SaarConfig:
         disable_after_exhaustion=s.disable_after_exhaustion,
         max_tool_attempts=config.rollout.max_tool_attempts,
         recompute_spliced_logprobs=s.recompute_spliced_logprobs,
+    )
+
+
+def engine_config_from(config: ml_collections.ConfigDict) -> EngineConfig:
+    """The sampler's `EngineConfig` from `rollout.engine` (trainer and evaluation alike).
+
+    `num_pages` 0 (or None) means "size the page pool from free device memory" (the engine's
+    None; on backends that report no memory, enough pages for `max_slots` full sequences).
+    """
+    e = config.rollout.engine
+    if e.num_pages and e.num_pages < 2:
+        raise ValueError(
+            f"rollout.engine.num_pages={e.num_pages}: need at least 2 (page 0 is the null page), "
+            "or 0 to size the pool from device memory"
+        )
+    return EngineConfig(
+        page_size=e.page_size,
+        num_pages=e.num_pages or None,
+        max_slots=e.max_slots,
+        prefill_chunk=e.prefill_chunk,
+        max_seq_len=e.max_seq_len,
+        attention=e.attention,
     )
 
 

@@ -11,6 +11,8 @@ import ast
 
 import ml_collections
 
+from cleaner_jax.models import config as model_config_lib
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -24,11 +26,21 @@ def base_config() -> ml_collections.ConfigDict:
         dict(
             preset="qwen3_4b_instruct_2507",
             hf_path="",
-            dtype="float16",  # paper: fp16 actor and rollout to limit train/infer mismatch
+            # fp32 master weights (param_dtype); the training forward computes in `dtype`
+            # (paper: fp16 actor and rollout to limit the train/infer mismatch).
+            dtype="float16",
             param_dtype="float32",
             remat=True,
+            # Training attention: "auto" (cuDNN flash on GPU, splash on TPU where our masks are
+            # supported, else blockwise), "dense" (the [T, T] reference), "blockwise", "cudnn",
+            # "splash"; `attention_block`: the blockwise path's query/key block length.
+            attention="auto",
+            attention_block=512,
             tiny=ml_collections.ConfigDict(
                 dict(
+                    # Qwen3ForCausalLM (q/k norm, no qkv bias) or Qwen2ForCausalLM (qkv bias,
+                    # no q/k norm).
+                    architecture="Qwen3ForCausalLM",
                     vocab_size=0,
                     hidden_size=64,
                     intermediate_size=128,
@@ -66,8 +78,20 @@ def base_config() -> ml_collections.ConfigDict:
             max_turns=16,
             max_response_tokens=20480,
             max_tool_attempts=30,
+            # The sampler's compute dtype and weight copy; "" = model.dtype (the paper: fp16 for
+            # both). The sampler-vs-trainer log-prob gap is logged as logprob_mismatch/*.
+            dtype="",
             engine=ml_collections.ConfigDict(
-                dict(page_size=16, num_pages=0, max_slots=64, prefill_chunk=512, max_seq_len=23040)
+                dict(
+                    page_size=16,
+                    num_pages=0,  # 0: size the page pool from free device memory
+                    max_slots=64,
+                    prefill_chunk=512,
+                    max_seq_len=23040,
+                    # Paged attention kernel: "auto" (Pallas on GPU/TPU, else pure jnp), or
+                    # "pallas_gpu", "pallas_tpu", "jnp" by name.
+                    attention="auto",
+                )
             ),
         )
     )
@@ -108,6 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
             # "recompute" (B, prefix-shared; verl's) or "sampler" (A: the sampler's own log-probs;
             # only groups with stale spliced log-probs are scored).
             old_logprobs="recompute",
+            # Log-probs, entropy and loss are computed this many tokens at a time, never as
+            # whole-row [T, V] logits.
+            logprob_chunk=1024,
         )
     )
     # Held-out validation measures the policy, so by default without SAAR in both arms (SAAR is a
@@ -117,8 +144,8 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.checkpoint = ml_collections.ConfigDict(dict(every=25, keep=3, export_hf=True))
     c.log_every = 1
-    # Generate the synthetic demo task and a tokenizer into the workdir when no files are given
-    # (configs/demo.py:runlocal); real configs leave it off.
+    # Generate the synthetic demo task and a tokenizer into the workdir and use them where no
+    # tokenizer / training files are given (the `:runlocal` variants); real configs leave it off.
     c.prepare_synthetic = False
 
     # Cold-start SFT (launch/sft.py): chat trajectories with tool turns, loss on assistant turns.
@@ -168,7 +195,10 @@ PAPER_MODELS = {
 
 
 def paper_config(model: str, saar: bool, arg: str | None = None) -> ml_collections.ConfigDict:
-    """The paper's run for `model` with SAAR on (CLEANER) or off (baseline); `arg`: runlocal."""
+    """The paper's run for `model` with SAAR on (CLEANER) or off (baseline).
+
+    `arg`: `runlocal` — a self-contained CPU smoke run of the same code path (`shrink_for_cpu`).
+    """
     args = parse_arg(arg, runlocal=False)
     m = PAPER_MODELS[model]
     c = base_config()
@@ -182,10 +212,18 @@ def paper_config(model: str, saar: bool, arg: str | None = None) -> ml_collectio
 
 
 def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
-    """A random tiny model and tiny budgets: the real code path in a minute on a laptop CPU."""
+    """A random tiny model and tiny budgets: the real code path in a minute on a laptop CPU.
+
+    The tiny model has the preset's architecture (so a Qwen2 config runs the Qwen2 code path:
+    qkv bias, no q/k norm) and keeps the config's dtypes (fp32 master weights, fp16/bf16
+    compute). With no tokenizer or training files given, the trainer prepares the synthetic
+    demo task and its tokenizer in the workdir (`prepare_synthetic`).
+    """
+    if c.model.preset in model_config_lib.PRESETS:
+        c.model.tiny.architecture = model_config_lib.PRESETS[c.model.preset].architecture
     c.model.preset = "tiny"
-    c.model.dtype = "float32"
     c.model.remat = False
+    c.prepare_synthetic = True
     c.total_steps = 2
     c.rollout.prompts_per_step = 2
     c.rollout.n = 2
@@ -193,9 +231,12 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     c.rollout.engine.max_seq_len = 1024
     c.rollout.engine.max_slots = 8
     c.rollout.engine.prefill_chunk = 64
+    c.reward.overlong_buffer = 64  # the paper's 4096 would exceed the whole 256-token budget
     c.data.max_prompt_tokens = 512
     c.train.mini_batch_prompts = 2
     c.train.row_len = 1024
+    c.train.logprob_chunk = 256
+    c.model.attention_block = 128
     c.sandbox.num_workers = 2
     c.validation.every = 0
     c.checkpoint.every = 1

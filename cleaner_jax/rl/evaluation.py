@@ -42,7 +42,7 @@ from cleaner_jax.models import sharding
 from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.rl import model_setup
 from cleaner_jax.rl.checkpoint import Checkpointer
-from cleaner_jax.rl.collect import Collector, Rollout
+from cleaner_jax.rl.collect import Collector, Rollout, engine_config_from
 from cleaner_jax.rl.passk import DEFAULT_KS, mean_pass_at_k, pass_at_k, valid_ks
 from cleaner_jax.rl.rewards import (
     OverlongConfig,
@@ -53,7 +53,7 @@ from cleaner_jax.rl.rewards import (
 )
 from cleaner_jax.rl.rewards_code import extract_final_code_block
 from cleaner_jax.saar import TrajectoryStats, aggregate_stats
-from cleaner_jax.sampling import Engine, EngineConfig
+from cleaner_jax.sampling import Engine
 
 SAAR_MODES: dict[str, tuple[str, ...]] = {"both": ("off", "on"), "on": ("on",), "off": ("off",)}
 
@@ -122,17 +122,6 @@ def load_policy(
         restored = ckpt.restore(step, abstract_params=target, abstract_opt_state=None)
     logging.info("restored params of step %d from %s", restored.step, root)
     return tokenizer, model_setup.ModelBundle(cfg, graphdef, restored.params, mesh)
-
-
-def _engine_config(config: ml_collections.ConfigDict) -> EngineConfig:
-    e = config.rollout.engine
-    return EngineConfig(
-        page_size=e.page_size,
-        num_pages=e.num_pages or None,
-        max_slots=e.max_slots,
-        prefill_chunk=e.prefill_chunk,
-        max_seq_len=e.max_seq_len,
-    )
 
 
 def _reward_config(config: ml_collections.ConfigDict) -> RewardConfig:
@@ -235,8 +224,13 @@ class Evaluator:
     ):
         self.config = config
         self.tokenizer, self.bundle = load_policy(config, checkpoint, step)
-        self._sampler_state = model_setup.cast_state(self.bundle.state, self.bundle.cfg.dtype)
-        self.engine = Engine((self.bundle.graphdef, self._sampler_state), _engine_config(config))
+        # The sampler's dtype and weight copy, as in training (`rollout.dtype`).
+        dtype = model_setup.sampler_dtype(config)
+        self._sampler_state = model_setup.cast_state(self.bundle.state, dtype)
+        self.engine = Engine(
+            (model_setup.sampler_graphdef(self.bundle, dtype), self._sampler_state),
+            engine_config_from(config),
+        )
         self.pool = SandboxPool(
             SandboxConfig(
                 num_workers=config.sandbox.num_workers, timeout_s=config.sandbox.timeout_s

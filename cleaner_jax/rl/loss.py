@@ -1,8 +1,15 @@
 """Policy-gradient loss: clipped surrogate (ε_low/ε_high, dual clip), k3 KL, entropy, metrics.
 
 Pure, jit-friendly jax.numpy functions. Legend: B batch (trajectories), T sequence (response
-tokens), V vocab. Every per-token quantity is float32 ``[B, T]``; ``loss_mask_BT`` is 1 on policy
-tokens that are trained on (0 on prompt, tool output and padding).
+tokens), C tokens per chunk, N chunks, D embed, V vocab. Every per-token quantity is float32
+``[B, T]``; ``loss_mask_BT`` is 1 on policy tokens that are trained on (0 on prompt, tool output
+and padding).
+
+Log-probs come from final hidden states through `chunked_logprobs_and_entropy`, which never holds
+whole-row logits: at 151,936 vocab x 23,040 tokens a row's float32 logits alone are ~14 GB. It
+projects C tokens per row at a time inside a rematerialised scan body, so forward and backward
+both keep O(B x C x V) logits alive. `token_logprobs_and_entropy` is the same math on logits that
+already exist (tests, small vocabularies).
 
 The surrogate follows verl's ``compute_policy_loss`` (checked against its source): with
 ``ratio = exp(clip(logp - old_logp, -20, 20))``,
@@ -19,11 +26,38 @@ the mini-batch token mean and not a mean of micro-batch means.
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 
 _LOG_RATIO_CLAMP = 20.0
 _K3_CLAMP = 10.0
+
+
+def _logprobs_and_entropy(
+    logits_XV: jax.Array, targets_X: jax.Array, with_entropy: bool
+) -> tuple[jax.Array, jax.Array | None]:
+    """log p(target) and entropy over the last axis of logits that are already float32+.
+
+    Written as elementwise ops and reductions over V only, so with V sharded (tensor parallelism,
+    vocab -> 'tensor') GSPMD partitions it into per-shard work plus all-reduces of [..]-shaped
+    partial results: the target logit is picked by a masked sum against an iota rather than
+    `take_along_axis`, whose gather on a sharded dimension can make XLA all-gather the logits.
+    """
+    logz_X = jax.nn.logsumexp(logits_XV, axis=-1)
+    vocab_V = jax.lax.broadcasted_iota(targets_X.dtype, (logits_XV.shape[-1],), 0)
+    is_target_XV = vocab_V == targets_X[..., None]
+    # Exactly one nonzero term per row, so the sum is exact (equal to a gather).
+    target_logit_X = jnp.sum(jnp.where(is_target_XV, logits_XV, 0.0), axis=-1)
+    logp_X = target_logit_X - logz_X
+    if not with_entropy:
+        return logp_X, None
+    # H = logz - E_p[logits]; p from the logz already computed (no second softmax).
+    probs_XV = jnp.exp(logits_XV - logz_X[..., None])
+    entropy_X = logz_X - jnp.sum(probs_XV * logits_XV, axis=-1)
+    return logp_X, entropy_X
 
 
 def token_logprobs_and_entropy(
@@ -32,15 +66,127 @@ def token_logprobs_and_entropy(
     """Per-token log p(target) and entropy of the predictive distribution, both float32 [B, T].
 
     ``logits_BTV[:, t]`` must be the logits that predict ``targets_BT[:, t]`` (shift beforehand).
+    Whole-row logits; for model outputs use `chunked_logprobs_and_entropy` on hidden states.
     """
     # float32 at least (bf16/fp16 logits are upcast); float64 stays float64 (gradient checks).
     logits_BTV = logits_BTV.astype(jnp.promote_types(logits_BTV.dtype, jnp.float32))
-    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    target_logits_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-    logp_BT = target_logits_BT - logz_BT
-    probs_BTV = jax.nn.softmax(logits_BTV, axis=-1)
-    entropy_BT = logz_BT - jnp.sum(probs_BTV * logits_BTV, axis=-1)
-    return logp_BT, entropy_BT
+    return _logprobs_and_entropy(logits_BTV, targets_BT, with_entropy=True)
+
+
+def _project(h_XD: jax.Array, w: jax.Array, transposed: bool) -> jax.Array:
+    """Logits [..., V] at float32 or wider; same math as `models.qwen.project_logits`."""
+    eq = "...d,vd->...v" if transposed else "...d,dv->...v"
+    out_dtype = jnp.promote_types(h_XD.dtype, jnp.float32)
+    return jnp.einsum(eq, h_XD, w, preferred_element_type=out_dtype)
+
+
+def chunked_logprobs_and_entropy(
+    h_BTD: jax.Array,
+    unembed: jax.Array,
+    transposed: bool,
+    targets_BT: jax.Array,
+    *,
+    temperature: float = 1.0,
+    chunk: int = 1024,
+    with_entropy: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    batch_axes: tuple[str, ...] = ("data", "fsdp"),
+) -> tuple[jax.Array, jax.Array | None]:
+    """log p(target) and entropy under softmax(h @ unembed / temperature), C tokens at a time.
+
+    Args:
+      h_BTD: final-norm hidden states (`Qwen.hidden_states`); ``h_BTD[:, t]`` predicts
+        ``targets_BT[:, t]`` (shift beforehand). bf16/fp16 is fine: the matmul accumulates and
+        returns float32 as `Qwen.logits` does.
+      unembed, transposed: `Qwen.unembedding()`: a ``[V, D]`` tied embedding (True) or a
+        ``[D, V]`` lm_head kernel (False). It is cast to ``h_BTD``'s dtype like `Qwen.logits`.
+      targets_BT: int token ids.
+      chunk: tokens per row per scan step, C. Live logits are [B, C, V] in the forward and, as
+        every step is rematerialised, in the backward too. ``chunk <= 0`` or ``>= T`` projects
+        whole rows at once. T is padded up to a multiple of C internally.
+      with_entropy: False skips the entropy (returned as None).
+      mesh, batch_axes: the mesh whose ``batch_axes`` shard the rows of ``h_BTD`` (the trainer's).
+        With it the chunk loop runs per batch shard (`jax.shard_map`, manual over the batch axes,
+        GSPMD for the rest, e.g. V over 'tensor'): the unembedding is gathered over the batch
+        axes once, not in every step, and its gradient is summed over them once after the
+        loop, not all-reduced every step as GSPMD does with a gradient accumulated in a loop.
+
+    Returns:
+      (logp_BT, entropy_BT or None), float32 (float64 if ``h_BTD`` is float64). Gradients flow to
+      both ``h_BTD`` and ``unembed``.
+    """
+    if h_BTD.ndim != 3 or targets_BT.shape != h_BTD.shape[:2]:
+        raise ValueError(
+            f"expected hidden states [B, T, D] and targets [B, T], got {h_BTD.shape} and "
+            f"{targets_BT.shape}"
+        )
+    b, t, d = h_BTD.shape
+    if unembed.ndim != 2 or unembed.shape[1 if transposed else 0] != d:
+        raise ValueError(
+            f"unembedding {unembed.shape} (transposed={transposed}) does not match hidden size {d};"
+            " pass Qwen.unembedding() unchanged: ([V, D], True) or ([D, V], False)"
+        )
+    w = unembed.astype(h_BTD.dtype)
+    targets_BT = targets_BT.astype(jnp.int32)
+
+    def logprobs(w_, h_XD, targets_X):
+        logits_XV = _project(h_XD, w_, transposed) / temperature
+        return _logprobs_and_entropy(logits_XV, targets_X, with_entropy)
+
+    if chunk <= 0 or chunk >= t:
+        return logprobs(w, h_BTD, targets_BT)
+
+    def scan_chunks(w_, h_BTD, targets_BT):
+        return _scan_chunks(functools.partial(logprobs, w_), h_BTD, targets_BT, chunk)
+
+    axes = () if mesh is None else tuple(a for a in batch_axes if mesh.shape.get(a, 1) > 1)
+    if not axes:
+        return scan_chunks(w, h_BTD, targets_BT)
+    shards = math.prod(mesh.shape[a] for a in axes)
+    if b % shards:
+        raise ValueError(
+            f"{b} rows cannot be split over the batch axes {axes} ({shards} shards); round the "
+            "rows up to a multiple (update.round_rows) or pass mesh=None"
+        )
+
+    def per_shard(w_, h_BTD, targets_BT):
+        # Mark the unembedding as varying over the batch shards before the loop: the loop then
+        # accumulates each shard's own gradient, and this cast's transpose (a psum) sums them
+        # once. Left invariant, every chunk's gradient would be psum-ed inside the loop.
+        w_ = jax.lax.pcast(w_, axes, to="varying")
+        return scan_chunks(w_, h_BTD, targets_BT)
+
+    rows = jax.sharding.PartitionSpec(axes)
+    return jax.shard_map(
+        per_shard,
+        mesh=mesh,
+        in_specs=(jax.sharding.PartitionSpec(), rows, rows),
+        out_specs=(rows, rows if with_entropy else None),
+        axis_names=set(axes),
+    )(w, h_BTD, targets_BT)
+
+
+def _scan_chunks(logprobs, h_BTD, targets_BT, chunk):
+    """`logprobs` over C-token chunks of every row in a rematerialised scan; [B, T] outputs."""
+    b, t, d = h_BTD.shape
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    h_NBCD = jnp.pad(h_BTD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
+    targets_NBC = jnp.pad(targets_BT, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+
+    # Remat: without it the scan's backward would save every step's [B, C, V] residuals, i.e.
+    # whole-row logits again. The unembedding is closed over; its gradient accumulates in the loop.
+    @jax.checkpoint
+    def step(carry, xs):
+        h_BCD, targets_BC = xs
+        return carry, logprobs(h_BCD, targets_BC)
+
+    _, (logp_NBC, entropy_NBC) = jax.lax.scan(step, None, (h_NBCD, targets_NBC))
+
+    def unchunk(x_NBC):
+        return x_NBC.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+
+    return unchunk(logp_NBC), None if entropy_NBC is None else unchunk(entropy_NBC)
 
 
 def k3_kl(logp_BT: jax.Array, ref_logp_BT: jax.Array) -> jax.Array:

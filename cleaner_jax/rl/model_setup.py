@@ -41,13 +41,34 @@ def tokenizer_for(config: ml_collections.ConfigDict):
     return load_tokenizer(path)
 
 
+# The attention layout each architecture fixes (models/config.py checks these combinations).
+_TINY_ARCHITECTURES = {
+    "Qwen3ForCausalLM": dict(qkv_bias=False, qk_norm=True),
+    "Qwen2ForCausalLM": dict(qkv_bias=True, qk_norm=False),
+}
+
+
 def model_config_for(config: ml_collections.ConfigDict, vocab_size: int):
+    """The `ModelConfig` of `config.model`: from `hf_path`, else the preset ("tiny": model.tiny),
+    with the config's dtypes, remat and training-attention settings."""
     m = config.model
-    common = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+    common = dict(
+        param_dtype=m.param_dtype,
+        dtype=m.dtype,
+        remat=m.remat,
+        attention=m.attention,
+        attention_block=m.attention_block,
+    )
     if m.hf_path:
         return model_config_lib.ModelConfig.from_pretrained(m.hf_path, **common)
     if m.preset == "tiny":
         tiny = dict(m.tiny)
+        arch = tiny["architecture"]
+        if arch not in _TINY_ARCHITECTURES:
+            raise ValueError(
+                f"model.tiny.architecture={arch!r}: use one of {sorted(_TINY_ARCHITECTURES)}"
+            )
+        tiny.update(_TINY_ARCHITECTURES[arch])
         tiny["vocab_size"] = tiny["vocab_size"] or vocab_size
         return model_config_lib.tiny_config(**tiny, **common)
     if m.preset not in model_config_lib.PRESETS:
@@ -56,6 +77,23 @@ def model_config_for(config: ml_collections.ConfigDict, vocab_size: int):
             f"{sorted(model_config_lib.PRESETS)}"
         )
     return model_config_lib.PRESETS[m.preset].replace(**common)
+
+
+def sampler_dtype(config: ml_collections.ConfigDict) -> str:
+    """The sampler's compute dtype and weight-copy dtype: `rollout.dtype`, "" = `model.dtype`."""
+    return config.rollout.dtype or config.model.dtype
+
+
+def sampler_graphdef(bundle: ModelBundle, dtype: str) -> nnx.GraphDef:
+    """The model structure computing in `dtype`, for the sampler's copy of the parameters.
+
+    The compute dtype is static module state, so a sampler that runs in another dtype than the
+    training forward needs its own graphdef; the parameter tree is the same.
+    """
+    if dtype == bundle.cfg.dtype:
+        return bundle.graphdef
+    cfg = bundle.cfg.replace(dtype=dtype)
+    return nnx.split(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))[0]
 
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> ModelBundle:

@@ -95,7 +95,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         weight_decay=config.optim.weight_decay,
     )
     optimizer, schedule = make_optimizer(optim_config), make_schedule(optim_config)
-    updater = Updater(bundle.graphdef, optimizer, LossConfig(kind="sft"), mesh=bundle.mesh)
+    loss_config = LossConfig(kind="sft", logprob_chunk=config.train.logprob_chunk)
+    updater = Updater(bundle.graphdef, optimizer, loss_config, mesh=bundle.mesh)
     state = bundle.state
     opt_state = updater.init(state)
     ckpt = checkpoint_lib.Checkpointer(

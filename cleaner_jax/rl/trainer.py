@@ -32,7 +32,7 @@ from cleaner_jax.rl import distributed, model_setup
 from cleaner_jax.rl import logprobs as logprobs_lib
 from cleaner_jax.rl import metrics as metrics_lib
 from cleaner_jax.rl.advantages import compute_advantages
-from cleaner_jax.rl.collect import Collector, Rollout
+from cleaner_jax.rl.collect import Collector, Rollout, engine_config_from
 from cleaner_jax.rl.credit import call_outcome, credit_diagnostics
 from cleaner_jax.rl.packing import pack, split_rows
 from cleaner_jax.rl.rewards import OverlongConfig, RewardConfig, RewardScorer, reward_metrics
@@ -45,7 +45,7 @@ from cleaner_jax.rl.update import (
     split_minibatches,
 )
 from cleaner_jax.saar import aggregate_stats
-from cleaner_jax.sampling import Engine, EngineConfig
+from cleaner_jax.sampling import Engine
 
 
 def _reward_config(config) -> RewardConfig:
@@ -58,17 +58,6 @@ def _reward_config(config) -> RewardConfig:
             penalty_factor=r.overlong_factor,
             count_policy_tokens_only=r.overlong_policy_tokens_only,
         ),
-    )
-
-
-def _engine_config(config) -> EngineConfig:
-    e = config.rollout.engine
-    return EngineConfig(
-        page_size=e.page_size,
-        num_pages=e.num_pages,
-        max_slots=e.max_slots,
-        prefill_chunk=e.prefill_chunk,
-        max_seq_len=e.max_seq_len,
     )
 
 
@@ -121,6 +110,7 @@ def _old_logprobs(config, bundle, state, rollouts: list[Rollout], samples, n: in
             group[0].tokens[:p],
             [s.tokens[p:] for s in group],
             temperature=config.rollout.temperature,
+            chunk=config.train.logprob_chunk,
         )
         for k, s in enumerate(group):
             full = np.zeros(len(s.tokens), np.float32)
@@ -171,6 +161,7 @@ class Trainer:
                 dual_clip_c=config.loss.dual_clip_c or None,
                 temperature=config.rollout.temperature,
                 entropy_coef=config.loss.entropy_coef,
+                logprob_chunk=config.train.logprob_chunk,
             ),
             mesh=self.bundle.mesh,
         )
@@ -188,7 +179,12 @@ class Trainer:
         )
         self.judge = _JudgePool(config)
         self.scorer = RewardScorer(_reward_config(config), code_runner=self.judge)
-        self.engine = Engine((self.bundle.graphdef, self._sampler_params()), _engine_config(config))
+        # The sampler computes in its own dtype (`rollout.dtype`) on a copy of the fp32 masters.
+        self.sampler_dtype = model_setup.sampler_dtype(config)
+        self.engine = Engine(
+            (model_setup.sampler_graphdef(self.bundle, self.sampler_dtype), self._sampler_params()),
+            engine_config_from(config),
+        )
         self.collector = Collector(config, self.tokenizer, self.engine, self.pool)
         self._load_data()
         self.step = 0
@@ -225,11 +221,12 @@ class Trainer:
         logging.info("resumed from step %d", self.step)
 
     def _sampler_params(self):
-        """The sampler's weights: as they are with one process; with several, a full copy on
-        this process's first device, since the sampler runs process-local jits. A collective."""
+        """The sampler's weights in `rollout.dtype`: as they are with one process; with several,
+        a full copy on this process's first device, since the sampler runs process-local jits.
+        A collective."""
         if jax.process_count() == 1:
-            return model_setup.cast_state(self.state, self.bundle.cfg.dtype)
-        return distributed.local_replica(self.state, self.bundle.cfg.dtype)
+            return model_setup.cast_state(self.state, self.sampler_dtype)
+        return distributed.local_replica(self.state, self.sampler_dtype)
 
     def _collect_share(self, examples, n, *, tag, **sampling) -> list[Rollout]:
         """Rolls out this process's share of the prompts (all of them with one process)."""
@@ -359,21 +356,32 @@ class Trainer:
         return last
 
 
+def _prepare_synthetic(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """For `prepare_synthetic` runs (`:runlocal`): the synthetic demo task and its tokenizer in
+    the workdir, for what the user did not give (a tokenizer, training files)."""
+    # An HF checkpoint brings its own tokenizer; keep it rather than the synthetic one.
+    if config.model.hf_path and not config.tokenizer_path:
+        config.tokenizer_path = config.model.hf_path
+    if config.tokenizer_path and config.data.train_files:
+        return
+    from jax.experimental import multihost_utils
+
+    from cleaner_jax.rl import demo  # the demo imports this module
+
+    # Process 0 writes the assets; the others wait for them, then only set the paths.
+    if distributed.is_main_process():
+        demo.fill_synthetic_paths(config, workdir)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("cleaner_jax_synthetic_assets")
+        if not distributed.is_main_process():
+            demo.fill_synthetic_paths(config, workdir)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.multiprocess:
         distributed.initialize()
     if config.prepare_synthetic:
-        from jax.experimental import multihost_utils
-
-        from cleaner_jax.rl import demo  # the demo imports this module
-
-        # Process 0 writes the assets; the others wait for them, then only set the paths.
-        if distributed.is_main_process():
-            demo.fill_synthetic_paths(config, workdir)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("cleaner_jax_synthetic_assets")
-            if not distributed.is_main_process():
-                demo.fill_synthetic_paths(config, workdir)
+        _prepare_synthetic(config, workdir)
     trainer = Trainer(config, workdir)
     try:
         return trainer.fit()

@@ -5,9 +5,11 @@ mini-batch arrives as a list of equally shaped packed micro-batches; gradients a
 them with the token-mean denominator of the whole mini-batch, so accumulation changes nothing but
 memory. Parameters stay float32 (master weights); the model computes in `cfg.dtype`.
 With a mesh, micro-batch rows are sharded over (data, fsdp) and parameters keep the shardings
-they were given; jit/GSPMD inserts the collectives.
+they were given; jit/GSPMD inserts the collectives. Log-probs come from the model's hidden states
+through `loss.chunked_logprobs_and_entropy`, `LossConfig.logprob_chunk` tokens per row at a time,
+so neither the forward nor the backward holds [R, T, V] logits.
 
-Letters: R rows, T row length, V vocab.
+Letters: R rows, T row length, D embed, V vocab.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class LossConfig:
     dual_clip_c: float | None = 10.0
     temperature: float = 1.0
     entropy_coef: float = 0.0
+    # Tokens per row whose logits exist at once in the loss (forward and backward); <= 0: the
+    # whole row, [R, T, V] float32 (small vocabularies and tests only).
+    logprob_chunk: int = 1024
 
 
 _MINIBATCH_NORMALIZED = frozenset({"loss", "pg_loss", "kl", "entropy"})
@@ -82,13 +87,22 @@ _ARRAY_FIELDS = (
 )
 
 
-def _loss(state, graphdef, arrays, num_tokens, cfg: LossConfig):
+def _loss(state, graphdef, arrays, num_tokens, cfg: LossConfig, mesh=None, batch_axes=()):
     model = nnx.merge(graphdef, state)
-    logits_RTV, _ = model(
+    h_RTD, _ = model.hidden_states(
         arrays["inputs_RT"], arrays["positions_RT"], segment_ids_BT=arrays["segment_ids_RT"]
     )
-    logp_RT, entropy_RT = loss_lib.token_logprobs_and_entropy(
-        logits_RTV / cfg.temperature, arrays["targets_RT"]
+    unembed, transposed = model.unembedding()
+    logp_RT, entropy_RT = loss_lib.chunked_logprobs_and_entropy(
+        h_RTD,
+        unembed,
+        transposed,
+        arrays["targets_RT"],
+        temperature=cfg.temperature,
+        chunk=cfg.logprob_chunk,
+        with_entropy=cfg.kind != "sft",
+        mesh=mesh,
+        batch_axes=batch_axes,
     )
     mask_RT = arrays["loss_mask_RT"]
     if cfg.kind == "sft":
@@ -113,10 +127,11 @@ def _loss(state, graphdef, arrays, num_tokens, cfg: LossConfig):
     return loss, {k: v if k in _MINIBATCH_NORMALIZED else v * share for k, v in metrics.items()}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def _grad_step(state, graphdef, arrays, num_tokens, cfg):
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "mesh", "batch_axes"))
+def _grad_step(state, graphdef, arrays, num_tokens, cfg, mesh=None, batch_axes=()):
+    # mesh / batch_axes: how the rows are sharded, for the chunked log-probs (see its docstring).
     (_, metrics), grads = jax.value_and_grad(_loss, has_aux=True)(
-        state, graphdef, arrays, num_tokens, cfg
+        state, graphdef, arrays, num_tokens, cfg, mesh, batch_axes
     )
     return grads, metrics
 
@@ -142,6 +157,7 @@ class Updater:
         self.optimizer = optimizer
         self.loss_cfg = loss_cfg
         self.mesh = mesh
+        self.batch_axes = tuple(batch_axes)
         self._batch_sharding = (
             jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch_axes, None))
             if mesh is not None
@@ -182,7 +198,13 @@ class Updater:
         acc = acc_metrics = None
         for micro in micro_batches:
             grads, metrics = _grad_step(
-                state, self.graphdef, self._device_arrays(micro), num_tokens, self.loss_cfg
+                state,
+                self.graphdef,
+                self._device_arrays(micro),
+                num_tokens,
+                self.loss_cfg,
+                mesh=self.mesh,
+                batch_axes=self.batch_axes,
             )
             if acc is None:
                 acc, acc_metrics = grads, metrics

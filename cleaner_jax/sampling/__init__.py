@@ -8,6 +8,11 @@ Example::
     lps = await engine.score(tokens, start)
 """
 
+from cleaner_jax.sampling.attention_kernels import (
+    ATTENTION_IMPLS,
+    kernel_decode_attention,
+    resolve_attention,
+)
 from cleaner_jax.sampling.engine import (
     Engine,
     EngineConfig,
@@ -26,6 +31,7 @@ from cleaner_jax.sampling.radix_cache import PageManager, SequencePages
 from cleaner_jax.sampling.token_sampling import sample_tokens, truncation_mask
 
 __all__ = [
+    "ATTENTION_IMPLS",
     "NULL_PAGE",
     "Engine",
     "EngineConfig",
@@ -38,8 +44,10 @@ __all__ = [
     "SamplingParams",
     "SequencePages",
     "bytes_per_page",
+    "kernel_decode_attention",
     "num_pages_from_memory",
     "paged_attention",
+    "resolve_attention",
     "sample_tokens",
     "truncation_mask",
 ]

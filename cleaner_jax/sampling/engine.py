@@ -2,11 +2,14 @@
 
 Requests (`generate`, `score`) are awaited by many coroutines on one asyncio loop; a background
 task steps the engine while any are pending. A step admits waiting requests into free slots
-(reusing cached prefix pages), runs one prefill chunk for every prefilling slot, then one decode
-call (K steps) over all slots. The device sees only int32 page tables and positions, so the
-programs never recompile in steady state. The decode page table is cut to the smallest of a few
-width buckets (`EngineConfig.decode_width_buckets`: the full width halved repeatedly) that holds
-the longest running sequence, so decode attends over the pages in use, not `max_seq_len`; each
+(reusing cached prefix pages), runs one packed prefill call (a chunk of `prefill_chunk` tokens
+shared by the prefilling slots, oldest first, in `prefill_blocks` blocks; see `engine_steps.py`),
+then one decode call (K steps) over all slots. Attention runs through the backend's paged-attention
+kernel where there is one (`EngineConfig.attention`, see `attention_kernels.py`). The device
+sees only int32 page tables and positions, so the programs never recompile in steady state. The
+decode page table is cut to the smallest of a few width buckets
+(`EngineConfig.decode_width_buckets`: the full width halved repeatedly) that holds the longest
+running sequence, so decode attends over the pages in use, not `max_seq_len`; each
 bucket compiles once. When the pool runs dry the engine evicts unreferenced cached pages,
 then preempts the most recently admitted request (its written K/V goes into the prefix cache and
 it is recomputed later, with identical results: sampling randomness depends on seed and position).
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cleaner_jax.sampling.attention_kernels import ATTENTION_IMPLS, resolve_attention
 from cleaner_jax.sampling.engine_steps import EngineSteps
 from cleaner_jax.sampling.paged_cache import PagedKVCache, num_pages_from_memory
 from cleaner_jax.sampling.radix_cache import PageManager, SequencePages
@@ -40,7 +44,12 @@ class RequestTooLargeError(ValueError):
 class EngineConfig:
     """Engine shapes. `num_pages=None`: size the pool from free device memory (times
     `memory_fraction`); backends that do not report memory (CPU, some TPU runtimes) then get
-    enough pages for `max_slots` full-length sequences."""
+    enough pages for `max_slots` full-length sequences.
+
+    `prefill_chunk` tokens per prefill call are split into `prefill_blocks` blocks, each owned by
+    one sequence, so one call prefills up to `prefill_blocks` sequences. `attention`: "auto"
+    (the backend's kernel: "pallas_gpu" on GPU, "pallas_tpu" on TPU, else "jnp"), or one of
+    those by name; `interpret_kernels` runs the kernel in Pallas interpret mode (CPU tests)."""
 
     page_size: int = 16
     num_pages: int | None = None
@@ -52,6 +61,9 @@ class EngineConfig:
     prefix_cache: bool = True  # False: never reuse cached pages (the benchmark's baseline)
     # Decode page-table widths: ceil(max pages / 2**i) for i < this (1 = always the full width).
     decode_width_buckets: int = 4
+    prefill_blocks: int = 4
+    attention: str = "auto"
+    interpret_kernels: bool = False
 
     def __post_init__(self):
         names = (
@@ -61,10 +73,21 @@ class EngineConfig:
             "max_seq_len",
             "decode_steps",
             "decode_width_buckets",
+            "prefill_blocks",
         )
         for name in names:
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.prefill_chunk % self.prefill_blocks:
+            raise ValueError(
+                f"EngineConfig.prefill_chunk={self.prefill_chunk} must be a multiple of "
+                f"prefill_blocks={self.prefill_blocks}"
+            )
+        if self.attention not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"EngineConfig.attention={self.attention!r}: "
+                f"use one of {', '.join(ATTENTION_IMPLS)}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,9 +165,11 @@ class Engine:
             {-(-self.pages_per_seq // 2**i) for i in range(c.decode_width_buckets)}
         )
         self._state = state
-        self._steps = EngineSteps(graphdef, c.decode_steps)
-        pool = PagedKVCache.zeros(self.model_config, num_pages, c.page_size)
-        self._k, self._v = pool.k_LKPHS, pool.v_LKPSH
+        self.attention = resolve_attention(c.attention)
+        logging.info("sampler attention: %s", self.attention)
+        self._steps = EngineSteps(graphdef, c.decode_steps, self.attention, c.interpret_kernels)
+        pool = PagedKVCache.zeros(self.model_config, num_pages, c.page_size, impl=self.attention)
+        self._k, self._v = pool.k_pages, pool.v_pages
         self.pages = PageManager(num_pages, c.page_size)
         self._slots: list[_Request | None] = [None] * c.max_slots
         self._waiting: collections.deque[_Request] = collections.deque()
@@ -207,24 +232,27 @@ class Engine:
             *_, self._k, self._v = self._steps.decode(
                 self._state, self._k, self._v, table, inactive_B, inactive_B, sampling_B
             )
-        sampling_1 = (
-            np.zeros((1,), np.int32),
-            np.zeros((1,), np.int32),
-            np.ones((1,), np.float32),
-            np.ones((1,), np.float32),
-            np.zeros((1,), np.int32),
-            np.zeros((1,), bool),
+        j = self.config.prefill_blocks
+        u = c // j
+        sampling_J = (
+            np.zeros((j,), np.int32),
+            np.zeros((j,), np.int32),
+            np.ones((j,), np.float32),
+            np.ones((j,), np.float32),
+            np.zeros((j,), np.int32),
+            np.zeros((j,), bool),
+            np.zeros((j,), np.int32),
         )
         *_, self._k, self._v = self._steps.prefill(
             self._state,
             self._k,
             self._v,
-            np.zeros((1, self.pages_per_seq), np.int32),
-            np.zeros((1, c), np.int32),
-            np.full((1, c), -1, np.int32),
-            np.zeros((1, c), np.int32),
-            np.int32(0),
-            sampling_1,
+            np.zeros((j, self.pages_per_seq), np.int32),
+            np.zeros((j, u), np.int32),
+            np.full((j, u), -1, np.int32),
+            np.zeros((j, u), np.int32),
+            np.zeros((j,), np.int32),
+            sampling_J,
         )
         # The null page onto itself: a copy that changes nothing anyone reads.
         self._k, self._v = self._steps.copy(self._k, self._v, jnp.int32(0), jnp.int32(0))
@@ -304,14 +332,13 @@ class Engine:
 
     # ------------------------------------------------------------------ scheduling
     def step(self) -> None:
-        """Admit, prefill one chunk per prefilling slot, decode once over the decoding slots."""
+        """Admit, prefill one packed chunk for the prefilling slots, decode once over the rest."""
         for req in list(filter(None, self._slots)):
             if req.future.done():  # its awaiter was cancelled: stop spending compute on it
                 self._finish(req, None)
         self._admit()
-        for req in list(filter(None, self._slots)):
-            if req.prefilling:
-                self._prefill_chunk(req)
+        if any(r is not None and r.prefilling for r in self._slots):
+            self._prefill_packed()
         if any(r is not None and not r.prefilling for r in self._slots):
             self._decode()
 
@@ -349,52 +376,68 @@ class Engine:
         row[: len(seq.pages)] = seq.pages
         return row
 
-    def _prefill_chunk(self, req: _Request) -> None:
+    def _prefill_packed(self) -> None:
+        """One prefill call over the prefilling slots, oldest first: each takes whole blocks of
+        the chunk (as many as its remaining prompt needs, while blocks last)."""
         t0 = time.perf_counter()
-        c, seq, toks = self.config.prefill_chunk, req.seq, req.tokens
-        begin = seq.num_written
-        end = min(begin + c, len(toks))
-        n = end - begin
-        tokens = np.zeros((1, c), np.int32)
-        positions = np.full((1, c), -1, np.int32)
-        targets = np.zeros((1, c), np.int32)
-        tokens[0, :n] = toks[begin:end]
-        positions[0, :n] = np.arange(begin, end)
-        nxt = toks[begin + 1 : end + 1]
-        targets[0, : len(nxt)] = nxt
-        seed, temp, top_p, top_k, greedy = _sampling_row(req.params)
-        sampling = (
-            np.array([seed], np.int32),
-            np.array([end], np.int32),
-            np.array([temp], np.float32),
-            np.array([top_p], np.float32),
-            np.array([top_k], np.int32),
-            np.array([greedy]),
+        j = self.config.prefill_blocks
+        u = self.config.prefill_chunk // j
+        reqs = sorted(
+            (r for r in self._slots if r is not None and r.prefilling), key=lambda r: r.arrival
         )
+        tokens, targets = np.zeros((j * u,), np.int32), np.zeros((j * u,), np.int32)
+        positions = np.full((j * u,), -1, np.int32)
+        table = np.zeros((j, self.pages_per_seq), np.int32)
+        last, block_row = np.zeros((j,), np.int32), np.zeros((j,), np.int32)
+        seeds, sample_pos = np.zeros((j,), np.int32), np.zeros((j,), np.int32)
+        temps, top_p = np.ones((j,), np.float32), np.ones((j,), np.float32)
+        top_k, greedy = np.zeros((j,), np.int32), np.zeros((j,), bool)
+        packed, block = [], 0  # (request, row, first position, end position, flat offset)
+        for req in reqs:
+            if block == j:
+                break
+            row, toks = len(packed), req.tokens
+            begin = req.seq.num_written
+            end = min(begin + (j - block) * u, len(toks))
+            n, off = end - begin, block * u
+            blocks = -(-n // u)
+            tokens[off : off + n] = toks[begin:end]
+            positions[off : off + n] = np.arange(begin, end)
+            nxt = toks[begin + 1 : end + 1]
+            targets[off : off + len(nxt)] = nxt
+            table[block : block + blocks] = self._table_row(req.seq)
+            block_row[block : block + blocks] = row
+            last[row], sample_pos[row] = off + n - 1, end
+            seeds[row], temps[row], top_p[row], top_k[row], greedy[row] = _sampling_row(req.params)
+            packed.append((req, row, begin, end, off))
+            block += blocks
         tok, lp, target_lp, self._k, self._v = self._steps.prefill(
             self._state,
             self._k,
             self._v,
-            self._table_row(seq)[None],
-            tokens,
-            positions,
-            targets,
-            np.int32(n - 1),
-            sampling,
+            table,
+            tokens.reshape(j, u),
+            positions.reshape(j, u),
+            targets.reshape(j, u),
+            last,
+            (seeds, sample_pos, temps, top_p, top_k, greedy, block_row),
         )
-        seq.num_written = end
-        self.stats["prefill_tokens"] += n
-        if req.kind == "score":
-            target_lp = np.asarray(target_lp)[0]
-            for p in range(max(begin, req.start - 1), min(end, len(toks) - 1)):
-                req.scores[p + 1] = float(target_lp[p - begin])
-        if end == len(toks):
-            req.prefilling = False
-            self.pages.commit(seq, toks)
+        tok, lp, target_lp = np.asarray(tok), np.asarray(lp), np.asarray(target_lp)
+        self.stats["prefill_calls"] += 1
+        for req, row, begin, end, off in packed:
+            seq, toks = req.seq, req.tokens
+            seq.num_written = end
+            self.stats["prefill_tokens"] += end - begin
             if req.kind == "score":
-                self._finish(req, None)
-            else:
-                self._accept(req, int(np.asarray(tok)[0]), float(np.asarray(lp)[0]))
+                for p in range(max(begin, req.start - 1), min(end, len(toks) - 1)):
+                    req.scores[p + 1] = float(target_lp[off + p - begin])
+            if end == len(toks):
+                req.prefilling = False
+                self.pages.commit(seq, toks)
+                if req.kind == "score":
+                    self._finish(req, None)
+                else:
+                    self._accept(req, int(tok[row]), float(lp[row]))
         self.stats["prefill_time"] += time.perf_counter() - t0
 
     def _accept(self, req: _Request, token: int, logprob: float) -> bool:

@@ -1,13 +1,20 @@
-"""The engine's jitted device programs: chunked prefill, multi-step decode, page copy.
+"""The engine's jitted device programs: packed chunked prefill, multi-step decode, page copy.
 
-Shapes are fixed by the engine config (chunk C, slots B, decode steps K) except the decode
-page-table width M, which the engine takes from a few buckets; so each program compiles once per
-variant. `trace_counts` counts traces per variant ("prefill", "decode/M=8", "copy"): a count above
-1 is an unexpected recompile, which tests check. The page pool (L-tuples of K and V page
-arrays) is donated to every call and updated in place.
+Shapes are fixed by the engine config (prefill blocks J x U, slots B, decode steps K) except the
+decode page-table width M, which the engine takes from a few buckets; so each program compiles
+once per variant. `trace_counts` counts traces per variant ("prefill", "decode/M=8", "copy"): a
+count above 1 is an unexpected recompile, which tests check. The page pool (L-tuples of K and V
+page arrays, layout per the attention impl, see `paged_cache.py`) is donated to every call and
+updated in place.
 
-Letters: L layers, P pages, S tokens per page, M pages per row, B slots, C prefill chunk,
-K decode steps per call, V vocab.
+Prefill packs several sequences into one call, ragged at block granularity: the chunk of C = J * U
+tokens is J blocks of U tokens, each block owned by one sequence (a sequence's chunk spans
+consecutive blocks, padding only in its last block). The model runs on `[J, U]` with the owner's
+page table repeated per block, so attention costs C x (its row's keys), with no cross-row mask;
+the projections and MLP cost C tokens whatever the mix of sequences.
+
+Letters: L layers, P pages, S tokens per page, M pages per row, B slots, J prefill blocks (also
+the most rows one prefill packs), U tokens per block, C = J * U, K decode steps per call, V vocab.
 """
 
 from __future__ import annotations
@@ -24,50 +31,65 @@ from cleaner_jax.sampling.token_sampling import sample_tokens
 
 
 class EngineSteps:
-    """Jitted prefill / decode / copy for one model graph (weights passed per call)."""
+    """Jitted prefill / decode / copy for one model graph (weights passed per call).
 
-    def __init__(self, graphdef: Any, decode_steps: int):
+    `impl` is the resolved attention implementation of the pool ("jnp", "pallas_gpu",
+    "pallas_tpu"); `interpret` runs its kernel in Pallas interpret mode (CPU tests)."""
+
+    def __init__(
+        self, graphdef: Any, decode_steps: int, impl: str = "jnp", interpret: bool = False
+    ):
         self.graphdef = graphdef
         self.decode_steps = decode_steps
+        self.impl, self.interpret = impl, interpret
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self.prefill = jax.jit(self._prefill, donate_argnums=(1, 2))
         self.decode = jax.jit(self._decode, donate_argnums=(1, 2))
         self.copy = jax.jit(self._copy, donate_argnums=(0, 1))
 
-    def _copy(self, k_LKPHS, v_LKPSH, src, dst):
+    def _cache(self, k_pages, v_pages, table) -> PagedKVCache:
+        return PagedKVCache(k_pages, v_pages, table, self.impl, self.interpret)
+
+    def _copy(self, k_pages, v_pages, src, dst):
         self.trace_counts["copy"] += 1
-        return copy_page(k_LKPHS, v_LKPSH, src, dst)
+        return copy_page(k_pages, v_pages, src, dst)
 
     def _prefill(
         self,
         state,
-        k_LKPHS,
-        v_LKPSH,
-        table_1M,
-        tokens_1C,
-        positions_1C,
-        targets_1C,
-        last_index,
+        k_pages,
+        v_pages,
+        table_JM,
+        tokens_JU,
+        positions_JU,
+        targets_JU,
+        last_J,
         sampling,
     ):
-        """One chunk of one row: K/V written, log-probs of `targets_1C`, a sampled next token.
+        """One packed chunk: K/V written, log-probs of `targets_JU`, a next token per row.
 
-        `sampling` = (seed, position of the token to sample, temperature, top_p, top_k, greedy),
-        each shaped [1]. Target log-probs use the same temperature (score passes 1.0 or the
-        sampling temperature the trainer's ratio needs).
+        Row j's last chunk token sits at flat index `last_J[j]` of the `[J * U]` chunk (rows
+        past the packed ones: any index, results ignored). `sampling` = (seed, position of the
+        token to sample, temperature, top_p, top_k, greedy), each shaped [J]. Target log-probs
+        of a block use its row's temperature (score passes 1.0 or the sampling temperature the
+        trainer's ratio needs) via `block_row_J`, the last entry of `sampling`.
         """
         self.trace_counts["prefill"] += 1
         model = nnx.merge(self.graphdef, state)
-        cache = PagedKVCache(k_LKPHS, v_LKPSH, table_1M)
-        logits_1CV, cache = model(tokens_1C, positions_1C, cache=cache)
-        seed, pos, temperature, top_p, top_k, greedy = sampling
-        logp_1CV = jax.nn.log_softmax(logits_1CV / temperature[:, None, None], axis=-1)
-        target_lp_1C = jnp.take_along_axis(logp_1CV, targets_1C[..., None], axis=-1)[..., 0]
-        last_1V = jax.lax.dynamic_index_in_dim(logits_1CV[0], last_index, keepdims=True)
-        token_1, lp_1 = sample_tokens(last_1V, seed, pos, temperature, top_p, top_k, greedy)
-        return token_1, lp_1, target_lp_1C, cache.k_LKPHS, cache.v_LKPSH
+        cache = self._cache(k_pages, v_pages, table_JM)
+        logits_JUV, cache = model(tokens_JU, positions_JU, cache=cache)
+        seed_J, pos_J, temperature_J, top_p_J, top_k_J, greedy_J, block_row_J = sampling
+        block_temp_J = temperature_J[block_row_J]
+        logp_JUV = jax.nn.log_softmax(logits_JUV / block_temp_J[:, None, None], axis=-1)
+        target_lp_JU = jnp.take_along_axis(logp_JUV, targets_JU[..., None], axis=-1)[..., 0]
+        j, u, v = logits_JUV.shape
+        last_JV = logits_JUV.reshape(j * u, v)[last_J]
+        token_J, lp_J = sample_tokens(
+            last_JV, seed_J, pos_J, temperature_J, top_p_J, top_k_J, greedy_J
+        )
+        return token_J, lp_J, target_lp_JU.reshape(j * u), cache.k_pages, cache.v_pages
 
-    def _decode(self, state, k_LKPHS, v_LKPSH, table_BM, tokens_B, positions_B, sampling):
+    def _decode(self, state, k_pages, v_pages, table_BM, tokens_B, positions_B, sampling):
         """K decode steps for all slots; inactive slots have position -1 and write nothing.
 
         Returns tokens [K, B], log-probs [K, B], and the pool. A slot that finishes early keeps
@@ -80,15 +102,15 @@ class EngineSteps:
 
         def one_step(carry, _):
             k, v, tok_B, pos_B = carry
-            cache = PagedKVCache(k, v, table_BM)
+            cache = self._cache(k, v, table_BM)
             logits_B1V, cache = model(tok_B[:, None], pos_B[:, None], cache=cache)
             new_B, lp_B = sample_tokens(
                 logits_B1V[:, 0], seeds_B, pos_B + 1, temperature_B, top_p_B, top_k_B, greedy_B
             )
             next_pos_B = jnp.where(active_B, pos_B + 1, -1)
-            return (cache.k_LKPHS, cache.v_LKPSH, new_B, next_pos_B), (new_B, lp_B)
+            return (cache.k_pages, cache.v_pages, new_B, next_pos_B), (new_B, lp_B)
 
-        (k_LKPHS, v_LKPSH, _, _), (tokens_KB, lps_KB) = jax.lax.scan(
-            one_step, (k_LKPHS, v_LKPSH, tokens_B, positions_B), None, length=self.decode_steps
+        (k_pages, v_pages, _, _), (tokens_KB, lps_KB) = jax.lax.scan(
+            one_step, (k_pages, v_pages, tokens_B, positions_B), None, length=self.decode_steps
         )
-        return tokens_KB, lps_KB, k_LKPHS, v_LKPSH
+        return tokens_KB, lps_KB, k_pages, v_pages

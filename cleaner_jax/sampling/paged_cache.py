@@ -1,16 +1,22 @@
-"""Paged KV cache on device: page pool arrays, paged attention in pure jnp, pool sizing.
+"""Paged KV cache on device: page pool arrays, paged attention (jnp or a kernel), pool sizing.
 
 The pool is one K and one V array per layer (kept as L-tuples, so a layer's scatter and gather
-touch only that layer's buffer and donation updates each in place): K pages `[K, P, H, S]`, V
-pages `[K, P, S, H]`; a row's page table `[B, M]` lists its pages in position order (unused
-entries point at the null page 0). The layouts are what XLA's CPU matmuls want without copying
-the gathered keys: per kv head, the gathered `[B, M, H, S]` keys contract with the queries over H
-as `bqh,bmhs->bqms`, and the gathered `[B, M * S, H]` values as a plain batched matmul (K stored
-`[.., S, H]` costs an extra transpose of every gathered key, 1.6x slower decode attention on CPU).
+touch only that layer's buffer and donation updates each in place); a row's page table `[B, M]`
+lists its pages in position order (unused entries point at the null page 0). The layout follows
+the attention implementation (`PagedKVCache.impl`, see `attention_kernels.py`):
+- "jnp" (the CPU path and the reference): K pages `[K, P, H, S]`, V pages `[K, P, S, H]`. That
+  is what XLA's CPU matmuls want without copying the gathered keys: per kv head, the gathered
+  `[B, M, H, S]` keys contract with the queries over H as `bqh,bmhs->bqms`, and the gathered
+  `[B, M * S, H]` values as a plain batched matmul (K stored `[.., S, H]` costs an extra
+  transpose of every gathered key, 1.6x slower decode attention on CPU).
+- "pallas_gpu" / "pallas_tpu": K and V pages both `[K, P, S, H]`, what the Pallas paged-attention
+  kernels read. Decode (T == 1) runs the kernel; prefill chunks (T > 1) run the jnp gather in
+  this layout, since those kernels take one query per row.
 `PagedKVCache.update_and_attend` is what the model calls per layer: it writes each token's K/V at
 `(table[row, pos // S], pos % S)` (position -1 = padding, not written) and attends over the row's
-gathered pages masked `key_pos <= query_pos`, which gives exactly the dense cache's semantics
-(`cleaner_jax.models.kv_cache.DenseKVCache` is the oracle in the tests).
+pages masked `key_pos <= query_pos`, which gives exactly the dense cache's semantics
+(`cleaner_jax.models.kv_cache.DenseKVCache` is the oracle in the tests); a padding query gets
+zeros on every path.
 
 The page-table width M bounds the attention: callers pass only as many table columns as the
 longest row needs (the engine picks one of a few width buckets), so a step costs what the live
@@ -29,6 +35,11 @@ import jax.numpy as jnp
 from flax import struct
 
 from cleaner_jax.models.config import ModelConfig
+from cleaner_jax.sampling.attention_kernels import (
+    KERNEL_IMPLS,
+    kernel_decode_attention,
+    resolve_attention,
+)
 
 # Same masked-logit value as the model's dense attention, so both paths round identically.
 _NEG_INF = -1e30
@@ -36,31 +47,33 @@ _NEG_INF = -1e30
 
 def paged_attention(
     q_BTNH: jax.Array,
-    k_KPHS: jax.Array,
+    k_pages: jax.Array,
     v_KPSH: jax.Array,
     page_table_BM: jax.Array,
     positions_BT: jax.Array,
+    *,
+    keys_hs: bool = True,
 ) -> jax.Array:
     """Causal GQA attention of each row's queries over its pages of one layer (jnp reference).
 
+    `k_pages` is `[K, P, H, S]` if `keys_hs` (the "jnp" layout), else `[K, P, S, H]`.
     float32 logits and softmax; a query with no visible key (padding) gets zeros.
     """
     b, t, n, h = q_BTNH.shape
-    kh, _, _, s = k_KPHS.shape
+    kh, _, s, _ = v_KPSH.shape
     m = page_table_BM.shape[1]
     g = n // kh
     mask_BTS = jnp.arange(m * s)[None, None, :] <= positions_BT[:, :, None]
     # Queries of one kv head grouped as Q = (t, g) so one batched matmul serves the whole group.
     mask_BQS = jnp.repeat(mask_BTS, g, axis=1)
     q_BTKGH = q_BTNH.reshape(b, t, kh, g, h)
+    spec = "bqh,bmhs->bqms" if keys_hs else "bqh,bmsh->bqms"
     out_KBTGH = []
     for j in range(kh):
-        k_BMHS = k_KPHS[j][page_table_BM]
+        k_BMxx = k_pages[j][page_table_BM]
         v_BSH = v_KPSH[j][page_table_BM].reshape(b, m * s, h)
         q_BQH = q_BTKGH[:, :, j].reshape(b, t * g, h)
-        logits_BQMS = jnp.einsum(
-            "bqh,bmhs->bqms", q_BQH, k_BMHS, preferred_element_type=jnp.float32
-        )
+        logits_BQMS = jnp.einsum(spec, q_BQH, k_BMxx, preferred_element_type=jnp.float32)
         logits_BQS = logits_BQMS.reshape(b, t * g, m * s) * (h**-0.5)
         logits_BQS = jnp.where(mask_BQS, logits_BQS, _NEG_INF)
         probs_BQS = jax.nn.softmax(logits_BQS, axis=-1)
@@ -75,23 +88,37 @@ def paged_attention(
 
 @struct.dataclass
 class PagedKVCache:
-    """The pool (L-tuples of `[K, P, H, S]` K pages and `[K, P, S, H]` V pages) plus the page
-    table of the rows in flight."""
+    """The pool (L-tuples of K and V page arrays, layout per `impl`, see the module docstring)
+    plus the page table of the rows in flight. `impl` and `interpret` are static: "jnp",
+    "pallas_gpu" or "pallas_tpu" (never "auto": `zeros` resolves it); `interpret` runs the
+    kernel in Pallas interpret mode (CPU tests)."""
 
-    k_LKPHS: tuple[jax.Array, ...]
-    v_LKPSH: tuple[jax.Array, ...]
+    k_pages: tuple[jax.Array, ...]
+    v_pages: tuple[jax.Array, ...]
     page_table_BM: jax.Array
+    impl: str = struct.field(pytree_node=False, default="jnp")
+    interpret: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
-    def zeros(cls, cfg: ModelConfig, num_pages: int, page_size: int, dtype=None) -> PagedKVCache:
+    def zeros(
+        cls,
+        cfg: ModelConfig,
+        num_pages: int,
+        page_size: int,
+        dtype=None,
+        impl: str = "jnp",
+        interpret: bool = False,
+    ) -> PagedKVCache:
+        impl = resolve_attention(impl)
         kh, h = cfg.num_kv_heads, cfg.head_dim
         dtype = dtype or cfg.jnp_dtype
-        k = tuple(jnp.zeros((kh, num_pages, h, page_size), dtype) for _ in range(cfg.num_layers))
+        kshape = (kh, num_pages, h, page_size) if impl == "jnp" else (kh, num_pages, page_size, h)
+        k = tuple(jnp.zeros(kshape, dtype) for _ in range(cfg.num_layers))
         v = tuple(jnp.zeros((kh, num_pages, page_size, h), dtype) for _ in range(cfg.num_layers))
-        return cls(k, v, jnp.zeros((1, 1), jnp.int32))
+        return cls(k, v, jnp.zeros((1, 1), jnp.int32), impl, interpret)
 
     def update_and_attend(self, layer, q_BTNH, k_BTKH, v_BTKH, positions_BT):
-        k_KPHS, v_KPSH = self.k_LKPHS[layer], self.v_LKPSH[layer]
+        k_pages, v_KPSH = self.k_pages[layer], self.v_pages[layer]
         p, s = v_KPSH.shape[1:3]
         m = self.page_table_BM.shape[1]
         valid_BT = (positions_BT >= 0) & (positions_BT < m * s)
@@ -101,21 +128,50 @@ class PagedKVCache:
         page_BT = jnp.where(valid_BT, page_BT, p)
         off_BT = pos_BT % s
         # Non-adjacent index arrays put their [B, T] dims first: the update is [B, T, K, H].
-        k_KPHS = k_KPHS.at[:, page_BT, :, off_BT].set(k_BTKH.astype(k_KPHS.dtype), mode="drop")
-        v_KPSH = v_KPSH.at[:, page_BT, off_BT].set(
-            v_BTKH.transpose(2, 0, 1, 3).astype(v_KPSH.dtype), mode="drop"
-        )
-        out_BTNH = paged_attention(q_BTNH, k_KPHS, v_KPSH, self.page_table_BM, positions_BT)
-        k_LKPHS = self.k_LKPHS[:layer] + (k_KPHS,) + self.k_LKPHS[layer + 1 :]
-        v_LKPSH = self.v_LKPSH[:layer] + (v_KPSH,) + self.v_LKPSH[layer + 1 :]
-        return out_BTNH, self.replace(k_LKPHS=k_LKPHS, v_LKPSH=v_LKPSH)
+        v_KBTH = v_BTKH.transpose(2, 0, 1, 3)
+        if self.impl == "jnp":
+            k_pages = k_pages.at[:, page_BT, :, off_BT].set(
+                k_BTKH.astype(k_pages.dtype), mode="drop"
+            )
+        else:
+            k_pages = k_pages.at[:, page_BT, off_BT].set(
+                k_BTKH.transpose(2, 0, 1, 3).astype(k_pages.dtype), mode="drop"
+            )
+        v_KPSH = v_KPSH.at[:, page_BT, off_BT].set(v_KBTH.astype(v_KPSH.dtype), mode="drop")
+        if self.impl in KERNEL_IMPLS and q_BTNH.shape[1] == 1:
+            # Keys at positions <= pos are visible: length pos + 1 (0 for padding), capped at
+            # the table like the jnp mask.
+            lengths_B = jnp.clip(positions_BT[:, 0] + 1, 0, m * s)
+            out_BNH = kernel_decode_attention(
+                self.impl,
+                q_BTNH[:, 0],
+                k_pages,
+                v_KPSH,
+                self.page_table_BM,
+                lengths_B,
+                interpret=self.interpret,
+            )
+            out_BTNH = out_BNH[:, None].astype(q_BTNH.dtype)
+        else:
+            out_BTNH = paged_attention(
+                q_BTNH,
+                k_pages,
+                v_KPSH,
+                self.page_table_BM,
+                positions_BT,
+                keys_hs=self.impl == "jnp",
+            )
+        k_all = self.k_pages[:layer] + (k_pages,) + self.k_pages[layer + 1 :]
+        v_all = self.v_pages[:layer] + (v_KPSH,) + self.v_pages[layer + 1 :]
+        return out_BTNH, self.replace(k_pages=k_all, v_pages=v_all)
 
 
-def copy_page(k_LKPHS, v_LKPSH, src: jax.Array, dst: jax.Array):
-    """Copy one page (all layers) from src to dst; jit with the pool donated."""
+def copy_page(k_pages, v_pages, src: jax.Array, dst: jax.Array):
+    """Copy one page (all layers) from src to dst; jit with the pool donated. Every layout has
+    kv heads first and pages second, so one indexing serves all."""
     return (
-        tuple(k.at[:, dst].set(k[:, src]) for k in k_LKPHS),
-        tuple(v.at[:, dst].set(v[:, src]) for v in v_LKPSH),
+        tuple(k.at[:, dst].set(k[:, src]) for k in k_pages),
+        tuple(v.at[:, dst].set(v[:, src]) for v in v_pages),
     )
 
 

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from cleaner_jax.models import qwen
-from cleaner_jax.models.config import PRESETS, ModelConfig, UnsupportedModelError
+from cleaner_jax.models.config import PRESETS, ModelConfig, UnsupportedModelError, tiny_config
 
 
 def _abstract_param_count(cfg: ModelConfig) -> int:
@@ -86,3 +86,15 @@ def test_qwen3_attention_bias_covers_o_proj():
     assert cfg.qkv_bias and cfg.o_bias
     with pytest.raises(ValueError, match="o_proj"):
         PRESETS["qwen3_0_6b"].replace(qkv_bias=True)
+
+
+def test_attention_fields_are_validated_and_pass_through_overrides():
+    with pytest.raises(ValueError, match="attention='flash'"):
+        tiny_config(attention="flash")
+    with pytest.raises(ValueError, match="attention_block"):
+        tiny_config(attention_block=0)
+    hf = PRESETS["qwen3_0_6b"].to_hf_dict()
+    cfg = ModelConfig.from_hf_dict(hf, attention="blockwise", attention_block=256)
+    assert (cfg.attention, cfg.attention_block) == ("blockwise", 256)
+    assert "attention" not in cfg.to_hf_dict()  # ours, not HF's
+    assert cfg.replace(attention="dense").attention == "dense"

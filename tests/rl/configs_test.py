@@ -1,4 +1,5 @@
-"""Every config file loads, has the paper defaults, and a mistyped override fails."""
+"""Every config file loads, has the paper defaults, and a mistyped override fails; config fields
+reach the typed configs they feed (model, loss, engine, sampler dtype)."""
 
 import importlib.util
 import pathlib
@@ -57,3 +58,91 @@ def test_parse_arg():
         parse_arg("sed=3", seed=0)
     with pytest.raises(ValueError, match="arm must be"):
         _load("demo", "arm=clean")
+
+
+def test_new_fields_reach_the_typed_configs():
+    from cleaner_jax.rl import collect, model_setup
+
+    c = _load("qwen3_4b_cleaner")
+    assert (c.model.attention, c.model.attention_block) == ("auto", 512)
+    assert (c.train.logprob_chunk, c.rollout.engine.attention) == (1024, "auto")
+    c.model.attention, c.model.attention_block = "blockwise", 256
+    c.rollout.engine.attention = "jnp"
+    cfg = model_setup.model_config_for(c, 1000)
+    assert (cfg.attention, cfg.attention_block) == ("blockwise", 256)
+    assert (cfg.param_dtype, cfg.dtype) == ("float32", "float16")  # the paper's mixed precision
+    assert collect.engine_config_from(c).attention == "jnp"
+
+
+@pytest.mark.parametrize("num_pages,expected", [(0, None), (None, None), (300, 300)])
+def test_num_pages_zero_sizes_the_pool_from_memory(num_pages, expected):
+    from cleaner_jax.rl import collect
+
+    c = _load("qwen3_4b_cleaner")
+    c.rollout.engine.num_pages = num_pages
+    assert collect.engine_config_from(c).num_pages == expected
+
+
+def test_num_pages_one_is_refused():
+    from cleaner_jax.rl import collect
+
+    c = _load("demo")
+    c.rollout.engine.num_pages = 1
+    with pytest.raises(ValueError, match="num_pages=1.*or 0 to size"):
+        collect.engine_config_from(c)
+
+
+@pytest.mark.parametrize(
+    "name,arch,qkv_bias,qk_norm",
+    [
+        ("qwen3_4b_cleaner", "Qwen3ForCausalLM", False, True),
+        ("qwen2_7b_baseline", "Qwen2ForCausalLM", True, False),
+        ("demo", "Qwen3ForCausalLM", False, True),
+    ],
+)
+def test_runlocal_is_self_contained_with_the_papers_architecture(name, arch, qkv_bias, qk_norm):
+    from cleaner_jax.rl import model_setup
+
+    c = _load(name, "runlocal")
+    assert c.prepare_synthetic and not c.tokenizer_path and not c.data.train_files
+    cfg = model_setup.model_config_for(c, 300)
+    assert (cfg.architecture, cfg.qkv_bias, cfg.qk_norm) == (arch, qkv_bias, qk_norm)
+    assert cfg.vocab_size == 300 and cfg.param_dtype == "float32"
+    assert c.model.attention == c.rollout.engine.attention == "auto"  # blockwise / jnp on CPU
+    assert c.reward.overlong_buffer < c.rollout.max_response_tokens
+
+
+def test_unknown_tiny_architecture_is_refused():
+    from cleaner_jax.rl import model_setup
+
+    c = _load("demo")
+    c.model.tiny.architecture = "LlamaForCausalLM"
+    with pytest.raises(ValueError, match="model.tiny.architecture"):
+        model_setup.model_config_for(c, 300)
+
+
+def test_sampler_dtype_follows_the_model_unless_set():
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from cleaner_jax.models.qwen import Qwen
+    from cleaner_jax.rl import model_setup
+
+    c = _load("qwen3_4b_cleaner", "runlocal")
+    assert model_setup.sampler_dtype(c) == c.model.dtype == "float16"
+    c.rollout.dtype = "bfloat16"
+    assert model_setup.sampler_dtype(c) == "bfloat16"
+    # The sampler's graphdef computes in its own dtype over the same parameter tree.
+    c.model.tiny.update(num_layers=1, hidden_size=16, intermediate_size=32, head_dim=8)
+    cfg = model_setup.model_config_for(c, 64)
+    graphdef, state = nnx.split(Qwen(cfg, rngs=nnx.Rngs(0)))
+    bundle = model_setup.ModelBundle(cfg, graphdef, state, mesh=None)
+    assert model_setup.sampler_graphdef(bundle, "float16") is graphdef
+    sampler = nnx.merge(
+        model_setup.sampler_graphdef(bundle, "bfloat16"), model_setup.cast_state(state, "bfloat16")
+    )
+    assert sampler.cfg.dtype == "bfloat16"
+    tokens = np.arange(6, dtype=np.int32)[None]
+    logits, _ = sampler(tokens, tokens)
+    assert logits.dtype == jax.numpy.float32 and np.isfinite(np.asarray(logits)).all()

@@ -31,9 +31,13 @@ def test_packed_and_prefix_shared_match_full_forward():
     ]
     temperature = 0.7
     batch = pack(samples, 48)
-    packed = unpack_per_sample(packed_logprobs(graphdef, state, batch, temperature), batch, samples)
+    # Chunks that divide neither the row (48) nor the padded response length (32): the padded
+    # chunked path must give the full forward's log-probs.
+    packed = unpack_per_sample(
+        packed_logprobs(graphdef, state, batch, temperature, chunk=7), batch, samples
+    )
     shared = prefix_shared_logprobs(
-        graphdef, state, prompt, responses, temperature=temperature, bucket=16
+        graphdef, state, prompt, responses, temperature=temperature, bucket=16, chunk=5
     )
     for s, p, sh in zip(samples, packed, shared, strict=True):
         ref = _reference(model, s.tokens, temperature)

@@ -48,17 +48,36 @@ def test_accumulation_equals_single_batch(setup, kind):
         np.testing.assert_allclose(float(m1[k]), float(m4[k]), rtol=1e-5, atol=1e-6)
 
 
+def test_chunked_logprobs_leave_gradients_unchanged(setup):
+    # "sft" differs only in skipping the entropy (chunked_logprobs_test covers with_entropy).
+    _, graphdef, state, batch = setup
+    kind = "ppo"
+    opt = make_optimizer(OptimConfig())
+    whole = Updater(graphdef, opt, LossConfig(kind=kind, temperature=0.8, logprob_chunk=0))
+    # 5 does not divide the row length 32, so the padded tail chunk is exercised too.
+    chunked = Updater(graphdef, opt, LossConfig(kind=kind, temperature=0.8, logprob_chunk=5))
+    g0, m0 = whole.grads(state, [batch])
+    g5, m5 = chunked.grads(state, [batch])
+    # Same float32 per-token math; only XLA's fusion/reduction order may differ (~ulps).
+    scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g0))
+    assert _max_diff(g0, g5) <= 1e-6 * max(scale, 1.0)
+    for k in m0:
+        np.testing.assert_allclose(float(m5[k]), float(m0[k]), rtol=1e-6, atol=1e-7)
+
+
 def test_sharded_update_equals_single_device(setup):
     cfg, graphdef, state, batch = setup
     opt = make_optimizer(OptimConfig(learning_rate=1e-3, warmup_steps=1))
-    single = Updater(graphdef, opt, LossConfig())
+    # A chunk below the row length (32) so the mesh runs the per-batch-shard chunk loop.
+    loss_cfg = LossConfig(logprob_chunk=12)
+    single = Updater(graphdef, opt, loss_cfg)
     s1, o1 = jax.tree.map(jnp.copy, state), None
     o1 = single.init(s1)
     s1, o1, m1 = single.step(s1, o1, split_rows(batch, 4))
 
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     s8 = sharding.shard_state(jax.tree.map(jnp.copy, state), mesh, cfg=cfg)
-    multi = Updater(graphdef, opt, LossConfig(), mesh=mesh)
+    multi = Updater(graphdef, opt, loss_cfg, mesh=mesh)
     o8 = multi.init(s8)
     s8, o8, m8 = multi.step(s8, o8, split_rows(batch, 4))
     assert len(jax.tree.leaves(s8)[0].sharding.device_set) == 8

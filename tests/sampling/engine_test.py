@@ -3,6 +3,7 @@ equivalence, scoring, 64 concurrent multi-turn sessions vs one by one, preemptio
 """
 
 import asyncio
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -183,6 +184,23 @@ def test_pool_exhaustion_preempts_and_recomputes(model, engine):
         small.generate_batch([prompts[0]], SamplingParams(max_new_tokens=63))
     with pytest.raises(RequestTooLargeError, match="max_seq_len"):
         small.generate_batch([[1] * 64], GREEDY)
+
+
+def test_gpu_kernel_engine_matches_full_forward_and_packs_prefill(model, full_logp):
+    # The GPU Pallas decode kernel in interpret mode; one width bucket keeps it to one compile.
+    cfg = dataclasses.replace(
+        ECFG, attention="pallas_gpu", interpret_kernels=True, decode_width_buckets=1
+    )
+    eng = Engine(model, cfg)
+    assert eng.attention == "pallas_gpu"
+    # Four 2-token prompts = four blocks of 2 (chunk 8 / 4 blocks): one prefill call for all.
+    prompts = _prompts(6, 4, lo=2, hi=3)
+    res = eng.generate_batch(prompts, SamplingParams(greedy=True, max_new_tokens=5))
+    assert eng.stats["prefill_calls"] == 1
+    for p, r in zip(prompts, res, strict=True):
+        lp = full_logp(p + r.tokens)[len(p) - 1 : -1]
+        np.testing.assert_array_equal(r.tokens, lp.argmax(-1))
+        np.testing.assert_allclose(r.logprobs, lp[np.arange(len(r.tokens)), r.tokens], atol=1e-5)
 
 
 def test_update_params_invalidates_prefix_cache(engine, model):

@@ -1,0 +1,531 @@
+"""Training attention over packed rows, without a [T, T] mask (issue #15).
+
+`attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, impl=...)` is causal self-attention in which
+a token sees only earlier tokens (by index within the row) of its own segment; segment id 0 is
+padding: a padding key is never seen and a padding query's output is zero. Grouped-query: N
+query heads share K kv heads (G = N // K). Logits, softmax and accumulation are float32 whatever
+the input dtype; the output has q's dtype; logits are scaled by H**-0.5. Implementations:
+
+- "dense": `attention_weights_mask` over a [B, T, T] boolean mask. Float32 logits [B, K, G, T, T]
+  (~129 GiB per layer at T=23,040): the reference, and the KV cache's attention.
+- "blockwise": pure-JAX flash attention: online softmax over kv blocks, a `jax.custom_vjp` that
+  saves q, k, v, out and the per-query log-sum-exp and recomputes block logits in the backward
+  (FlashAttention-2). Masks are built per block from indices and segment ids; kv blocks above
+  the diagonal are never visited. Memory is linear in T. Runs on every backend.
+- "pallas_gpu" (GPU): jax's Pallas Triton flash kernel,
+  `jax.experimental.pallas.ops.gpu.attention.mha(q, k, v, segment_ids, sm_scale, causal,
+  block_sizes, interpret)`, with its own fused Triton backward. It takes [B, T, N, H] q, k, v
+  with equal head counts (kv heads are repeated G times here; the repeat's transpose sums
+  dk / dv over the group), one [B, T] segment-id array for queries and keys, T a multiple of
+  every block, power-of-two blocks >= 16 (Triton's `tl.dot`), and pads the head dim to a power
+  of two itself. Logits and accumulation are float32, P is rounded to v's dtype before P @ V
+  (as in "blockwise"), the output has q's dtype; float32 inputs get TF32 products on GPU (its
+  `plgpu.dot` default), like XLA's default float32 dots. Its segment mask lets padding see
+  padding, so padding query rows are zeroed here, which zeroes their cotangents too: nothing
+  flows back into padding. `block_q` / `block_kv` cap the forward blocks (powers of two in
+  [16, 128], 128 the kernel's default); backward blocks are min(32, both), equal as the fused
+  backward requires; T is padded to the larger block with segment 0. The module is identical
+  in jax 0.10.2 and 0.11.0; later jax deprecates it (a DeprecationWarning on import) in favour
+  of tokamax, which is not a dependency here.
+- "cudnn" (GPU): `jax.nn.dot_product_attention(..., implementation="cudnn")`. Its public API
+  (jax 0.10.2, jax/_src/nn/functions.py) has no segment ids: `is_causal` with
+  `query_seq_lengths` / `key_value_seq_lengths` is PADDING_CAUSAL, one sequence at the start of
+  each row then padding, and a dense `mask` is a [T, T] array again. The private
+  `jax._src.cudnn.fused_attention_stablehlo.dot_product_attention` takes packed rows
+  (`q_offsets` / `kv_offsets`) but only on Hopper+ and is not public API, so it is not used.
+  cuDNN also needs fp16/bf16 and a head dim that is a multiple of 8 and <= 256 (<= 128 before
+  Hopper). So "cudnn" runs cuDNN when, at run time, every row is one segment then padding, and
+  otherwise (`lax.cond`) "pallas_gpu" ("blockwise" for head dims under 16); float32 or an
+  unsupported head dim raise `ValueError`. Its branch logic is tested on CPU with XLA standing
+  in for cuDNN and pallas_gpu in interpret mode.
+- "splash" (TPU): Pallas `splash_attention` with `SegmentIds` and a causal `MultiHeadMask`;
+  grouped-query through its mha kernel (N a multiple of K). Blocks are rounded up to multiples
+  of 128 (the kernel requires it) and T is padded to them. It is built for one device
+  (`make_splash_mha_single_device`) and vmapped over the batch.
+- "auto": `resolve_impl` picks splash on TPU, pallas_gpu on GPU (blockwise for head dims under
+  16), blockwise elsewhere. Not cudnn: one segment per row is a run-time property and packed
+  rows are the training norm, so it would mostly run its pallas_gpu fallback after a
+  `lax.cond`; "cudnn" stays selectable for unpacked batches.
+
+The Pallas kernels (splash, pallas_gpu) run on CPU in interpret mode (`interpret=True`, tested
+against "dense"). They are opaque custom calls to XLA's SPMD partitioner: a batch sharded over
+devices needs a `shard_map` around the caller, or XLA gathers it.
+
+Letters: B batch, T seq (queries and keys: self-attention), N query heads, K kv heads,
+G = N // K, H head dim; Q / S a block of queries / keys; I the number of q blocks.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("auto", "dense", "blockwise", "pallas_gpu", "cudnn", "splash")
+
+_NEG_INF = -1e30
+_LANES = 128
+# pallas_gpu blocks: Triton's tl.dot needs >= 16 per side; 128 / 32 are the kernel's defaults
+# for the forward / fused-backward blocks.
+_TRITON_MIN_BLOCK = 16
+_TRITON_MAX_BLOCK = 128
+_TRITON_BWD_BLOCK = 32
+
+
+def resolve_impl(name: str, *, head_dim: int | None = None) -> str:
+    """The concrete implementation for `name` on this backend ("auto" resolved).
+
+    `head_dim` (of q) lets "auto" on GPU avoid pallas_gpu where Triton cannot run it (under 16);
+    without it "auto" on GPU resolves to "pallas_gpu".
+    """
+    if name not in IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {name!r} unknown; use one of {IMPLEMENTATIONS}")
+    if name != "auto":
+        return name
+    backend = _backend()
+    if backend == "tpu":
+        return "splash"
+    if backend == "gpu":
+        if head_dim is not None and _pallas_gpu_unsupported(head_dim):
+            return "blockwise"
+        return "pallas_gpu"
+    return "blockwise"
+
+
+def attention(
+    q_BTNH: jax.Array,
+    k_BTKH: jax.Array,
+    v_BTKH: jax.Array,
+    segment_ids_BT: jax.Array,
+    *,
+    impl: str = "auto",
+    block_q: int = 512,
+    block_kv: int = 512,
+    interpret: bool = False,
+) -> jax.Array:
+    """Causal, segment-masked grouped-query self-attention of packed rows. Returns [B, T, N, H].
+
+    `block_q` / `block_kv` are the blockwise blocks and caps on the Pallas kernels' blocks.
+    `interpret=True` runs the Pallas kernels (splash, pallas_gpu, cudnn's pallas_gpu fallback)
+    in Pallas interpret mode (CPU tests).
+    """
+    b, t, n, h = q_BTNH.shape
+    if k_BTKH.shape != v_BTKH.shape or k_BTKH.shape[:2] != (b, t) or k_BTKH.shape[3] != h:
+        raise ValueError(
+            f"self-attention needs q [B, T, N, H] and k, v [B, T, K, H]: got q {q_BTNH.shape}, "
+            f"k {k_BTKH.shape}, v {v_BTKH.shape}"
+        )
+    if n % k_BTKH.shape[2]:
+        raise ValueError(f"{n} query heads are not a multiple of {k_BTKH.shape[2]} kv heads")
+    if segment_ids_BT.shape != (b, t):
+        raise ValueError(f"segment_ids_BT has shape {segment_ids_BT.shape}, expected {(b, t)}")
+    if block_q < 1 or block_kv < 1:
+        raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_kv={block_kv}")
+    impl = resolve_impl(impl, head_dim=h)
+    if impl == "dense":
+        return attention_weights_mask(q_BTNH, k_BTKH, v_BTKH, packed_causal_mask(segment_ids_BT))
+    if impl == "blockwise":
+        return _blockwise(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv)
+    if impl == "pallas_gpu":
+        return _pallas_gpu(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret)
+    if impl == "cudnn":
+        return _cudnn(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret)
+    return _splash(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret)
+
+
+def packed_causal_mask(segment_ids_BT: jax.Array) -> jax.Array:
+    """The [B, T, T] boolean mask of the dense path: causal, same segment, key not padding."""
+    t = segment_ids_BT.shape[1]
+    causal_TS = jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]
+    same_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+    return causal_TS[None] & same_BTS & (segment_ids_BT[:, None, :] != 0)
+
+
+def attention_weights_mask(
+    q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, mask_BTS: jax.Array
+) -> jax.Array:
+    """Grouped-query attention with a boolean mask; float32 softmax. Returns [B, T, N, H]."""
+    b, t, n, h = q_BTNH.shape
+    k = k_BSKH.shape[2]
+    q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
+    logits_BKGTS = jnp.einsum(
+        "btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32
+    ) * (h**-0.5)
+    logits_BKGTS = jnp.where(mask_BTS[:, None, None], logits_BKGTS, _NEG_INF)
+    probs_BKGTS = jax.nn.softmax(logits_BKGTS, axis=-1)
+    # A query row with no visible key (padding) gets uniform weights; zero it instead.
+    probs_BKGTS = jnp.where(mask_BTS[:, None, None], probs_BKGTS, 0.0)
+    out_BTKGH = jnp.einsum(
+        "bkgts,bskh->btkgh",
+        probs_BKGTS.astype(v_BSKH.dtype),
+        v_BSKH,
+        preferred_element_type=jnp.float32,
+    )
+    return out_BTKGH.reshape(b, t, n, h).astype(q_BTNH.dtype)
+
+
+# ---------------------------------------------------------------- blockwise (flash) attention
+
+
+def _blocks(t: int, block_q: int, block_kv: int) -> tuple[int, int, int]:
+    """(bq, bkv, padded T): blocks no larger than needed, T padded to a multiple of both.
+
+    Equal blocks (the model's case) are shrunk to split T evenly, so T = 600 with blocks of 512
+    runs as 2 x 304 (T padded to 608), not 2 x 512.
+    """
+    if block_q == block_kv:
+        n = -(-t // block_q)
+        b = -(-t // n)
+        if block_q % 8 == 0:
+            b = -(-b // 8) * 8  # sublane-aligned; still <= block_q, a multiple of 8
+        return b, b, n * b
+    bq, bkv = min(block_q, t), min(block_kv, t)
+    step = math.lcm(bq, bkv)
+    return bq, bkv, -(-t // step) * step
+
+
+def _pad_rows(x, t_pad):
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (0, t_pad - x.shape[1])
+    return jnp.pad(x, pad)
+
+
+def _blockwise(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv):
+    b, t, n, h = q_BTNH.shape
+    kh = k_BTKH.shape[2]
+    bq, bkv, tp = _blocks(t, block_q, block_kv)
+    # Padded tokens get segment 0: never seen, and their (zero) outputs are sliced off.
+    q_BTKGH = _pad_rows(q_BTNH, tp).reshape(b, tp, kh, n // kh, h)
+    out_BTKGH = _flash(
+        q_BTKGH,
+        _pad_rows(k_BTKH, tp),
+        _pad_rows(v_BTKH, tp),
+        _pad_rows(segment_ids_BT, tp),
+        bq,
+        bkv,
+    )
+    return out_BTKGH[:, :t].reshape(b, t, n, h)
+
+
+def _block_mask(seg_BT, qi, kj, bq, bkv):
+    """[B, 1, 1, Q, S] visibility of kv block `kj` from q block `qi` (indices are block starts)."""
+    seg_q_BQ = jax.lax.dynamic_slice_in_dim(seg_BT, qi, bq, axis=1)
+    seg_k_BS = jax.lax.dynamic_slice_in_dim(seg_BT, kj, bkv, axis=1)
+    causal_QS = (qi + jnp.arange(bq))[:, None] >= (kj + jnp.arange(bkv))[None, :]
+    mask_BQS = (
+        causal_QS[None]
+        & (seg_q_BQ[:, :, None] == seg_k_BS[:, None, :])
+        & (seg_k_BS[:, None, :] != 0)
+    )
+    return mask_BQS[:, None, None]
+
+
+def _num_kv_blocks(i, bq, bkv, n_kv):
+    """kv blocks [0, this) hold every key that q block `i` can see (causal)."""
+    return jnp.minimum(((i + 1) * bq - 1) // bkv + 1, n_kv)
+
+
+def _flash_forward(q_BTKGH, k_BTKH, v_BTKH, seg_BT, bq, bkv):
+    """(out [B, T, K, G, H] in q's dtype, lse [B, K, G, T] float32; 0 where nothing is seen)."""
+    b, tp, kh, g, h = q_BTKGH.shape
+    scale = h**-0.5
+    n_q, n_kv = tp // bq, tp // bkv
+
+    def q_block(i):
+        qi = i * bq
+        q_BQKGH = jax.lax.dynamic_slice_in_dim(q_BTKGH, qi, bq, axis=1)
+
+        def kv_step(j, carry):
+            m_BKGQ, l_BKGQ, acc_BKGQH = carry
+            kj = j * bkv
+            k_BSKH = jax.lax.dynamic_slice_in_dim(k_BTKH, kj, bkv, axis=1)
+            v_BSKH = jax.lax.dynamic_slice_in_dim(v_BTKH, kj, bkv, axis=1)
+            mask = _block_mask(seg_BT, qi, kj, bq, bkv)
+            s_BKGQS = (
+                jnp.einsum("bqkgh,bskh->bkgqs", q_BQKGH, k_BSKH, preferred_element_type=jnp.float32)
+                * scale
+            )
+            s_BKGQS = jnp.where(mask, s_BKGQS, _NEG_INF)
+            m_new = jnp.maximum(m_BKGQ, s_BKGQS.max(axis=-1))
+            # Masked entries are zeroed explicitly: while a row has seen nothing, m is _NEG_INF
+            # and exp(s - m) would be 1 for them.
+            p_BKGQS = jnp.where(mask, jnp.exp(s_BKGQS - m_new[..., None]), 0.0)
+            alpha = jnp.exp(m_BKGQ - m_new)
+            l_new = alpha * l_BKGQ + p_BKGQS.sum(axis=-1)
+            pv = jnp.einsum(
+                "bkgqs,bskh->bkgqh",
+                p_BKGQS.astype(v_BSKH.dtype),
+                v_BSKH,
+                preferred_element_type=jnp.float32,
+            )
+            return m_new, l_new, alpha[..., None] * acc_BKGQH + pv
+
+        init = (
+            jnp.full((b, kh, g, bq), _NEG_INF, jnp.float32),
+            jnp.zeros((b, kh, g, bq), jnp.float32),
+            jnp.zeros((b, kh, g, bq, h), jnp.float32),
+        )
+        m, l_sum, acc = jax.lax.fori_loop(0, _num_kv_blocks(i, bq, bkv, n_kv), kv_step, init)
+        seen = l_sum > 0
+        l_safe = jnp.where(seen, l_sum, 1.0)
+        out_BKGQH = acc / l_safe[..., None]
+        lse_BKGQ = jnp.where(seen, m + jnp.log(l_safe), 0.0)
+        return out_BKGQH.astype(q_BTKGH.dtype), lse_BKGQ
+
+    out_IBKGQH, lse_IBKGQ = jax.lax.map(q_block, jnp.arange(n_q))
+    out_BTKGH = out_IBKGQH.transpose(1, 0, 4, 2, 3, 5).reshape(b, tp, kh, g, h)
+    lse_BKGT = lse_IBKGQ.transpose(1, 2, 3, 0, 4).reshape(b, kh, g, tp)
+    return out_BTKGH, lse_BKGT
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _flash(q_BTKGH, k_BTKH, v_BTKH, seg_BT, bq, bkv):
+    return _flash_forward(q_BTKGH, k_BTKH, v_BTKH, seg_BT, bq, bkv)[0]
+
+
+def _flash_fwd(q_BTKGH, k_BTKH, v_BTKH, seg_BT, bq, bkv):
+    out_BTKGH, lse_BKGT = _flash_forward(q_BTKGH, k_BTKH, v_BTKH, seg_BT, bq, bkv)
+    return out_BTKGH, (q_BTKGH, k_BTKH, v_BTKH, seg_BT, out_BTKGH, lse_BKGT)
+
+
+def _flash_bwd(bq, bkv, res, dout_BTKGH):
+    """FlashAttention-2 backward: for each kv block, the q blocks at or below the diagonal."""
+    q_BTKGH, k_BTKH, v_BTKH, seg_BT, out_BTKGH, lse_BKGT = res
+    b, tp, kh, g, h = q_BTKGH.shape
+    scale = h**-0.5
+    n_q, n_kv = tp // bq, tp // bkv
+    # D_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij: the softmax-backward correction per query.
+    delta_BKGT = jnp.einsum(
+        "btkgh,btkgh->bkgt",
+        dout_BTKGH.astype(jnp.float32),
+        out_BTKGH.astype(jnp.float32),
+    )
+
+    def kv_block(j, carry):
+        dq_BTKGH, dk_BTKH, dv_BTKH = carry
+        kj = j * bkv
+        k_BSKH = jax.lax.dynamic_slice_in_dim(k_BTKH, kj, bkv, axis=1)
+        v_BSKH = jax.lax.dynamic_slice_in_dim(v_BTKH, kj, bkv, axis=1)
+
+        def q_step(i, inner):
+            dq_BTKGH, dk_BSKH, dv_BSKH = inner
+            qi = i * bq
+            q_BQKGH = jax.lax.dynamic_slice_in_dim(q_BTKGH, qi, bq, axis=1)
+            do_BQKGH = jax.lax.dynamic_slice_in_dim(dout_BTKGH, qi, bq, axis=1)
+            lse_BKGQ = jax.lax.dynamic_slice_in_dim(lse_BKGT, qi, bq, axis=3)
+            delta_BKGQ = jax.lax.dynamic_slice_in_dim(delta_BKGT, qi, bq, axis=3)
+            mask = _block_mask(seg_BT, qi, kj, bq, bkv)
+            s_BKGQS = (
+                jnp.einsum("bqkgh,bskh->bkgqs", q_BQKGH, k_BSKH, preferred_element_type=jnp.float32)
+                * scale
+            )
+            p_BKGQS = jnp.where(mask, jnp.exp(s_BKGQS - lse_BKGQ[..., None]), 0.0)
+            dv_BSKH = dv_BSKH + jnp.einsum(
+                "bkgqs,bqkgh->bskh",
+                p_BKGQS.astype(do_BQKGH.dtype),
+                do_BQKGH,
+                preferred_element_type=jnp.float32,
+            )
+            dp_BKGQS = jnp.einsum(
+                "bqkgh,bskh->bkgqs", do_BQKGH, v_BSKH, preferred_element_type=jnp.float32
+            )
+            ds_BKGQS = (p_BKGQS * (dp_BKGQS - delta_BKGQ[..., None]) * scale).astype(q_BTKGH.dtype)
+            dk_BSKH = dk_BSKH + jnp.einsum(
+                "bkgqs,bqkgh->bskh", ds_BKGQS, q_BQKGH, preferred_element_type=jnp.float32
+            )
+            dq_BQKGH = jnp.einsum(
+                "bkgqs,bskh->bqkgh", ds_BKGQS, k_BSKH, preferred_element_type=jnp.float32
+            )
+            dq_BTKGH = jax.lax.dynamic_update_slice_in_dim(
+                dq_BTKGH,
+                jax.lax.dynamic_slice_in_dim(dq_BTKGH, qi, bq, axis=1) + dq_BQKGH,
+                qi,
+                axis=1,
+            )
+            return dq_BTKGH, dk_BSKH, dv_BSKH
+
+        zeros_BSKH = jnp.zeros((b, bkv, kh, h), jnp.float32)
+        first_q = kj // bq  # q blocks before this one end before key kj: causally blind to it
+        dq_BTKGH, dk_BSKH, dv_BSKH = jax.lax.fori_loop(
+            first_q, n_q, q_step, (dq_BTKGH, zeros_BSKH, zeros_BSKH)
+        )
+        dk_BTKH = jax.lax.dynamic_update_slice_in_dim(dk_BTKH, dk_BSKH, kj, axis=1)
+        dv_BTKH = jax.lax.dynamic_update_slice_in_dim(dv_BTKH, dv_BSKH, kj, axis=1)
+        return dq_BTKGH, dk_BTKH, dv_BTKH
+
+    init = (
+        jnp.zeros(q_BTKGH.shape, jnp.float32),
+        jnp.zeros(k_BTKH.shape, jnp.float32),
+        jnp.zeros(v_BTKH.shape, jnp.float32),
+    )
+    dq, dk, dv = jax.lax.fori_loop(0, n_kv, kv_block, init)
+    return (
+        dq.astype(q_BTKGH.dtype),
+        dk.astype(k_BTKH.dtype),
+        dv.astype(v_BTKH.dtype),
+        None,
+    )
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# ---------------------------------------------------------------- Pallas Triton (GPU)
+
+
+def _pallas_gpu_unsupported(head_dim: int) -> str | None:
+    """Why the Triton kernel cannot take this head dim on a GPU (None: it can)."""
+    if head_dim < _TRITON_MIN_BLOCK:
+        return f"Triton's dot needs head_dim >= {_TRITON_MIN_BLOCK}, got {head_dim}"
+    return None
+
+
+def _triton_block(cap: int, t: int) -> int:
+    """A power of two in [16, 128], <= cap (when cap >= 16), no larger than T needs."""
+    cap = max(_TRITON_MIN_BLOCK, min(cap, _TRITON_MAX_BLOCK))
+    cap = 1 << (cap.bit_length() - 1)
+    need = max(_TRITON_MIN_BLOCK, 1 << (t - 1).bit_length())
+    return min(cap, need)
+
+
+def _pallas_gpu(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret):
+    t, n, h = q_BTNH.shape[1:]
+    if not interpret:
+        if _backend() != "gpu":
+            raise ValueError(
+                f"attention impl 'pallas_gpu' needs a GPU backend, this one is "
+                f"{jax.default_backend()!r}: use 'auto' or 'blockwise' (interpret=True runs the "
+                "kernel in Pallas interpret mode, for tests)"
+            )
+        why = _pallas_gpu_unsupported(h)
+        if why:
+            raise ValueError(f"attention impl 'pallas_gpu': {why}; use 'auto' or 'blockwise'")
+    from jax.experimental.pallas.ops.gpu import attention as triton_attention
+
+    bq, bkv = _triton_block(block_q, t), _triton_block(block_kv, t)
+    bwd = min(_TRITON_BWD_BLOCK, bq, bkv)
+    blocks = triton_attention.BlockSizes(
+        block_q=bq,
+        block_k=bkv,
+        block_q_dkv=bwd,
+        block_kv_dkv=bwd,
+        block_q_dq=bwd,
+        block_kv_dq=bwd,
+    )
+    # Powers of two: a multiple of the larger block is a multiple of every block.
+    step = max(bq, bkv)
+    tp = -(-t // step) * step
+    g = n // k_BTKH.shape[2]
+    # Query head n reads kv head n // G, as in the dense path's [K, G] split of N.
+    k_BTNH = jnp.repeat(_pad_rows(k_BTKH, tp), g, axis=2)
+    v_BTNH = jnp.repeat(_pad_rows(v_BTKH, tp), g, axis=2)
+    out_BTNH = triton_attention.mha(
+        _pad_rows(q_BTNH, tp),
+        k_BTNH,
+        v_BTNH,
+        _pad_rows(segment_ids_BT, tp).astype(jnp.int32),
+        sm_scale=h**-0.5,
+        causal=True,
+        block_sizes=blocks,
+        interpret=interpret,
+    )[:, :t]
+    # Padding queries attend to earlier padding inside the kernel: zero them (and so their
+    # cotangents, which keeps gradients out of padding keys and values).
+    return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(q_BTNH.dtype)
+
+
+# ---------------------------------------------------------------- cuDNN (GPU)
+
+
+def _cudnn_unsupported(dtype, head_dim: int) -> str | None:
+    """Why cuDNN flash attention cannot take these inputs (None: it can)."""
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return f"cuDNN flash attention takes bfloat16/float16 inputs, got {jnp.dtype(dtype)}"
+    if head_dim % 8 or head_dim > 256:
+        return f"cuDNN flash attention needs head_dim a multiple of 8 and <= 256, got {head_dim}"
+    return None
+
+
+def _backend() -> str:
+    return jax.default_backend()
+
+
+# The cuDNN call, a module attribute so CPU tests can stand the XLA implementation in for it.
+_cudnn_sdpa = functools.partial(jax.nn.dot_product_attention, implementation="cudnn")
+
+
+def _cudnn(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret):
+    if _backend() != "gpu":
+        raise ValueError(
+            f"attention impl 'cudnn' needs a GPU backend, this one is "
+            f"{jax.default_backend()!r}: use 'auto' or 'blockwise'"
+        )
+    why = _cudnn_unsupported(q_BTNH.dtype, q_BTNH.shape[-1])
+    if why:
+        raise ValueError(f"attention impl 'cudnn': {why}; use 'auto' or 'blockwise'")
+    t = segment_ids_BT.shape[1]
+    real_BT = segment_ids_BT != 0
+    length_B = real_BT.sum(axis=1).astype(jnp.int32)
+    # cuDNN's PADDING_CAUSAL mask is "one sequence of `length` tokens, then padding".
+    one_sequence_BT = jnp.where(jnp.arange(t)[None] < length_B[:, None], segment_ids_BT[:, :1], 0)
+    expressible = jnp.all((segment_ids_BT == one_sequence_BT) & (length_B[:, None] > 0))
+
+    def run_cudnn(q, k, v, seg):
+        out_BTNH = _cudnn_sdpa(
+            q, k, v, is_causal=True, query_seq_lengths=length_B, key_value_seq_lengths=length_B
+        )
+        return jnp.where((seg != 0)[:, :, None, None], out_BTNH, 0).astype(q.dtype)
+
+    def run_packed(q, k, v, seg):
+        if _pallas_gpu_unsupported(q.shape[-1]) and not interpret:
+            return _blockwise(q, k, v, seg, block_q, block_kv)
+        return _pallas_gpu(q, k, v, seg, block_q, block_kv, interpret)
+
+    return jax.lax.cond(expressible, run_cudnn, run_packed, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
+
+
+# ---------------------------------------------------------------- splash (TPU)
+
+
+def _splash(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret):
+    if _backend() != "tpu" and not interpret:
+        raise ValueError(
+            f"attention impl 'splash' needs a TPU backend, this one is "
+            f"{jax.default_backend()!r}: use 'auto' or 'blockwise' (interpret=True runs the "
+            "kernel in Pallas interpret mode, for tests)"
+        )
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    b, t, n, h = q_BTNH.shape
+    # The kernel's kv compute block must be a multiple of the 128 TPU lanes.
+    bq, bkv = (-(-min(x, t) // _LANES) * _LANES for x in (block_q, block_kv))
+    step = math.lcm(bq, bkv)
+    tp = -(-t // step) * step
+    seg_BT = _pad_rows(segment_ids_BT, tp).astype(jnp.int32)
+    # Splash does not scale the logits; scale q in float32 first.
+    q_BNTH = (_pad_rows(q_BTNH, tp).astype(jnp.float32) * h**-0.5).astype(q_BTNH.dtype)
+    q_BNTH = q_BNTH.transpose(0, 2, 1, 3)
+    k_BKTH = _pad_rows(k_BTKH, tp).transpose(0, 2, 1, 3)
+    v_BKTH = _pad_rows(v_BTKH, tp).transpose(0, 2, 1, 3)
+    mask = splash.MultiHeadMask([splash.CausalMask((tp, tp)) for _ in range(n)])
+    blocks = splash.BlockSizes(
+        block_q=bq,
+        block_kv=bkv,
+        block_kv_compute=bkv,
+        block_q_dkv=bq,
+        block_kv_dkv=bkv,
+        block_kv_dkv_compute=bkv,
+        block_q_dq=bq,
+        block_kv_dq=bkv,
+    )
+    kernel = splash.make_splash_mha_single_device(mask, block_sizes=blocks, interpret=interpret)
+
+    def one_row(q_NTH, k_KTH, v_KTH, seg_T):
+        return kernel(q_NTH, k_KTH, v_KTH, segment_ids=splash.SegmentIds(seg_T, seg_T))
+
+    # Padding (segment 0) attends to earlier padding inside the kernel: zero those rows here.
+    out_BNTH = jax.vmap(one_row)(q_BNTH, k_BKTH, v_BKTH, seg_BT)
+    out_BTNH = out_BNTH.transpose(0, 2, 1, 3)[:, :t]
+    return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(q_BTNH.dtype)
