@@ -48,8 +48,9 @@ the input dtype; the output has q's dtype; logits are scaled by H**-0.5. Impleme
   `lax.cond`; "cudnn" stays selectable for unpacked batches.
 
 The Pallas kernels (splash, pallas_gpu) run on CPU in interpret mode (`interpret=True`, tested
-against "dense"). They are opaque custom calls to XLA's SPMD partitioner: a batch sharded over
-devices needs a `shard_map` around the caller, or XLA gathers it.
+against "dense"). They, and cuDNN, are opaque custom calls to XLA's SPMD partitioner, so under a
+context mesh (`jax.set_mesh`, set by the trainer's update) they run in a `shard_map` over the
+batch axes (and the tensor axis for heads): `_per_shard`.
 
 Letters: B batch, T seq (queries and keys: self-attention), N query heads, K kv heads,
 G = N // K, H head dim; Q / S a block of queries / keys; I the number of q blocks.
@@ -63,15 +64,12 @@ import math
 import jax
 import jax.numpy as jnp
 
+from cleaner_jax.models import attention_fused as fused
+from cleaner_jax.models.attention_fused import pad_rows as _pad_rows
+
 IMPLEMENTATIONS = ("auto", "dense", "blockwise", "pallas_gpu", "cudnn", "splash")
 
 _NEG_INF = -1e30
-_LANES = 128
-# pallas_gpu blocks: Triton's tl.dot needs >= 16 per side; 128 / 32 are the kernel's defaults
-# for the forward / fused-backward blocks.
-_TRITON_MIN_BLOCK = 16
-_TRITON_MAX_BLOCK = 128
-_TRITON_BWD_BLOCK = 32
 
 
 def resolve_impl(name: str, *, head_dim: int | None = None) -> str:
@@ -84,11 +82,11 @@ def resolve_impl(name: str, *, head_dim: int | None = None) -> str:
         raise ValueError(f"attention implementation {name!r} unknown; use one of {IMPLEMENTATIONS}")
     if name != "auto":
         return name
-    backend = _backend()
+    backend = fused.backend()
     if backend == "tpu":
         return "splash"
     if backend == "gpu":
-        if head_dim is not None and _pallas_gpu_unsupported(head_dim):
+        if head_dim is not None and fused.pallas_gpu_unsupported(head_dim):
             return "blockwise"
         return "pallas_gpu"
     return "blockwise"
@@ -128,11 +126,52 @@ def attention(
         return attention_weights_mask(q_BTNH, k_BTKH, v_BTKH, packed_causal_mask(segment_ids_BT))
     if impl == "blockwise":
         return _blockwise(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv)
-    if impl == "pallas_gpu":
-        return _pallas_gpu(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret)
-    if impl == "cudnn":
-        return _cudnn(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret)
-    return _splash(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret)
+    kernel = {
+        "pallas_gpu": fused.pallas_gpu,
+        "cudnn": functools.partial(fused.cudnn, packed_fallback=_blockwise),
+        "splash": fused.splash,
+    }[impl]
+    fn = functools.partial(kernel, block_q=block_q, block_kv=block_kv, interpret=interpret)
+    return _per_shard(fn, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
+
+
+# Mesh axes that shard the rows of a training batch (`models.sharding`'s "batch" rule) and the
+# attention heads ("heads" / "kv_heads").
+_BATCH_AXES = ("data", "fsdp")
+_HEAD_AXIS = "tensor"
+
+
+def _per_shard(fn, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT):
+    """Runs a kernel on each device's rows (and heads) under the context mesh, if any.
+
+    A Pallas / cuDNN call is opaque to XLA's SPMD partitioner, which would gather a sharded
+    batch onto every device and run the whole of it there. Under `jax.set_mesh(mesh)` (the
+    trainer's update sets it) the kernel runs in a `shard_map`: rows split over the mesh's batch
+    axes, heads over its tensor axis when both head counts divide. Without a mesh, or on one
+    device, it runs as is.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return fn(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
+    b, n, kh = q_BTNH.shape[0], q_BTNH.shape[2], k_BTKH.shape[2]
+    batch = tuple(a for a in _BATCH_AXES if a in mesh.shape and mesh.shape[a] > 1)
+    if b % math.prod(mesh.shape[a] for a in batch):
+        raise ValueError(
+            f"{b} rows cannot be split over the mesh's batch axes {batch} "
+            f"({ {a: mesh.shape[a] for a in batch} }): round the rows up "
+            "(rl.update.round_rows)"
+        )
+    tensor = mesh.shape.get(_HEAD_AXIS, 1)
+    heads = _HEAD_AXIS if tensor > 1 and n % tensor == 0 and kh % tensor == 0 else None
+    spec = jax.sharding.PartitionSpec(batch or None, None, heads, None)
+    row_spec = jax.sharding.PartitionSpec(batch or None, None)
+    return jax.shard_map(
+        fn,
+        mesh=mesh,
+        in_specs=(spec, spec, spec, row_spec),
+        out_specs=spec,
+        check_vma=False,
+    )(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
 
 
 def packed_causal_mask(segment_ids_BT: jax.Array) -> jax.Array:
@@ -184,12 +223,6 @@ def _blocks(t: int, block_q: int, block_kv: int) -> tuple[int, int, int]:
     bq, bkv = min(block_q, t), min(block_kv, t)
     step = math.lcm(bq, bkv)
     return bq, bkv, -(-t // step) * step
-
-
-def _pad_rows(x, t_pad):
-    pad = [(0, 0)] * x.ndim
-    pad[1] = (0, t_pad - x.shape[1])
-    return jnp.pad(x, pad)
 
 
 def _blockwise(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv):
@@ -370,162 +403,3 @@ def _flash_bwd(bq, bkv, res, dout_BTKGH):
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
-
-
-# ---------------------------------------------------------------- Pallas Triton (GPU)
-
-
-def _pallas_gpu_unsupported(head_dim: int) -> str | None:
-    """Why the Triton kernel cannot take this head dim on a GPU (None: it can)."""
-    if head_dim < _TRITON_MIN_BLOCK:
-        return f"Triton's dot needs head_dim >= {_TRITON_MIN_BLOCK}, got {head_dim}"
-    return None
-
-
-def _triton_block(cap: int, t: int) -> int:
-    """A power of two in [16, 128], <= cap (when cap >= 16), no larger than T needs."""
-    cap = max(_TRITON_MIN_BLOCK, min(cap, _TRITON_MAX_BLOCK))
-    cap = 1 << (cap.bit_length() - 1)
-    need = max(_TRITON_MIN_BLOCK, 1 << (t - 1).bit_length())
-    return min(cap, need)
-
-
-def _pallas_gpu(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret):
-    t, n, h = q_BTNH.shape[1:]
-    if not interpret:
-        if _backend() != "gpu":
-            raise ValueError(
-                f"attention impl 'pallas_gpu' needs a GPU backend, this one is "
-                f"{jax.default_backend()!r}: use 'auto' or 'blockwise' (interpret=True runs the "
-                "kernel in Pallas interpret mode, for tests)"
-            )
-        why = _pallas_gpu_unsupported(h)
-        if why:
-            raise ValueError(f"attention impl 'pallas_gpu': {why}; use 'auto' or 'blockwise'")
-    from jax.experimental.pallas.ops.gpu import attention as triton_attention
-
-    bq, bkv = _triton_block(block_q, t), _triton_block(block_kv, t)
-    bwd = min(_TRITON_BWD_BLOCK, bq, bkv)
-    blocks = triton_attention.BlockSizes(
-        block_q=bq,
-        block_k=bkv,
-        block_q_dkv=bwd,
-        block_kv_dkv=bwd,
-        block_q_dq=bwd,
-        block_kv_dq=bwd,
-    )
-    # Powers of two: a multiple of the larger block is a multiple of every block.
-    step = max(bq, bkv)
-    tp = -(-t // step) * step
-    g = n // k_BTKH.shape[2]
-    # Query head n reads kv head n // G, as in the dense path's [K, G] split of N.
-    k_BTNH = jnp.repeat(_pad_rows(k_BTKH, tp), g, axis=2)
-    v_BTNH = jnp.repeat(_pad_rows(v_BTKH, tp), g, axis=2)
-    out_BTNH = triton_attention.mha(
-        _pad_rows(q_BTNH, tp),
-        k_BTNH,
-        v_BTNH,
-        _pad_rows(segment_ids_BT, tp).astype(jnp.int32),
-        sm_scale=h**-0.5,
-        causal=True,
-        block_sizes=blocks,
-        interpret=interpret,
-    )[:, :t]
-    # Padding queries attend to earlier padding inside the kernel: zero them (and so their
-    # cotangents, which keeps gradients out of padding keys and values).
-    return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(q_BTNH.dtype)
-
-
-# ---------------------------------------------------------------- cuDNN (GPU)
-
-
-def _cudnn_unsupported(dtype, head_dim: int) -> str | None:
-    """Why cuDNN flash attention cannot take these inputs (None: it can)."""
-    if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-        return f"cuDNN flash attention takes bfloat16/float16 inputs, got {jnp.dtype(dtype)}"
-    if head_dim % 8 or head_dim > 256:
-        return f"cuDNN flash attention needs head_dim a multiple of 8 and <= 256, got {head_dim}"
-    return None
-
-
-def _backend() -> str:
-    return jax.default_backend()
-
-
-# The cuDNN call, a module attribute so CPU tests can stand the XLA implementation in for it.
-_cudnn_sdpa = functools.partial(jax.nn.dot_product_attention, implementation="cudnn")
-
-
-def _cudnn(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret):
-    if _backend() != "gpu":
-        raise ValueError(
-            f"attention impl 'cudnn' needs a GPU backend, this one is "
-            f"{jax.default_backend()!r}: use 'auto' or 'blockwise'"
-        )
-    why = _cudnn_unsupported(q_BTNH.dtype, q_BTNH.shape[-1])
-    if why:
-        raise ValueError(f"attention impl 'cudnn': {why}; use 'auto' or 'blockwise'")
-    t = segment_ids_BT.shape[1]
-    real_BT = segment_ids_BT != 0
-    length_B = real_BT.sum(axis=1).astype(jnp.int32)
-    # cuDNN's PADDING_CAUSAL mask is "one sequence of `length` tokens, then padding".
-    one_sequence_BT = jnp.where(jnp.arange(t)[None] < length_B[:, None], segment_ids_BT[:, :1], 0)
-    expressible = jnp.all((segment_ids_BT == one_sequence_BT) & (length_B[:, None] > 0))
-
-    def run_cudnn(q, k, v, seg):
-        out_BTNH = _cudnn_sdpa(
-            q, k, v, is_causal=True, query_seq_lengths=length_B, key_value_seq_lengths=length_B
-        )
-        return jnp.where((seg != 0)[:, :, None, None], out_BTNH, 0).astype(q.dtype)
-
-    def run_packed(q, k, v, seg):
-        if _pallas_gpu_unsupported(q.shape[-1]) and not interpret:
-            return _blockwise(q, k, v, seg, block_q, block_kv)
-        return _pallas_gpu(q, k, v, seg, block_q, block_kv, interpret)
-
-    return jax.lax.cond(expressible, run_cudnn, run_packed, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
-
-
-# ---------------------------------------------------------------- splash (TPU)
-
-
-def _splash(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret):
-    if _backend() != "tpu" and not interpret:
-        raise ValueError(
-            f"attention impl 'splash' needs a TPU backend, this one is "
-            f"{jax.default_backend()!r}: use 'auto' or 'blockwise' (interpret=True runs the "
-            "kernel in Pallas interpret mode, for tests)"
-        )
-    from jax.experimental.pallas.ops.tpu import splash_attention as splash
-
-    b, t, n, h = q_BTNH.shape
-    # The kernel's kv compute block must be a multiple of the 128 TPU lanes.
-    bq, bkv = (-(-min(x, t) // _LANES) * _LANES for x in (block_q, block_kv))
-    step = math.lcm(bq, bkv)
-    tp = -(-t // step) * step
-    seg_BT = _pad_rows(segment_ids_BT, tp).astype(jnp.int32)
-    # Splash does not scale the logits; scale q in float32 first.
-    q_BNTH = (_pad_rows(q_BTNH, tp).astype(jnp.float32) * h**-0.5).astype(q_BTNH.dtype)
-    q_BNTH = q_BNTH.transpose(0, 2, 1, 3)
-    k_BKTH = _pad_rows(k_BTKH, tp).transpose(0, 2, 1, 3)
-    v_BKTH = _pad_rows(v_BTKH, tp).transpose(0, 2, 1, 3)
-    mask = splash.MultiHeadMask([splash.CausalMask((tp, tp)) for _ in range(n)])
-    blocks = splash.BlockSizes(
-        block_q=bq,
-        block_kv=bkv,
-        block_kv_compute=bkv,
-        block_q_dkv=bq,
-        block_kv_dkv=bkv,
-        block_kv_dkv_compute=bkv,
-        block_q_dq=bq,
-        block_kv_dq=bkv,
-    )
-    kernel = splash.make_splash_mha_single_device(mask, block_sizes=blocks, interpret=interpret)
-
-    def one_row(q_NTH, k_KTH, v_KTH, seg_T):
-        return kernel(q_NTH, k_KTH, v_KTH, segment_ids=splash.SegmentIds(seg_T, seg_T))
-
-    # Padding (segment 0) attends to earlier padding inside the kernel: zero those rows here.
-    out_BNTH = jax.vmap(one_row)(q_BNTH, k_BKTH, v_BKTH, seg_BT)
-    out_BTNH = out_BNTH.transpose(0, 2, 1, 3)[:, :t]
-    return jnp.where((segment_ids_BT != 0)[:, :, None, None], out_BTNH, 0).astype(q_BTNH.dtype)

@@ -197,15 +197,17 @@ class Updater:
         num_tokens = jnp.float32(max(num_tokens, 1.0))
         acc = acc_metrics = None
         for micro in micro_batches:
-            grads, metrics = _grad_step(
-                state,
-                self.graphdef,
-                self._device_arrays(micro),
-                num_tokens,
-                self.loss_cfg,
-                mesh=self.mesh,
-                batch_axes=self.batch_axes,
-            )
+            # The mesh in context lets fused attention kernels run per shard (models/attention).
+            with jax.set_mesh(self.mesh):
+                grads, metrics = _grad_step(
+                    state,
+                    self.graphdef,
+                    self._device_arrays(micro),
+                    num_tokens,
+                    self.loss_cfg,
+                    mesh=self.mesh,
+                    batch_axes=self.batch_axes,
+                )
             if acc is None:
                 acc, acc_metrics = grads, metrics
             else:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cleaner_jax.models import attention, qwen
+from cleaner_jax.models import attention, attention_fused, qwen
 from cleaner_jax.models.config import tiny_config
 
 FWD_ATOL = 1e-5  # float32, same math, reductions reordered by blocks
@@ -114,6 +114,38 @@ def test_pallas_gpu_interpret_equals_dense():
         assert not np.asarray(gp)[pad].any(), f"d{name} at padding"
 
 
+def test_kernel_runs_per_shard_under_a_mesh():
+    """Under `jax.set_mesh` (as the trainer's update runs) a fused kernel runs in a shard_map:
+    rows over (data, fsdp), heads over tensor, no collective, same values and gradients."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from cleaner_jax.models import sharding
+
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    q, k, v, ct, seg = _packed(b=4, t=20, n=4, k=2, h=16)
+    heads = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None, "tensor", None))
+    rows = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
+    q, k, v = (jax.device_put(x, heads) for x in (q, k, v))
+    seg_sharded = jax.device_put(jnp.asarray(seg), rows)
+    kw = dict(impl="pallas_gpu", block_q=16, block_kv=16, interpret=True)
+
+    def loss(q, k, v, seg):
+        out = attention.attention(q, k, v, seg, **kw)
+        return (out * ct).sum(), out
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+    with jax.set_mesh(mesh):
+        (_, out), grads = step(q, k, v, seg_sharded)
+        hlo = step.lower(q, k, v, seg_sharded).compile().as_text()
+    assert "all-gather" not in hlo and "all-to-all" not in hlo
+    out_d, grads_d = _fwd_and_grads(*(np.asarray(x) for x in (q, k, v)), ct, seg, impl="dense")
+    np.testing.assert_allclose(out, out_d, atol=FWD_ATOL)
+    for name, g, gd in zip("qkv", grads, grads_d, strict=True):
+        np.testing.assert_allclose(g, gd, atol=GRAD_ATOL, err_msg=f"d{name}")
+    with jax.set_mesh(mesh), pytest.raises(ValueError, match="round the rows up"):
+        attention.attention(q[:3], k[:3], v[:3], seg_sharded[:3], **kw)
+
+
 @pytest.mark.parametrize(
     "block, t, expected",
     [
@@ -125,7 +157,7 @@ def test_pallas_gpu_interpret_equals_dense():
     ],
 )
 def test_pallas_gpu_blocks(block, t, expected):
-    assert attention._triton_block(block, t) == expected
+    assert attention_fused._triton_block(block, t) == expected
 
 
 def test_model_logits_blockwise_equal_dense():
@@ -202,8 +234,8 @@ def test_cudnn_path_runs_cudnn_only_on_single_segment_rows(monkeypatch):
     def stand_in(*args, **kw):
         return jax.nn.dot_product_attention(*args, **kw, implementation="xla") * 2
 
-    monkeypatch.setattr(attention, "_backend", lambda: "gpu")
-    monkeypatch.setattr(attention, "_cudnn_sdpa", stand_in)
+    monkeypatch.setattr(attention_fused, "backend", lambda: "gpu")
+    monkeypatch.setattr(attention_fused, "cudnn_sdpa", stand_in)
     q, k, v, _, packed = _packed(t=16, h=16, dtype=jnp.bfloat16)
     single = np.where(np.arange(16) < np.array([[11], [16]]), np.array([[4], [9]]), 0)
     run = jax.jit(

@@ -39,7 +39,7 @@ def _samples(stale: list[bool]):
 
 def _config(mode):
     return ml_collections.ConfigDict(
-        dict(train=dict(old_logprobs=mode), rollout=dict(temperature=1.0))
+        dict(train=dict(old_logprobs=mode, logprob_chunk=5), rollout=dict(temperature=1.0))
     )
 
 
