@@ -194,7 +194,7 @@ def _rollout(machine: dict) -> dict:
         config.rollout.n = 8
         config.rollout.engine.max_slots = 64
     config.mesh.fsdp = 1
-    config.checkpoint.every = 0
+    config.checkpoint.export_hf = False
     config.total_steps = 1
     with tempfile.TemporaryDirectory() as workdir:
         t0 = time.perf_counter()

@@ -36,6 +36,9 @@ _SEQS = flags.DEFINE_integer(
 )
 _SEQ_LEN = flags.DEFINE_integer("kv_seq_len", 23040, "Tokens per sequence in the KV budget.")
 _JSON = flags.DEFINE_string("json", "", "Also write the rows as JSON here.")
+_MODELS = flags.DEFINE_list(
+    "models", [], "Presets to plan (cleaner_jax.models.config.PRESETS); default the paper's two."
+)
 _MEASURE = flags.DEFINE_bool("measure", True, "Activations from the compiled training step.")
 _RT_DIR = flags.DEFINE_string("roundtrip_dir", "", "Run the real-width HF round trip here.")
 _RT_LAYERS = flags.DEFINE_integer("roundtrip_layers", 2, "Layers of the round-trip model.")
@@ -115,7 +118,8 @@ def main(argv):
         kv_seqs=_SEQS.value,
         kv_seq_len=_SEQ_LEN.value,
     )
-    rows = mp.plan_all(w, measure=_MEASURE.value)
+    models = {name: name for name in _MODELS.value} or mp.MODELS
+    rows = mp.plan_all(w, models=models, measure=_MEASURE.value)
     for hw in mp.HARDWARE.values():
         print(
             f"{hw.name}: {hw.num_devices} JAX devices x {hw.hbm_gib:.0f} GiB, mesh "
