@@ -16,6 +16,21 @@ if [ ! -f "$stamp" ]; then
   "$venv/bin/python" -m pip install -q -e '.[test,torch]'
   touch "$stamp"
 fi
+# The test command also installs google-tunix for the Tunix adapter's CI test. Tunix 0.1.7 caps
+# safetensors <0.8, which our transformers pin cannot meet; it runs with ours, so its other
+# requirements are installed pinned, constrained to what is installed, and Tunix itself --no-deps.
+if [ "$cmd" = test ]; then
+  reqs=third_party/tunix_saar/requirements.txt
+  tstamp="$venv/.tunix-$(cat "$reqs" | sha1sum | cut -c1-12)"
+  if [ ! -f "$tstamp" ]; then
+    constraints="$(mktemp)"
+    "$venv/bin/python" -m pip freeze --exclude-editable | grep -v ' @ ' > "$constraints"
+    "$venv/bin/python" -m pip install -q -c "$constraints" -r "$reqs"
+    "$venv/bin/python" -m pip install -q --no-deps google-tunix==0.1.7
+    rm -f "$constraints"
+    touch "$tstamp"
+  fi
+fi
 # The sandbox runs tool code under bubblewrap; install it where we can (root + apt), else the
 # sandbox falls back to rlimits + process groups and warns loudly.
 if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -1,32 +1,31 @@
-"""SAAR rollouts whose output is what Tunix's agentic GRPO learner consumes.
+"""SAAR rollouts as the per-trajectory dicts Tunix's agentic learner consumes (no Tunix import).
 
 Tunix (google-tunix 0.1.7, `tunix.rl.agentic`) collects a trajectory with
 `TrajectoryCollectEngine.collect(mode="Token")`, which returns one dict per trajectory with the
-keys in `TUNIX_TOKEN_KEYS` (prompt ids, the concatenated assistant/environment ids, their loss
-mask, the sampler's old log-probs, a `TrajectoryStatus` name, the trajectory reward, ...). That
-engine cannot roll a context back: its agent appends chat messages and re-templates them. SAAR
-needs token-level checkpoints, so this adapter replaces the collection step instead of hooking
-into it: `collect_token_dicts` runs `cleaner_jax.saar.rollout` per prompt and converts each
-purified trajectory into the same dict, so the rest of a Tunix learner (advantages, loss,
-update) is unchanged. Nothing from Tunix is imported or copied; the key names and status names
-follow its public API.
+keys in `TUNIX_TOKEN_KEYS`; `GRPOLearner._process_results` reads them. This module builds that
+dict from a purified `saar.Trajectory`, in the types Tunix reads:
 
-What the host supplies, as plain callables (sync or async), which is also what EasyDeL- or
-MaxText-style loops have at hand:
-  sample_fn(context_ids, max_new_tokens) -> (ids, logprobs, finished)   one assistant turn,
-      stopping at the end-of-turn token (included) when `finished`;
-  score_fn(context_ids, ids) -> logprobs        optional; re-scores spliced turns under the
-      purified context (without it they are marked stale for the trainer to recompute);
-  execute_fn(code) -> (ok, text, error_type)    the tool; raise or return error_type
-      "InfraError" for sandbox failures, which are never rolled back;
-  a `saar.TurnCodec` (`cleaner_jax.agent.loop.ChatTurnCodec` serves Qwen-format HF tokenizers).
+  conversation_text  list of chat messages {"role", "content"} (Tunix takes the first
+                     assistant message's content as the "completion" it logs);
+  prompt_tokens      int32 ids (Tunix left-pads them to `RolloutConfig.max_prompt_length`);
+  conversation_tokens / conversation_masks / old_logprobs
+                     the response: assistant and tool tokens, mask 1 on policy tokens (spliced
+                     retries included), behaviour log-probs (0 on tool tokens);
+  status             a `TrajectoryStatus` name;
+  trajectory_reward  float; with `reward_fns=None` it is the whole GRPO reward;
+  policy_version     int, the learner's policy version when the rollout started;
+  original_input     the dataset row (dict with "prompts"), as Tunix's environment holds it;
+  group_id           int.
+
+`tunix_learner.SaarGRPOLearner` (which imports Tunix) plugs this into a real learner. The
+callable wrappers here (`CallablePolicy`, `CallableToolRunner`) serve any host codebase.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,7 +63,14 @@ async def _maybe_await(value: Any) -> Any:
 
 
 class CallablePolicy:
-    """`saar.Policy` over a turn-sampling callable (and optionally a scoring callable)."""
+    """`saar.Policy` over a turn-sampling callable and a scoring callable (sync or async).
+
+    sample_fn(context_ids, max_new_tokens) -> (ids, logprobs, finished): one assistant turn,
+        ending with the end-of-turn token when `finished`;
+    score_fn(context_ids, ids) -> logprobs: log p(ids | context) under the weights that sample;
+        SAAR re-scores every spliced turn with it. None only where stale log-probs are never
+        used as old log-probs (the trainer recomputes them all).
+    """
 
     def __init__(self, sample_fn: Callable[..., Any], score_fn: Callable[..., Any] | None = None):
         self.sample_fn = sample_fn
@@ -81,12 +87,12 @@ class CallablePolicy:
     async def score(self, context_tokens: Sequence[int], tokens: Sequence[int]) -> list[float]:
         if self.score_fn is None:
             raise RuntimeError(
-                "CallablePolicy has no score_fn; pass one, or set "
-                "SaarConfig(recompute_spliced_logprobs=False) and recompute stale log-probs in "
-                "the trainer"
+                "CallablePolicy has no score_fn; pass one (tunix_learner.tunix_score_fn builds it "
+                "from a Tunix RLCluster), or set SaarConfig(recompute_spliced_logprobs=False) "
+                "where the trainer recomputes every old log-prob"
             )
         out = await _maybe_await(self.score_fn(list(context_tokens), list(tokens)))
-        return [float(x) for x in out]
+        return [float(x) for x in np.asarray(out).reshape(-1)]
 
 
 class CallableToolRunner:
@@ -124,60 +130,107 @@ def tunix_status(traj: saar.Trajectory) -> str:
     return _STATUS[traj.termination]
 
 
+def conversation_messages(
+    traj: saar.Trajectory, codec: saar.TurnCodec, prompt_messages: Sequence[Mapping[str, str]]
+) -> list[dict[str, str]]:
+    """The purified conversation as chat messages: `prompt_messages`, then one "assistant"
+    message per assistant turn (a shallow splice's kept reasoning and new call are one turn) and
+    one "tool" message per tool segment, each holding the decoded text of its tokens."""
+    messages = [dict(m) for m in prompt_messages]
+    run: list[int] = []
+    for seg in traj.response_segments:
+        if seg.role == "assistant":
+            run.extend(seg.tokens)
+            continue
+        if run:
+            messages.append({"role": "assistant", "content": codec.decode(run)})
+            run = []
+        messages.append({"role": "tool", "content": codec.decode(seg.tokens)})
+    if run:
+        messages.append({"role": "assistant", "content": codec.decode(run)})
+    return messages
+
+
 def trajectory_to_token_dict(
     traj: saar.Trajectory,
     reward: float,
     *,
-    group_id: Any = None,
-    policy_version: Any = None,
-    original_input: Any = None,
-    codec: saar.TurnCodec | None = None,
+    codec: saar.TurnCodec,
+    original_input: Mapping[str, Any],
+    group_id: int,
+    policy_version: int,
+    prompt_messages: Sequence[Mapping[str, str]] | None = None,
+    allow_stale_logprobs: bool = False,
+    masked_out: bool = False,
 ) -> dict[str, Any]:
-    """One purified trajectory as Tunix's Token-mode dict (plus SAAR's `saar_stats`,
-    `stale_mask`).
+    """One purified trajectory as Tunix's Token-mode dict, plus `stale_mask` and `saar_stats`.
 
-    `conversation_tokens/masks/old_logprobs` cover the response (assistant and tool tokens);
-    tokens SAAR rolled back are absent, spliced turns carry mask 1 and re-scored log-probs.
+    Tokens SAAR rolled back are absent; spliced turns carry mask 1 and the log-probs they were
+    re-scored with. A trajectory that still has stale log-probs is refused unless
+    `allow_stale_logprobs` (only right where the trainer recomputes all old log-probs, i.e.
+    Tunix's `use_rollout_logps=False`). `masked_out` applies Tunix's overlong filter: loss mask
+    all 0 and reward 0, as Tunix's own engine does for a filtered status.
     """
-    stale = traj.response_stale
+    if not isinstance(original_input, Mapping) or "prompts" not in original_input:
+        raise TypeError(
+            "original_input must be the dataset row (a dict with a 'prompts' key) that Tunix's "
+            f"environment holds; got {type(original_input).__name__}"
+        )
+    for name, value in (("group_id", group_id), ("policy_version", policy_version)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(f"{name} must be an int (Tunix does arithmetic on it); got {value!r}")
+    stale = np.asarray(traj.response_stale, bool)
+    if stale.any() and not allow_stale_logprobs:
+        raise ValueError(
+            f"{int(stale.sum())} response tokens have stale log-probs (spliced by SAAR without "
+            "re-scoring) and Tunix would train on them as old log-probs; give the policy a "
+            "score_fn with SaarConfig(recompute_spliced_logprobs=True), or set Tunix's "
+            "use_rollout_logps=False so the trainer recomputes them"
+        )
+    if prompt_messages is None:
+        prompt_messages = [{"role": "user", "content": codec.decode(traj.prompt_tokens)}]
+    mask = np.asarray(traj.response_loss_mask, np.int32)
     return {
-        "conversation_text": codec.decode(traj.response_tokens) if codec is not None else None,
+        "conversation_text": conversation_messages(traj, codec, prompt_messages),
         "prompt_tokens": np.asarray(traj.prompt_tokens, np.int32),
         "conversation_tokens": np.asarray(traj.response_tokens, np.int32),
-        "conversation_masks": np.asarray(traj.response_loss_mask, np.int32),
+        "conversation_masks": np.zeros_like(mask) if masked_out else mask,
         "status": tunix_status(traj),
-        "trajectory_reward": float(reward),
+        "trajectory_reward": 0.0 if masked_out else float(reward),
         "env_time": {},
         "reward_time": {},
         "old_logprobs": np.asarray(traj.response_logprobs, np.float32),
-        "policy_version": policy_version,
+        "policy_version": int(policy_version),
         "original_input": original_input,
-        "group_id": group_id,
-        "stale_mask": np.asarray(stale, bool),
+        "group_id": int(group_id),
+        "stale_mask": stale,
         "saar_stats": traj.stats,
     }
 
 
 async def collect_token_dicts(
+    rows: Sequence[Mapping[str, Any]],
     prompts: Sequence[Sequence[int]],
     policy: saar.Policy,
     tools: saar.ToolRunner,
     codec: saar.TurnCodec,
     *,
-    reward_fn: Callable[[int, saar.Trajectory], Any],
+    reward_fn: Callable[[Mapping[str, Any], saar.Trajectory], Any],
+    group_ids: Sequence[int],
+    policy_version: int,
     saar_config: saar.SaarConfig | None = _PAPER_SAAR,
     limits: saar.RolloutLimits | None = None,
-    group_ids: Sequence[Any] | None = None,
     seeds: Sequence[int | str] | None = None,
-    policy_version: Any = None,
 ) -> list[dict[str, Any]]:
-    """Roll out every prompt with SAAR (concurrently) and return Tunix Token-mode dicts in order.
+    """Roll out `prompts[i]` (the token ids of dataset row `rows[i]`) with SAAR, concurrently,
+    and return Token-mode dicts in order; for loops that collect outside a Tunix learner.
 
-    `reward_fn(prompt_index, trajectory)` (sync or async) gives the outcome reward.
-    `saar_config=None` is the baseline rollout.
+    Inside a Tunix learner use `tunix_learner.SaarGRPOLearner`, which does this per trajectory
+    and reads the budgets from Tunix's config. `reward_fn(row, trajectory)` (sync or async)
+    gives the outcome reward; `saar_config=None` is the baseline rollout.
     """
     n = len(prompts)
-    for name, seq in (("group_ids", group_ids), ("seeds", seeds)):
+    for name, seq in (("rows", rows), ("group_ids", group_ids), ("seeds", seeds)):
         if seq is not None and len(seq) != n:
             raise ValueError(f"got {len(seq)} {name} for {n} prompts; pass one per prompt")
     seeds = list(seeds) if seeds is not None else list(range(n))
@@ -186,14 +239,14 @@ async def collect_token_dicts(
         traj = await saar.rollout(
             prompts[i], policy, tools, codec, saar=saar_config, limits=limits, seed=seeds[i]
         )
-        reward = await _maybe_await(reward_fn(i, traj))
+        reward = await _maybe_await(reward_fn(rows[i], traj))
         return trajectory_to_token_dict(
             traj,
             reward,
-            group_id=None if group_ids is None else group_ids[i],
-            policy_version=policy_version,
-            original_input=list(prompts[i]),
             codec=codec,
+            original_input=rows[i],
+            group_id=group_ids[i],
+            policy_version=policy_version,
         )
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))

@@ -1,0 +1,355 @@
+"""A real google-tunix 0.1.7 GRPO step on SAAR rollouts (needs the `tunix` extra).
+
+A tiny random Tunix Qwen3 scores every token; the turn texts are scripted (a random model writes
+no tool calls) but their log-probs are the model's, so Tunix's own recomputation must agree
+with them. One group of two: trajectory "A" writes a buggy call, SAAR rolls it back (shallow
+splice) and it answers right; trajectory "B" answers wrong. One `SaarGRPOLearner.train()` step
+(Tunix's `GRPOLearner.train`, only the collect engine swapped) must change the parameters and
+train on exactly our tokens, masks and (re-scored) log-probs.
+"""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tunix")
+
+import jax  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+from tunix.generate import tokenizer_adapter  # noqa: E402
+from tunix.models.qwen3 import model as qwen3  # noqa: E402
+from tunix.rl import rl_cluster as rl_cluster_lib  # noqa: E402
+from tunix.rl.agentic import agentic_grpo_learner  # noqa: E402
+from tunix.rl.rollout import base_rollout  # noqa: E402
+
+from cleaner_jax import saar  # noqa: E402
+from cleaner_jax.saar.testing import IM_END, CharCodec, ScriptedPolicy, call_text  # noqa: E402
+from third_party.tunix_saar import (  # noqa: E402
+    TUNIX_TOKEN_KEYS,
+    CallablePolicy,
+    CallableToolRunner,
+)
+from third_party.tunix_saar.tunix_learner import (  # noqa: E402
+    SaarCollectEngine,
+    SaarGRPOLearner,
+    SaarRollout,
+    tunix_score_fn,
+)
+
+CODEC = CharCodec()
+PAD = 15  # unused by CharCodec (specials 0-5, characters from 16)
+VOCAB = 160
+MAX_PROMPT, MAX_RESPONSE = 48, 384
+QUESTION = "What is 1+1?"
+PROMPT_IDS = CODEC.encode(f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
+BUGGY, FIXED = "print(x+1)", "print(1+1)"
+SCRIPTS = {
+    "A": [
+        "A: compute " + call_text(BUGGY) + "<|im_end|>",
+        "fix " + call_text(FIXED) + "<|im_end|>",
+        "so \\boxed{2}<|im_end|>",
+    ],
+    "B": ["B: \\boxed{3}<|im_end|>"],
+}
+
+
+class _CharTokenizer:
+    """CharCodec with the methods Tunix's TokenizerAdapter asks for."""
+
+    def encode(self, text, **kwargs):
+        return CODEC.encode(text)
+
+    def decode(self, ids, **kwargs):
+        return CODEC.decode([int(i) for i in ids if int(i) != PAD])
+
+    def bos_id(self):
+        return None
+
+    def eos_id(self):
+        return IM_END
+
+    def pad_id(self):
+        return PAD
+
+
+def _execute(code):
+    if code == BUGGY:
+        return False, "Tool call failure\nstderr: NameError", "NameError"
+    return True, "Tool call success\nstdout: 2", None
+
+
+class _ScriptedSampler:
+    """Token-in sampler: scripted turn texts, log-probs from the Tunix model under the context."""
+
+    def __init__(self, score):
+        self.score = score
+        self.order = ["A", "B"]
+        self.calls = {"A": 0, "B": 0}
+
+    async def __call__(self, context, max_new_tokens):
+        response = context[len(PROMPT_IDS) :]
+        key = self.order.pop(0) if not response else CODEC.decode(response[:1])
+        ids = CODEC.encode(SCRIPTS[key][self.calls[key]])[:max_new_tokens]
+        self.calls[key] += 1
+        return ids, await self.score(context, ids), ids[-1] == IM_END
+
+
+def _cluster():
+    config = qwen3.ModelConfig(
+        num_layers=1,
+        vocab_size=VOCAB,
+        embed_dim=32,
+        hidden_dim=64,
+        num_heads=2,
+        head_dim=16,
+        num_kv_heads=1,
+        rope_theta=10_000,
+        norm_eps=1e-6,
+    )
+    model = qwen3.Qwen3(config, rngs=nnx.Rngs(0))
+    mesh = jax.make_mesh(
+        (1, 1),
+        ("fsdp", "tp"),
+        axis_types=(jax.sharding.AxisType.Auto,) * 2,
+        devices=jax.devices()[:1],
+    )
+    roles = (rl_cluster_lib.Role.ACTOR, rl_cluster_lib.Role.REFERENCE, rl_cluster_lib.Role.ROLLOUT)
+    cluster_config = rl_cluster_lib.ClusterConfig(
+        role_to_mesh={role: mesh for role in roles},
+        rollout_engine="vanilla",
+        offload_to_cpu=False,
+        training_config=rl_cluster_lib.RLTrainingConfig(
+            actor_optimizer=optax.sgd(0.1),
+            eval_every_n_steps=100,
+            max_steps=1,
+            mini_batch_size=1,
+            train_micro_batch_size=1,
+        ),
+        rollout_config=base_rollout.RolloutConfig(
+            max_prompt_length=MAX_PROMPT,
+            max_tokens_to_generate=MAX_RESPONSE,
+            return_logprobs=True,
+            temperature=1.0,
+            kv_cache_size=MAX_PROMPT + MAX_RESPONSE,
+        ),
+    )
+    return rl_cluster_lib.RLCluster(
+        actor=model,
+        tokenizer=tokenizer_adapter.TokenizerAdapter(_CharTokenizer()),
+        cluster_config=cluster_config,
+    )
+
+
+def _grpo_config(**overrides):
+    kwargs = dict(
+        num_generations=2,
+        max_response_length=MAX_RESPONSE,
+        beta=0.0,
+        max_concurrency=2,
+        epsilon=0.2,
+        epsilon_high=0.28,
+        loss_agg_mode="token-mean",
+    )
+    kwargs.update(overrides)
+    return agentic_grpo_learner.GRPOConfig(**kwargs)
+
+
+def _reward(row, traj):
+    assert "prompts" in row
+    return 1.0 if "\\boxed{2}" in CODEC.decode(traj.response_tokens) else -1.0
+
+
+def _saar_rollout(cluster, saar_config, *, score=True, limits=None):
+    score_fn = tunix_score_fn(cluster)
+    recorded = []
+
+    def reward(row, traj):
+        recorded.append(traj)
+        return _reward(row, traj)
+
+    rollout = SaarRollout(
+        policy=CallablePolicy(_ScriptedSampler(score_fn), score_fn if score else None),
+        tools=CallableToolRunner(_execute),
+        codec=CODEC,
+        prompt_tokens_fn=lambda row: PROMPT_IDS,
+        reward_fn=reward,
+        saar_config=saar_config,
+        limits=limits,
+    )
+    return rollout, recorded
+
+
+def _train_one_step(saar_config):
+    cluster = _cluster()
+    rollout, trajectories = _saar_rollout(cluster, saar_config)
+    learner = SaarGRPOLearner(cluster, _grpo_config(), rollout)
+    batches, trainer_logps = [], []
+    update_actor = cluster.update_actor
+
+    def capture(train_ds, eval_ds, skip_jit=False):
+        for ex in train_ds:
+            batches.append(jax.tree.map(np.asarray, ex))
+            # Tunix's own old-log-prob recomputation on its training batch, before the update.
+            trainer_logps.append(
+                np.asarray(
+                    cluster.get_actor_per_token_logps(
+                        ex.prompt_ids, ex.completion_ids, pad_id=PAD, eos_id=IM_END
+                    )
+                )
+            )
+        return update_actor(train_ds, eval_ds, skip_jit)
+
+    cluster.update_actor = capture
+    before = jax.tree.map(np.array, nnx.state(cluster.actor_trainer.model, nnx.Param))
+    learner.train([{"prompts": np.array([QUESTION]), "answer": np.array(["2"])}])
+    after = jax.tree.map(np.array, nnx.state(cluster.actor_trainer.model, nnx.Param))
+    return batches, trainer_logps, trajectories, before, after
+
+
+@pytest.mark.parametrize("arm", ["saar", "baseline"])
+def test_one_tunix_grpo_step_trains_on_saar_rollouts(arm):
+    saar_config = saar.SaarConfig() if arm == "saar" else None
+    batches, trainer_logps, trajectories, before, after = _train_one_step(saar_config)
+
+    assert len(batches) == 1 and len(trajectories) == 2
+    batch, recomputed = batches[0], trainer_logps[0]
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.allclose(a, b), before, after))
+    assert any(changed), "one GRPO step left every parameter unchanged"
+
+    by_key = {CODEC.decode(t.response_tokens[:1]): t for t in trajectories}
+    a = by_key["A"]
+    text_a = CODEC.decode(a.response_tokens)
+    if arm == "saar":
+        assert a.stats.rollbacks_triggered == a.stats.rollbacks_recovered == a.stats.shallow == 1
+        assert a.stats.rescored_tokens > 0 and not any(a.response_stale)
+        assert BUGGY not in text_a and "NameError" not in text_a
+    else:
+        assert a.stats.rollbacks_triggered == 0 and BUGGY in text_a and "NameError" in text_a
+    for row in range(2):
+        ids = batch.completion_ids[row]
+        traj = by_key[CODEC.decode(ids[:1])]
+        n = len(traj.response_tokens)
+        np.testing.assert_array_equal(ids[:n], traj.response_tokens)
+        assert np.all(ids[n:] == PAD)
+        np.testing.assert_array_equal(batch.completion_mask[row][:n], traj.response_loss_mask)
+        assert not batch.completion_mask[row][n:].any()
+        np.testing.assert_array_equal(
+            batch.old_per_token_logps[row][:n], np.float32(traj.response_logprobs)
+        )
+        # The behaviour log-probs (spliced turns re-scored under the purified context) are what
+        # Tunix's trainer computes for these tokens: the ratio starts at 1.
+        mask = np.asarray(traj.response_loss_mask, bool)
+        np.testing.assert_allclose(
+            recomputed[row][:n][mask], np.asarray(traj.response_logprobs)[mask], atol=1e-5
+        )
+        np.testing.assert_array_equal(batch.prompt_ids[row][-len(PROMPT_IDS) :], PROMPT_IDS)
+    rewards = {k: _reward({"prompts": 0}, t) for k, t in by_key.items()}
+    assert rewards == {"A": 1.0, "B": -1.0}
+    assert batch.policy_version.tolist() == [0, 0]
+
+
+def test_stale_spliced_logprobs_would_have_differed():
+    """Why re-scoring matters: the retry's log-probs under the dirty context differ."""
+    cluster = _cluster()
+    score = tunix_score_fn(cluster).sync
+    dirty = PROMPT_IDS + CODEC.encode(SCRIPTS["A"][0]) + CODEC.encode_tool_response(["err"])
+    retry = CODEC.encode(SCRIPTS["A"][1])
+    call = retry[retry.index(CODEC.encode("<tool_call>")[0]) :]
+    clean = PROMPT_IDS + CODEC.encode("A: compute ")
+    assert (
+        np.max(np.abs(score(dirty + retry[: len(retry) - len(call)], call) - score(clean, call)))
+        > 1e-3
+    )
+
+
+def test_budget_mismatch_is_refused():
+    cluster = _cluster()
+    rollout, _ = _saar_rollout(
+        cluster, saar.SaarConfig(), limits=saar.RolloutLimits(max_response_tokens=MAX_RESPONSE * 2)
+    )
+    with pytest.raises(ValueError, match="max_response_length"):
+        SaarGRPOLearner(cluster, _grpo_config(), rollout)
+
+
+def test_stale_logprobs_without_score_function_are_refused():
+    cluster = _cluster()
+    rollout, _ = _saar_rollout(cluster, saar.SaarConfig(), score=False)
+    with pytest.raises(ValueError, match="no score_fn"):
+        SaarGRPOLearner(cluster, _grpo_config(), rollout)
+    rollout, _ = _saar_rollout(cluster, saar.SaarConfig(recompute_spliced_logprobs=False))
+    with pytest.raises(ValueError, match="stale"):
+        SaarGRPOLearner(cluster, _grpo_config(), rollout)
+
+
+def test_tunix_reward_fns_are_refused():
+    cluster = _cluster()
+    rollout, _ = _saar_rollout(cluster, saar.SaarConfig())
+    with pytest.raises(ValueError, match="reward_fns"):
+        SaarGRPOLearner(cluster, _grpo_config(), rollout, reward_fns=lambda **kw: [0.0, 0.0])
+
+
+class _Env:
+    """What SaarCollectEngine reads from Tunix's TaskEnvironment: the row and the group ids."""
+
+    def __init__(self):
+        self.task = {"prompts": np.array([QUESTION]), "answer": np.array(["2"])}
+        self.extra_kwargs = {"group_id": 3, "pair_index": 1}
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def _engine(turns, *, prompt=PROMPT_IDS, max_response=MAX_RESPONSE, **kwargs):
+    rollout = SaarRollout(
+        policy=ScriptedPolicy(CODEC, turns),
+        tools=CallableToolRunner(_execute),
+        codec=CODEC,
+        prompt_tokens_fn=lambda row: prompt,
+        reward_fn=_reward,
+    )
+    env = _Env()
+    engine = SaarCollectEngine(
+        None,
+        env,
+        saar_rollout=rollout,
+        limits=saar.RolloutLimits(max_response_tokens=max_response),
+        policy_version_fn=lambda: 5,
+        max_prompt_length=MAX_PROMPT,
+        allow_stale_logprobs=False,
+        **kwargs,
+    )
+    return engine, env
+
+
+def test_engine_returns_tunix_types():
+    engine, env = _engine(SCRIPTS["A"])
+    out = asyncio.run(engine.collect("Token"))
+    assert set(TUNIX_TOKEN_KEYS) <= set(out) and env.closed
+    assert out["original_input"] is env.task and env.task["policy_version"] == 5
+    assert out["policy_version"] == 5 and out["group_id"] == 3
+    roles = [m["role"] for m in out["conversation_text"]]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+    assert out["conversation_text"][0]["content"] == QUESTION
+    assert out["conversation_text"][1]["content"].startswith("A: compute <tool_call>")
+    assert FIXED in out["conversation_text"][1]["content"]  # the shallow splice, one message
+    assert out["status"] == "SUCCEEDED" and out["trajectory_reward"] == 1.0
+
+
+def test_engine_applies_tunix_overlong_filter():
+    turns = ["A: " + "x" * 40 + "<|im_end|>"]
+    engine, _ = _engine(turns, max_response=20, overlong_filter=True)
+    out = asyncio.run(engine.collect("Token"))
+    assert out["status"] == "MAX_CONTEXT_LIMIT_REACHED" and len(out["conversation_tokens"]) == 20
+    assert out["trajectory_reward"] == 0.0 and not out["conversation_masks"].any()
+    engine, _ = _engine(turns, max_response=20, overlong_filter=False)
+    out = asyncio.run(engine.collect("Token"))
+    assert out["trajectory_reward"] == -1.0 and out["conversation_masks"].all()
+
+
+def test_engine_refuses_a_prompt_over_tunix_prompt_budget():
+    engine, _ = _engine(SCRIPTS["B"], prompt=[20] * (MAX_PROMPT + 1))
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        asyncio.run(engine.collect("Token"))
