@@ -39,6 +39,7 @@ _JSON = flags.DEFINE_string("json", "", "Also write the rows as JSON here.")
 _MODELS = flags.DEFINE_list(
     "models", [], "Presets to plan (cleaner_jax.models.config.PRESETS); default the paper's two."
 )
+_MU = flags.DEFINE_string("mu_dtype", "", "AdamW first-moment dtype ('' = fp32, bfloat16).")
 _MEASURE = flags.DEFINE_bool("measure", True, "Activations from the compiled training step.")
 _RT_DIR = flags.DEFINE_string("roundtrip_dir", "", "Run the real-width HF round trip here.")
 _RT_LAYERS = flags.DEFINE_integer("roundtrip_layers", 2, "Layers of the round-trip model.")
@@ -46,7 +47,7 @@ _RT_LAYERS = flags.DEFINE_integer("roundtrip_layers", 2, "Layers of the round-tr
 _COLUMNS = (
     "params_fp32",
     "params_sampler",
-    "grads_fp32_x2",
+    "grads_fp32",
     "opt_state",
     "act_formula",
     "activations",
@@ -117,6 +118,7 @@ def main(argv):
         kv_pages=_PAGES.value,
         kv_seqs=_SEQS.value,
         kv_seq_len=_SEQ_LEN.value,
+        mu_dtype=_MU.value,
     )
     models = {name: name for name in _MODELS.value} or mp.MODELS
     rows = mp.plan_all(w, models=models, measure=_MEASURE.value)

@@ -26,7 +26,10 @@ compile is unsharded). `activation_bytes` keeps a hand formula of the same progr
   no remat: L layer(t);   remat (per layer): L t D b (layer inputs) + layer(t) (one layer
       recomputed during its backward);
   log-prob head: float32 logits of one chunk of c tokens, their softmax and gradient: 3 c V 4.
-Gradients: float32 like the master params, twice (the accumulator and the current micro-batch's).
+Gradients: float32 like the master params, once: the jitted gradient step adds each micro-batch's
+gradients into the donated accumulator (`rl.update._grad_step`), so only the leaves being added
+exist twice, transiently (counted in the compiled step's temporaries, not here). Optimizer state:
+the real chain's leaves, AdamW mu in `Workload.mu_dtype` (`optim.mu_dtype`), nu float32.
 KV pages: `sampling.paged_cache.bytes_per_page` in the sampler's dtype; the pool is not sharded,
 so the device that runs a process's sampler holds all of its pages. At run time the pool is sized
 from free memory (`rollout.engine.num_pages=0`) and the engine preempts when it runs dry, so the KV
@@ -95,6 +98,7 @@ class Workload:
     kv_pages: int = 0  # 0: kv_seqs sequences of kv_seq_len tokens
     kv_seqs: int = 8
     kv_seq_len: int = 23040
+    mu_dtype: str = ""  # optim.mu_dtype: AdamW first-moment storage ("" = float32)
 
     @property
     def num_kv_pages(self) -> int:
@@ -131,10 +135,14 @@ def abstract_state(cfg: ModelConfig) -> nnx.State:
     return nnx.split(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))[1]
 
 
-def abstract_opt_state(params: nnx.State) -> Any:
+def abstract_opt_state(
+    params: nnx.State, mu_dtype: str = "", compute_dtype: str = "float32"
+) -> Any:
+    """The trainer's optimizer state (with float16 compute: the loss-scale scalars too)."""
     from cleaner_jax.rl.update import OptimConfig, make_optimizer  # rl depends on models
 
-    return jax.eval_shape(make_optimizer(OptimConfig()).init, params)
+    opt = make_optimizer(OptimConfig(mu_dtype=mu_dtype), compute_dtype=compute_dtype)
+    return jax.eval_shape(opt.init, params)
 
 
 def activation_bytes(
@@ -197,7 +205,7 @@ def plan(
     mesh = abstract_mesh(hw.mesh)
     params = abstract_state(cfg.replace(param_dtype="float32"))
     sampler = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, w.compute_dtype), params)
-    opt = abstract_opt_state(params)
+    opt = abstract_opt_state(params, w.mu_dtype, w.compute_dtype)
     p32 = per_device_bytes(params, mesh, cfg, rules)
     act = activation_bytes(cfg, w, tensor=hw.mesh[2])
     out = {
@@ -207,7 +215,7 @@ def plan(
         "hbm_bytes": int(hw.hbm_gib * GIB),
         "params_fp32": p32,
         "params_sampler": per_device_bytes(sampler, mesh, cfg, rules),
-        "grads_fp32_x2": 2 * p32,
+        "grads_fp32": p32,
         "opt_state": per_device_bytes(opt, mesh, cfg, rules),
         "act_formula": (act["act_remat"] if w.remat else act["act_no_remat"]) + act["logits"],
         "kv_pages": w.num_kv_pages,
@@ -221,7 +229,7 @@ def plan(
     else:
         out["activations"] = out["act_formula"]
         out["activations_from"] = "formula"
-    static = out["params_fp32"] + out["params_sampler"] + out["grads_fp32_x2"] + out["opt_state"]
+    static = out["params_fp32"] + out["params_sampler"] + out["grads_fp32"] + out["opt_state"]
     out["train_total"] = static + out["activations"]
     out["total_with_kv"] = out["train_total"] + out["kv_bytes"]
     out["fits"] = out["total_with_kv"] <= out["hbm_bytes"]

@@ -122,7 +122,18 @@ def base_config() -> ml_collections.ConfigDict:
         dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=10.0, entropy_coef=0.0)
     )
     c.optim = ml_collections.ConfigDict(
-        dict(learning_rate=2e-6, warmup_steps=20, weight_decay=0.01, grad_clip=1.0)
+        dict(
+            learning_rate=2e-6,
+            warmup_steps=20,
+            weight_decay=0.01,
+            grad_clip=1.0,
+            # "auto": dynamic loss scaling when model.dtype is float16 (start 2**15, halve and
+            # skip the step on non-finite gradients, double after 200 finite steps), none
+            # otherwise; "dynamic" | "none" | a number (static scale, e.g. "1024").
+            loss_scale="auto",
+            # AdamW first-moment storage: "" = float32, "bfloat16" saves 2 bytes a parameter.
+            mu_dtype="",
+        )
     )
     c.train = ml_collections.ConfigDict(
         dict(

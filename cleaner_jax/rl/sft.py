@@ -27,10 +27,10 @@ from cleaner_jax.rl import model_setup
 from cleaner_jax.rl.packing import PackedBatch, TrainSample, pack, split_rows
 from cleaner_jax.rl.update import (
     LossConfig,
-    OptimConfig,
     Updater,
     make_optimizer,
     make_schedule,
+    optim_config_from,
     round_rows,
 )
 
@@ -87,14 +87,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rows_per_epoch = pack(samples, s.row_len).num_rows
     steps_per_epoch = max(1, rows_per_epoch // rows_per_step)
     total = steps_per_epoch * s.epochs
-    optim_config = OptimConfig(
+    optim_config = optim_config_from(
+        config.optim,
         learning_rate=s.learning_rate,
         warmup_steps=s.warmup_steps,
         total_steps=total if s.lr_schedule == "cosine" else None,
-        grad_clip=config.optim.grad_clip,
-        weight_decay=config.optim.weight_decay,
     )
-    optimizer, schedule = make_optimizer(optim_config), make_schedule(optim_config)
+    optimizer = make_optimizer(optim_config, compute_dtype=bundle.cfg.dtype)
+    schedule = make_schedule(optim_config)
     loss_config = LossConfig(kind="sft", logprob_chunk=config.train.logprob_chunk)
     updater = Updater(bundle.graphdef, optimizer, loss_config, mesh=bundle.mesh)
     state = bundle.state

@@ -38,9 +38,9 @@ from cleaner_jax.rl.packing import pack, split_rows
 from cleaner_jax.rl.rewards import OverlongConfig, RewardConfig, RewardScorer, reward_metrics
 from cleaner_jax.rl.update import (
     LossConfig,
-    OptimConfig,
     Updater,
     make_optimizer,
+    optim_config_from,
     round_rows,
     split_minibatches,
 )
@@ -143,17 +143,9 @@ class Trainer:
         os.makedirs(workdir, exist_ok=True)
         self.tokenizer = model_setup.tokenizer_for(config)
         self.bundle = model_setup.build_model(config, len(self.tokenizer))
-        o = config.optim
         self.updater = Updater(
             self.bundle.graphdef,
-            make_optimizer(
-                OptimConfig(
-                    learning_rate=o.learning_rate,
-                    warmup_steps=o.warmup_steps,
-                    weight_decay=o.weight_decay,
-                    grad_clip=o.grad_clip,
-                )
-            ),
+            make_optimizer(optim_config_from(config.optim), compute_dtype=self.bundle.cfg.dtype),
             LossConfig(
                 kind="ppo",
                 clip_eps_low=config.loss.clip_eps_low,

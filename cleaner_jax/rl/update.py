@@ -3,7 +3,17 @@
 One `Updater` serves GRPO (clipped surrogate, `rl/loss.py`) and SFT (masked cross-entropy). A
 mini-batch arrives as a list of equally shaped packed micro-batches; gradients are summed over
 them with the token-mean denominator of the whole mini-batch, so accumulation changes nothing but
-memory. Parameters stay float32 (master weights); the model computes in `cfg.dtype`.
+memory. The add happens inside the jitted gradient step, into the accumulator passed in and
+donated, so one float32 gradient tree lives across micro-batches (plus the leaves being added).
+Parameters stay float32 (master weights); the model computes in `cfg.dtype`.
+
+Loss scaling (`OptimConfig.loss_scale`; "auto" turns it on when the model computes in float16):
+the loss is multiplied by a scale inside the differentiated function, so float16 activation
+gradients neither underflow nor, with a well-sized scale, overflow; the float32 parameter
+gradients are divided by it before accumulation. The scale lives in the optimizer state
+(`LossScaleState`, wrapped around the AdamW chain by `make_optimizer`), so checkpoints carry it.
+A step whose gradients are not all finite is skipped (parameters and AdamW state unchanged) and,
+when dynamic, halves the scale; `growth_interval` finite steps in a row double it.
 With a mesh, micro-batch rows are sharded over (data, fsdp) and parameters keep the shardings
 they were given; jit/GSPMD inserts the collectives. Log-probs come from the model's hidden states
 through `loss.chunked_logprobs_and_entropy`, `LossConfig.logprob_chunk` tokens per row at a time,
@@ -16,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +49,37 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     total_steps: int | None = None  # None: constant after warmup (verl's default); else cosine
+    # "auto": dynamic when the model computes in float16 (`make_optimizer`'s compute_dtype), else
+    # none; "dynamic"; "none"; or a number (a float, or a string like "1024"): a static scale.
+    loss_scale: str | float = "auto"
+    initial_loss_scale: float = 2.0**15
+    loss_scale_growth_interval: int = 200
+    # Storage dtype of AdamW's first moment (optax's `mu_dtype`): "" = the parameters' (float32)
+    # or "bfloat16" (2 bytes a parameter saved). The moment is still updated in float32 and
+    # rounded when stored; the second moment stays float32 (optax has no option for it).
+    mu_dtype: str = ""
+
+
+_MU_DTYPES = {"": None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def resolve_loss_scale(cfg: OptimConfig, compute_dtype: str = "float32") -> tuple[str, float]:
+    """("none" | "dynamic" | "static", initial scale) for `cfg.loss_scale`."""
+    value = cfg.loss_scale
+    if value == "auto":
+        value = "dynamic" if jnp.dtype(compute_dtype) == jnp.float16 else "none"
+    if value in ("none", "dynamic"):
+        return value, float(cfg.initial_loss_scale)
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(
+            "optim.loss_scale must be 'auto', 'dynamic', 'none' or a positive number, "
+            f"got {value!r}"
+        )
+    return "static", scale
 
 
 def make_schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -53,13 +94,117 @@ def make_schedule(cfg: OptimConfig) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    return optax.chain(
+def make_optimizer(
+    cfg: OptimConfig, compute_dtype: str = "float32"
+) -> optax.GradientTransformation:
+    """Clip + AdamW, wrapped in `loss_scaling` unless `cfg.loss_scale` resolves to "none".
+
+    `compute_dtype`: the model's compute dtype (`ModelConfig.dtype`); "auto" loss scaling reads it.
+    """
+    if cfg.mu_dtype not in _MU_DTYPES:
+        raise ValueError(
+            f"optim.mu_dtype must be one of {sorted(_MU_DTYPES)}, got {cfg.mu_dtype!r}"
+        )
+    opt = optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
         optax.adamw(
-            make_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay
+            make_schedule(cfg),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mu_dtype=_MU_DTYPES[cfg.mu_dtype],
         ),
     )
+    mode, scale = resolve_loss_scale(cfg, compute_dtype)
+    if mode == "none":
+        return opt
+    return loss_scaling(
+        opt,
+        initial_scale=scale,
+        growth_interval=cfg.loss_scale_growth_interval,
+        dynamic=mode == "dynamic",
+    )
+
+
+def optim_config_from(optim, **overrides) -> OptimConfig:
+    """The run config's `optim` section as an `OptimConfig`; `overrides` replace fields (SFT
+    brings its own rate and schedule)."""
+    fields = dict(
+        learning_rate=optim.learning_rate,
+        warmup_steps=optim.warmup_steps,
+        weight_decay=optim.weight_decay,
+        grad_clip=optim.grad_clip,
+        loss_scale=optim.loss_scale,
+        mu_dtype=optim.mu_dtype,
+    )
+    fields.update(overrides)
+    return OptimConfig(**fields)
+
+
+class LossScaleState(NamedTuple):
+    scale: jax.Array  # float32 scalar: the loss multiplier for the next step's gradients
+    good_steps: jax.Array  # int32: finite steps since the scale last changed
+    inner_state: Any
+
+
+def all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def loss_scaling(
+    inner: optax.GradientTransformation,
+    *,
+    initial_scale: float = 2.0**15,
+    growth_interval: int = 200,
+    dynamic: bool = True,
+) -> optax.GradientTransformation:
+    """`inner`, skipped on non-finite gradients, with the loss scale kept in its state.
+
+    The gradients it receives are already unscaled (the `Updater` divides them by
+    `state.scale`); a user outside the `Updater` multiplies the loss by `loss_scale_of(state)`
+    and divides the gradients by it. A non-finite step yields zero updates and leaves `inner`'s
+    state as it was; dynamic scaling then halves the scale (never below 1, as jmp does: a
+    persistent NaN shows as every step skipped rather than a vanishing scale), and doubles it
+    after `growth_interval` finite steps in a row (while the double stays finite). A static
+    scale never changes, but non-finite steps are still skipped.
+    """
+
+    def init_fn(params):
+        return LossScaleState(
+            jnp.asarray(initial_scale, jnp.float32), jnp.zeros([], jnp.int32), inner.init(params)
+        )
+
+    def update_fn(updates, state, params=None):
+        finite = all_finite(updates)
+        new_updates, inner_state = jax.lax.cond(
+            finite,
+            lambda: inner.update(updates, state.inner_state, params),
+            lambda: (jax.tree.map(jnp.zeros_like, updates), state.inner_state),
+        )
+        scale, good = state.scale, state.good_steps
+        if dynamic:
+            grow = finite & (good + 1 >= growth_interval) & jnp.isfinite(scale * 2)
+            scale = jnp.where(
+                finite, jnp.where(grow, scale * 2, scale), jnp.maximum(scale / 2, 1.0)
+            )
+            good = jnp.where(finite & ~grow, good + 1, 0)
+        return new_updates, LossScaleState(scale, good.astype(jnp.int32), inner_state)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _loss_scale_states(opt_state) -> list[LossScaleState]:
+    is_ls = lambda x: isinstance(x, LossScaleState)  # noqa: E731
+    return [x for x in jax.tree.leaves(opt_state, is_leaf=is_ls) if is_ls(x)]
+
+
+def loss_scale_of(opt_state) -> jax.Array | None:
+    """The current loss scale in an optimizer state (None: no loss scaling)."""
+    found = _loss_scale_states(opt_state)
+    if len(found) > 1:
+        raise ValueError("the optimizer state holds more than one LossScaleState")
+    return found[0].scale if found else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,18 +272,32 @@ def _loss(state, graphdef, arrays, num_tokens, cfg: LossConfig, mesh=None, batch
     return loss, {k: v if k in _MINIBATCH_NORMALIZED else v * share for k, v in metrics.items()}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "mesh", "batch_axes"))
-def _grad_step(state, graphdef, arrays, num_tokens, cfg, mesh=None, batch_axes=()):
-    # mesh / batch_axes: how the rows are sharded, for the chunked log-probs (see its docstring).
-    (_, metrics), grads = jax.value_and_grad(_loss, has_aux=True)(
-        state, graphdef, arrays, num_tokens, cfg, mesh, batch_axes
-    )
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "cfg", "mesh", "batch_axes"),
+    donate_argnames=("acc",),
+)
+def _grad_step(
+    state, graphdef, arrays, num_tokens, cfg, mesh=None, batch_axes=(), acc=None, loss_scale=None
+):
+    """(grads, metrics) of one micro-batch, plus `acc` = (grads, metrics) when given.
+
+    mesh / batch_axes: how the rows are sharded, for the chunked log-probs (see its docstring).
+    `acc` is donated: the sum is written over it, so accumulation holds one gradient tree.
+    `loss_scale` (a float32 scalar): the loss is multiplied by it and the gradients divided.
+    """
+
+    def scaled_loss(s):
+        loss, metrics = _loss(s, graphdef, arrays, num_tokens, cfg, mesh, batch_axes)
+        return (loss if loss_scale is None else loss * loss_scale), metrics
+
+    (_, metrics), grads = jax.value_and_grad(scaled_loss, has_aux=True)(state)
+    if loss_scale is not None:
+        grads = jax.tree.map(lambda g: g / loss_scale, grads)
+    if acc is not None:
+        grads = jax.tree.map(jnp.add, acc[0], grads)
+        metrics = jax.tree.map(jnp.add, acc[1], metrics)
     return grads, metrics
-
-
-@jax.jit
-def _accumulate(acc, grads, acc_metrics, metrics):
-    return jax.tree.map(jnp.add, acc, grads), jax.tree.map(jnp.add, acc_metrics, metrics)
 
 
 class Updater:
@@ -163,6 +322,8 @@ class Updater:
             if mesh is not None
             else None
         )
+        # The gradients are not donated: no output has their shape besides the parameters,
+        # which already take the donated parameter buffers.
         self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1))
 
     def init(self, state) -> Any:
@@ -178,8 +339,13 @@ class Updater:
         )
 
     def _apply_impl(self, state, opt_state, grads):
-        updates, opt_state = self.optimizer.update(grads, opt_state, state)
-        return optax.apply_updates(state, updates), opt_state, optax.global_norm(grads)
+        updates, new_opt_state = self.optimizer.update(grads, opt_state, state)
+        new_state = optax.apply_updates(state, updates)
+        finite = all_finite(grads)
+        if _loss_scale_states(opt_state):
+            # A skipped step keeps the parameters bit for bit (p + 0 would turn -0.0 into +0.0).
+            new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        return new_state, new_opt_state, optax.global_norm(grads), finite
 
     def _device_arrays(self, micro: PackedBatch) -> dict[str, jax.Array]:
         arrays = {k: getattr(micro, k) for k in _ARRAY_FIELDS}
@@ -189,17 +355,22 @@ class Updater:
         # would also all-gather every array across processes to check that they agree).
         return distributed.host_batch_to_global(arrays, self._batch_sharding)
 
-    def grads(self, state, micro_batches: list[PackedBatch]):
-        """Summed gradients and token-mean metrics over the micro-batches (no update)."""
+    def grads(self, state, micro_batches: list[PackedBatch], loss_scale: jax.Array | None = None):
+        """Summed gradients and token-mean metrics over the micro-batches (no update).
+
+        `loss_scale`: computed with the loss multiplied by it, returned divided by it.
+        """
         if not micro_batches:
             raise ValueError("update called with no micro-batches")
         num_tokens = float(sum(float(m.loss_mask_RT.sum()) for m in micro_batches))
         num_tokens = jnp.float32(max(num_tokens, 1.0))
-        acc = acc_metrics = None
+        if loss_scale is not None:
+            loss_scale = jnp.asarray(loss_scale, jnp.float32)
+        acc = None
         for micro in micro_batches:
             # The mesh in context lets fused attention kernels run per shard (models/attention).
             with jax.set_mesh(self.mesh):
-                grads, metrics = _grad_step(
+                acc = _grad_step(
                     state,
                     self.graphdef,
                     self._device_arrays(micro),
@@ -207,19 +378,24 @@ class Updater:
                     self.loss_cfg,
                     mesh=self.mesh,
                     batch_axes=self.batch_axes,
+                    acc=acc,
+                    loss_scale=loss_scale,
                 )
-            if acc is None:
-                acc, acc_metrics = grads, metrics
-            else:
-                acc, acc_metrics = _accumulate(acc, grads, acc_metrics, metrics)
-        return acc, acc_metrics
+        return acc
 
     def step(self, state, opt_state, micro_batches: list[PackedBatch]):
-        """One optimizer step. Returns (state, opt_state, metrics as Python floats)."""
-        grads, metrics = self.grads(state, micro_batches)
-        state, opt_state, gnorm = self._apply(state, opt_state, grads)
+        """One optimizer step. Returns (state, opt_state, metrics as Python floats); with loss
+        scaling also `loss_scale` (the scale this step's gradients were computed with) and
+        `skipped_step` (1.0 when they were not finite and the update was skipped)."""
+        scale = loss_scale_of(opt_state)
+        grads, metrics = self.grads(state, micro_batches, loss_scale=scale)
+        scale = None if scale is None else jnp.copy(scale)  # _apply donates opt_state
+        state, opt_state, gnorm, finite = self._apply(state, opt_state, grads)
         out = {k: float(v) for k, v in metrics.items()}
         out["grad_norm"] = float(gnorm)
+        if scale is not None:
+            out["loss_scale"] = float(scale)
+            out["skipped_step"] = float(not bool(finite))
         out["trained_tokens"] = float(sum(float(m.loss_mask_RT.sum()) for m in micro_batches))
         return state, opt_state, out
 

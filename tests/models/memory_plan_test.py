@@ -86,3 +86,18 @@ def test_hardware_meshes_use_every_device():
         assert np.prod(hw.mesh) == hw.num_devices
     with pytest.raises(ValueError, match="does not have"):
         mp.Hardware("bad", 8, 80.0, (1, 4, 1))
+
+
+@pytest.mark.parametrize("mu_dtype,mu_bytes", [("", 4), ("bfloat16", 2)])
+def test_gradient_and_optimizer_lines_hand_counted(mu_dtype, mu_bytes):
+    cfg = tiny_variant("qwen3")
+    p = cfg.num_params()
+    hw = mp.Hardware("test", 1, 80.0, (1, 1, 1))
+    row = mp.plan(cfg, hw, mp.Workload(64, 64, "float16", mu_dtype=mu_dtype))
+    # One float32 gradient tree: micro-batch gradients are added into the donated accumulator.
+    assert row["grads_fp32"] == row["params_fp32"] == 4 * p
+    # AdamW mu (mu_dtype) + nu (float32); scalars: the int32 counts of Adam and of the learning
+    # rate schedule, and with float16 compute the float32 loss scale and its int32 step counter.
+    assert row["opt_state"] == (mu_bytes + 4) * p + 4 * 4
+    static = row["params_fp32"] + row["params_sampler"] + row["grads_fp32"] + row["opt_state"]
+    assert row["train_total"] == static + row["activations"]

@@ -146,3 +146,41 @@ def test_sampler_dtype_follows_the_model_unless_set():
     tokens = np.arange(6, dtype=np.int32)[None]
     logits, _ = sampler(tokens, tokens)
     assert logits.dtype == jax.numpy.float32 and np.isfinite(np.asarray(logits)).all()
+
+
+@pytest.mark.parametrize(
+    "loss_scale,mu_dtype,mode",
+    [("auto", "", "dynamic"), ("none", "", "none"), ("512", "bfloat16", "static")],
+)
+def test_optim_fields_reach_the_updater(loss_scale, mu_dtype, mode):
+    """optim.loss_scale ("auto": dynamic under the paper's float16 compute) and optim.mu_dtype
+    reach the optimizer the trainer and SFT build (`optim_config_from` + the model's dtype)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from cleaner_jax.models.qwen import Qwen
+    from cleaner_jax.rl import model_setup
+    from cleaner_jax.rl.update import (
+        LossConfig,
+        Updater,
+        loss_scale_of,
+        make_optimizer,
+        optim_config_from,
+    )
+
+    c = _load("qwen3_4b_cleaner", "runlocal")
+    assert (c.optim.loss_scale, c.optim.mu_dtype) == ("auto", "")
+    c.optim.loss_scale, c.optim.mu_dtype = loss_scale, mu_dtype
+    c.model.tiny.update(num_layers=1, hidden_size=16, intermediate_size=32, head_dim=8)
+    cfg = model_setup.model_config_for(c, 64)
+    assert cfg.dtype == "float16"
+    graphdef, state = nnx.split(Qwen(cfg, rngs=nnx.Rngs(0)))
+    opt = make_optimizer(optim_config_from(c.optim), compute_dtype=cfg.dtype)
+    opt_state = Updater(graphdef, opt, LossConfig()).init(state)
+    scale = loss_scale_of(opt_state)
+    expected = {"dynamic": 2.0**15, "none": None, "static": 512.0}[mode]
+    assert (None if scale is None else float(scale)) == expected
+    moments = [x.dtype for x in jax.tree.leaves(opt_state) if x.ndim > 0]
+    mu = jnp.dtype(mu_dtype or "float32")
+    assert moments.count(mu) >= len(moments) // 2 and set(moments) <= {mu, jnp.dtype("float32")}
