@@ -1,12 +1,13 @@
 r"""qwen3_4b: GRPO/DAPO baseline (SAAR off) with the paper's settings (DESIGN §1).
 
 Needs local files (nothing is downloaded): an HF checkpoint dir (e.g. Qwen3-4B-RA-SFT) and
-Open-AgentRL-30K / validation parquet files:
+Open-AgentRL-30K and validation parquet files, both in the Open-AgentRL (verl) schema (plain
+AIME/GPQA/LiveCodeBench files are for `launch/evaluate.py --dataset_kind=...`):
 
   python launch/train.py --config=configs/qwen3_4b_baseline.py \
     --config.model.hf_path=/ckpt/Qwen3-4B-RA-SFT \
     --config.data.train_files='("/data/open_agentrl_30k.parquet",)' \
-    --config.data.val_files='("/data/aime24.parquet",)' --workdir=/runs/qwen3_4b_baseline
+    --config.data.val_files='("/data/aime24_agentrl.parquet",)' --workdir=/runs/qwen3_4b_baseline
 
 Variant `:runlocal`: a self-contained CPU smoke run (random tiny model of the same architecture,
 tiny budgets, the synthetic demo task and its tokenizer prepared in the workdir):

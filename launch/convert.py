@@ -6,18 +6,23 @@
 Imports `--hf_dir` (config.json + safetensors) tensor by tensor, exports it to `--out_dir` in
 the HF layout (`--dtype`, sharded above `--max_shard_gb`), re-imports the export and prints the
 largest parameter difference and the logits difference on a random batch; `--torch_check` also
-loads the export in `transformers` and compares its logits with ours (needs torch).
+loads the export in `transformers` and compares its logits with ours (needs torch). A missing or
+unsupported checkpoint ends in one line (`--verbose` for the traceback).
 """
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
 from cleaner_jax.models import hf_io, sharding
+from cleaner_jax.models.config import UnsupportedModelError
+from cleaner_jax.rl import cli
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "HF checkpoint dir to import", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "dir for the HF export", required=True)
@@ -42,9 +47,19 @@ def _logits(model, tokens_BT):
 
 def main(argv):
     del argv
-    sizes = {k: int(v) for k, v in (kv.split("=") for kv in _MESH.value.split(",") if kv)}
+    try:
+        sizes = {k: int(v) for k, v in (kv.split("=") for kv in _MESH.value.split(",") if kv)}
+    except ValueError as e:
+        raise cli.UserError(f"--mesh={_MESH.value}: use axis=size pairs, e.g. fsdp=-1") from e
+    if not os.path.isfile(os.path.join(_HF_DIR.value, "config.json")):
+        raise cli.UserError(
+            f"--hf_dir={_HF_DIR.value}: no config.json there; pass a local HF checkpoint dir"
+        )
     mesh = sharding.make_mesh(sizes)
-    cfg, model = hf_io.load_hf_checkpoint(_HF_DIR.value, dtype=_DTYPE.value, mesh=mesh)
+    try:
+        cfg, model = hf_io.load_hf_checkpoint(_HF_DIR.value, dtype=_DTYPE.value, mesh=mesh)
+    except (hf_io.CheckpointError, UnsupportedModelError) as e:
+        raise cli.UserError(f"--hf_dir={_HF_DIR.value}: {e}") from e
     print(f"imported {_HF_DIR.value}: {cfg.architecture}, {cfg.num_params() / 1e9:.3f}B params")
     files = hf_io.save_hf_checkpoint(
         model, cfg, _OUT_DIR.value, max_shard_bytes=int(_SHARD_GB.value * 1024**3)
@@ -76,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -14,9 +14,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from cleaner_jax.rl import demo  # noqa: E402
+from cleaner_jax.rl import cli, demo  # noqa: E402
 
 _MODE = flags.DEFINE_enum("mode", "full", list(demo.MODES), "Study size.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output dir (report.md lands here).", required=True)
@@ -58,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

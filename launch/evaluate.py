@@ -26,10 +26,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cleaner_jax.rl import evaluation  # noqa: E402
+from cleaner_jax.data.readers import READERS, read_dataset  # noqa: E402
+from cleaner_jax.rl import cli, defaults  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _CHECKPOINT = flags.DEFINE_string(
@@ -88,33 +89,62 @@ def _print_summary(summary: dict) -> None:
         )
 
 
+def _read_examples(kind: str, paths: list[str]):
+    """The dataset, read before the model is built; a path or schema mistake is a `UserError`."""
+    try:
+        return read_dataset(kind, paths)
+    except FileNotFoundError as e:
+        raise cli.UserError(f"--dataset: {e}") from e
+    except (KeyError, ValueError) as e:
+        raise cli.UserError(
+            f"--dataset_kind={kind} cannot read {', '.join(paths)} "
+            f"({e.args[0] if e.args else e}); pass the --dataset_kind of the file's schema "
+            f"({' | '.join(sorted(READERS))})"
+        ) from e
+
+
 def main(argv):
     del argv
-    options = evaluation.EvalOptions(
-        dataset_kind=_KIND.value,
-        dataset=tuple(_DATASET.value),
-        n=_N.value,
-        temperature=_TEMPERATURE.value,
-        top_p=_TOP_P.value,
-        saar=_SAAR.value,
-        ks=tuple(int(k) for k in _KS.value),
-        problems_per_batch=_BATCH.value,
-        max_problems=_MAX_PROBLEMS.value,
-        checkpoint=_CHECKPOINT.value,
-        checkpoint_step=_STEP.value,
-    )
+    checkpoint = _CHECKPOINT.value
     config = _CONFIG.value
-    hf_checkpoint = bool(_CHECKPOINT.value) and os.path.isfile(
-        os.path.join(_CHECKPOINT.value, "config.json")
-    )
+    if checkpoint and not os.path.isdir(checkpoint):
+        raise cli.UserError(
+            f"--checkpoint={checkpoint} does not exist; pass an HF dir (config.json + "
+            "safetensors) or a trainer workdir (or its checkpoints/ dir)"
+        )
+    hf_checkpoint = bool(checkpoint) and os.path.isfile(os.path.join(checkpoint, "config.json"))
     if config.prepare_synthetic and not (config.tokenizer_path or hf_checkpoint):
-        raise app.UsageError(
+        raise cli.UserError(
             "this config prepares synthetic assets for training; pass "
             "--config.tokenizer_path=WORKDIR/assets/tokenizer of the run you evaluate "
             "(an HF export, WORKDIR/hf_export/step_N, brings its own)"
         )
-    logging.info("evaluating %s on %s", options.checkpoint or "the config's model", options.dataset)
-    summary = evaluation.evaluate(config, options, _OUT.value)
+    defaults.check_config(config, "eval", model_dir=checkpoint if hf_checkpoint else "")
+    examples = _read_examples(_KIND.value, list(_DATASET.value))
+    if cli.CHECK_ONLY.value:
+        return
+    from cleaner_jax.rl import evaluation  # after the checks, so that a mistake fails in seconds
+
+    try:
+        options = evaluation.EvalOptions(
+            dataset_kind=_KIND.value,
+            dataset=tuple(_DATASET.value),
+            n=_N.value,
+            temperature=_TEMPERATURE.value,
+            top_p=_TOP_P.value,
+            saar=_SAAR.value,
+            ks=tuple(int(k) for k in _KS.value),
+            problems_per_batch=_BATCH.value,
+            max_problems=_MAX_PROBLEMS.value,
+            checkpoint=checkpoint,
+            checkpoint_step=_STEP.value,
+        )
+    except ValueError as e:  # n or problems_per_batch < 1, a --ks that is not a number
+        raise cli.UserError(str(e)) from e
+
+    logging.info("evaluating %s on %s", checkpoint or "the config's model", options.dataset)
+    with evaluation.Evaluator(config, checkpoint, options.checkpoint_step) as evaluator:
+        summary = evaluator.run(examples, options, _OUT.value)
     _print_summary(summary)
     print(json.dumps({m: s["pass@k"] for m, s in summary["modes"].items()}))
     print(f"outputs in {_OUT.value}")
@@ -122,4 +152,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

@@ -8,10 +8,10 @@ override on the command line fails against the locked config.
 from __future__ import annotations
 
 import ast
+import json
+import os
 
 import ml_collections
-
-from cleaner_jax.models import config as model_config_lib
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -59,8 +59,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(
         dict(
-            train_files=[],
-            val_files=[],
+            train_files=(),
+            val_files=(),
             max_prompt_tokens=2560,
             shuffle_seed=0,
             # List the code_interpreter tool in the system prompt (Qwen's <tools> block).
@@ -162,7 +162,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Cold-start SFT (launch/sft.py): chat trajectories with tool turns, loss on assistant turns.
     c.sft = ml_collections.ConfigDict(
         dict(
-            train_files=[],
+            train_files=(),
             epochs=2,
             rows_per_step=8,
             row_len=4096,
@@ -174,6 +174,102 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     return c
+
+
+class ConfigError(ValueError):
+    """A config that cannot run as given: its message names the field and what to set."""
+
+
+_CHECK_MODES = ("train", "sft", "eval")
+
+
+def _model_context(config: ml_collections.ConfigDict, model_dir: str) -> int:
+    """The model's `max_position_embeddings`, from `model_dir`'s config.json or the preset."""
+    if model_dir:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            return int(json.load(f).get("max_position_embeddings", 32768))
+    from cleaner_jax.models import config as model_config_lib  # JAX: only when needed
+
+    if config.model.preset == "tiny":
+        return model_config_lib.tiny_config().max_position_embeddings
+    preset = model_config_lib.PRESETS.get(config.model.preset)
+    if preset is None:
+        raise ConfigError(
+            f"model.preset={config.model.preset!r} is unknown; use 'tiny' or one of "
+            f"{sorted(model_config_lib.PRESETS)}"
+        )
+    return preset.max_position_embeddings
+
+
+def _check_files(field: str, paths, schema: str, required: bool) -> None:
+    flag = f"--config.{field}"
+    if required and not paths:
+        raise ConfigError(f"{field} is empty: pass {flag}='(\"/path/file.parquet\",)' ({schema})")
+    for p in paths:
+        if not os.path.exists(p):
+            raise ConfigError(f"{field}: {p} does not exist; fix the path in {flag} ({schema})")
+
+
+def check_config(config: ml_collections.ConfigDict, mode: str, model_dir: str = "") -> None:
+    """Fails fast, before anything is built, on what a user can get wrong in `config`.
+
+    `mode`: "train" (launch/train.py), "sft" (launch/sft.py) or "eval" (launch/evaluate.py);
+    `model_dir`: an HF checkpoint dir that replaces `model.hf_path` (evaluate's --checkpoint).
+    Checks that the checkpoint, tokenizer and data paths exist and that the token budgets fit
+    the sampler's sequence length, the packed training row and the model's context.
+    Raises `ConfigError` naming the field.
+    """
+    if mode not in _CHECK_MODES:
+        raise ValueError(f"mode={mode!r}: use one of {_CHECK_MODES}")
+    hf = config.model.hf_path
+    if hf and not os.path.isfile(os.path.join(hf, "config.json")):
+        state = "has no config.json" if os.path.isdir(hf) else "does not exist"
+        raise ConfigError(
+            f"model.hf_path: {hf} {state}; point --config.model.hf_path at a local HF "
+            "checkpoint dir (config.json + *.safetensors)"
+        )
+    tok = config.tokenizer_path
+    if tok and not os.path.isdir(tok):
+        raise ConfigError(
+            f"tokenizer_path: {tok} does not exist; point --config.tokenizer_path at a dir "
+            "with tokenizer files, or leave it empty to use model.hf_path's"
+        )
+    synthetic = mode == "train" and config.prepare_synthetic
+    if not (tok or hf or model_dir or synthetic):
+        raise ConfigError(
+            "no tokenizer: set --config.model.hf_path=CKPT (its tokenizer is used) or "
+            "--config.tokenizer_path=DIR"
+        )
+    if mode == "sft":
+        _check_files("sft.train_files", config.sft.train_files, "chat jsonl/parquet", True)
+    if mode == "train":
+        schema = "Open-AgentRL / verl schema"
+        _check_files("data.train_files", config.data.train_files, schema, not synthetic)
+        _check_files("data.val_files", config.data.val_files, schema, False)
+
+    context = _model_context(config, model_dir or hf)
+    budget = config.data.max_prompt_tokens + config.rollout.max_response_tokens
+    what = (
+        f"data.max_prompt_tokens + rollout.max_response_tokens = {config.data.max_prompt_tokens}"
+        f" + {config.rollout.max_response_tokens} = {budget}"
+    )
+    limits = {"rollout.engine.max_seq_len": config.rollout.engine.max_seq_len}
+    if mode == "train":
+        limits["train.row_len"] = config.train.row_len
+    for field, value in limits.items() if mode != "sft" else ():
+        if budget > value:
+            raise ConfigError(
+                f"{what} does not fit {field}={value}: raise --config.{field} or lower the budgets"
+            )
+    if mode == "sft" and config.sft.row_len > context:
+        raise ConfigError(
+            f"sft.row_len={config.sft.row_len} exceeds the model's context ({context} "
+            "positions): lower --config.sft.row_len"
+        )
+    if mode != "sft" and budget > context:
+        raise ConfigError(
+            f"{what} exceeds the model's context ({context} positions): lower the budgets"
+        )
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -230,6 +326,8 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> None:
     compute). With no tokenizer or training files given, the trainer prepares the synthetic
     demo task and its tokenizer in the workdir (`prepare_synthetic`).
     """
+    from cleaner_jax.models import config as model_config_lib  # JAX: not for every config load
+
     if c.model.preset in model_config_lib.PRESETS:
         c.model.tiny.architecture = model_config_lib.PRESETS[c.model.preset].architecture
     c.model.preset = "tiny"

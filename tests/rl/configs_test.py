@@ -184,3 +184,33 @@ def test_optim_fields_reach_the_updater(loss_scale, mu_dtype, mode):
     moments = [x.dtype for x in jax.tree.leaves(opt_state) if x.ndim > 0]
     mu = jnp.dtype(mu_dtype or "float32")
     assert moments.count(mu) >= len(moments) // 2 and set(moments) <= {mu, jnp.dtype("float32")}
+
+
+def _flat(c, prefix=""):
+    for k, v in c.items():
+        if hasattr(v, "items"):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+@pytest.mark.parametrize("name", ["qwen3_4b_cleaner", "demo"])
+def test_every_field_overrides_from_the_command_line(name):
+    """ml_collections overrides only scalars and tuples: a list default would make e.g.
+    `--config.data.train_files='("/data/x.parquet",)'` fail to parse (issue #21)."""
+    from absl import flags
+
+    path = CONFIGS / f"{name}.py"
+    fields = dict(_flat(_load(name)))
+    new = {k: (("/x.parquet",) if isinstance(v, tuple) else v) for k, v in fields.items()}
+    argv = ["train.py", f"--config={path}"]
+    argv += [
+        f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
+        for k, v in new.items()
+    ]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+    )
+    values(argv)
+    assert dict(_flat(values.config)) == new
