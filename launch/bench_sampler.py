@@ -1,24 +1,42 @@
-"""Sampler benchmark: paged engine vs a dense-cache jitted loop vs HF `generate`, same weights.
+"""Sampler benchmark: a phase table of the paged engine, and the engine side by side with HF.
 
   python launch/bench_sampler.py --out=/tmp/bench_sampler.json
+  python launch/bench_sampler.py --batches=32 --reps=5 --noextras --profile_dir=/tmp/prof
 
-Default model (CPU friendly, random fp32 weights): Qwen3-shaped, 4 layers, d=256, 4 heads /
-2 kv heads x 64, mlp 768, vocab 4096. Measures decode tokens/s at batch 1/8/32, batch-32
-end-to-end speedup over `transformers` torch `generate` (greedy, same weights, tokens checked
-equal), decode time of the paged engine over a dense-cache jitted loop, and a 16-session x 6-turn
-agent workload with appended tool outputs (prefill tokens / new tokens, speedup from the prefix
-cache), and the per-decode-step time of the RL demo's model shape at batch 64. The dense loop is
-measured twice: with a `max_seq_len` cache (what a fixed-shape dense sampler holds; the reported
-`paged_over_dense_time`) and with a cache cut to exactly prompt + new tokens (the tightest dense
-baseline, `paged_over_dense_time_tight_cache`). GPU-only keys are reported as not measured when no
-GPU is present.
+Model (issue #19's shape, random fp32 weights): Qwen3-shaped, 6 layers, d=256, 8 / 4 heads x 32,
+mlp 768, vocab 8192; prompts of 16 tokens + 112 new, greedy.
+
+1. Phase table (batch `--phase_batch`): one packed prefill call (every block holding prompt
+   tokens) and one decode call (`decode_steps` steps at the prompt + new context), each: wall time
+   (median, min-max over `--reps`), FLOPs from the compiled program's cost analysis (a scan body
+   counts once there, so decode's is multiplied by its steps), the fraction of a 1024^2 fp32
+   matmul's rate timed in the same alternation, and the host time around the device
+   calls of a real `generate_batch` (table building before the call, token bookkeeping after,
+   from the engine's stats). A plain jitted dense-cache greedy loop at the same batch, context and
+   steps per call gives `paged_over_dense_decode_time`.
+2. Side by side with HF `generate` (transformers, torch CPU) at each of `--batches`: end to end
+   (prefill included) tokens/s, arms alternating rep by rep (the first arm swaps each rep), median
+   and min-max over `--reps`, and whether the greedy tokens are identical.
+3. `--extras`: the prefix-cache multi-turn workload and the RL demo model's decode step, as before.
+`--profile_dir`: a JAX profiler trace of a few decode calls; the table of its device ops (summed
+per fusion kind and per op name) is printed and saved in the JSON.
+
+The JSON holds every figure and the machine (CPU model, cores, jax/torch versions, load average
+before and after). On a shared machine the load average says how much to trust the numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import glob
+import gzip
 import json
+import os
+import platform
+import re
+import subprocess
 import tempfile
 import time
 
@@ -31,24 +49,31 @@ from flax import nnx
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.kv_cache import DenseKVCache
 from cleaner_jax.models.qwen import Qwen
-from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams
+from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams, sample_tokens
 
 _OUT = flags.DEFINE_string("out", "/tmp/bench_sampler.json", "JSON output path")
-_PROMPT = flags.DEFINE_integer("prompt_len", 64, "prompt tokens for the decode benchmarks")
-_NEW = flags.DEFINE_integer("new_tokens", 64, "generated tokens for the decode benchmarks")
-_STEPS = flags.DEFINE_integer("decode_steps", 1, "decode steps per device call")
+_PROMPT = flags.DEFINE_integer("prompt_len", 16, "prompt tokens")
+_NEW = flags.DEFINE_integer("new_tokens", 112, "generated tokens")
+_STEPS = flags.DEFINE_integer("decode_steps", EngineConfig.decode_steps, "decode steps per call")
+_BLOCKS = flags.DEFINE_integer("prefill_blocks", EngineConfig.prefill_blocks, "prefill blocks")
+_CHUNK = flags.DEFINE_integer("prefill_chunk", 128, "prefill tokens per call")
+_BATCHES = flags.DEFINE_list("batches", ["1", "8", "32", "64"], "batches for the HF comparison")
+_PHASE_BATCH = flags.DEFINE_integer("phase_batch", 32, "batch of the phase table")
+_REPS = flags.DEFINE_integer("reps", 5, "repetitions (median, min-max)")
 _SKIP_HF = flags.DEFINE_bool("skip_hf", False, "skip the HF torch comparison")
+_EXTRAS = flags.DEFINE_bool("extras", True, "also the multi-turn and demo-model sections")
+_PROFILE = flags.DEFINE_string("profile_dir", "", "write a JAX profiler trace of decode here")
 
 CFG = tiny_config(
-    vocab_size=4096,
+    vocab_size=8192,
     hidden_size=256,
     intermediate_size=768,
-    num_layers=4,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=64,
+    num_layers=6,
+    num_heads=8,
+    num_kv_heads=4,
+    head_dim=32,
 )
-MAX_SEQ = 512
+MAX_SEQ = 256
 # The RL demo's policy shape and rollout engine (64 slots, sequences up to 640 tokens).
 DEMO_CFG = tiny_config(
     vocab_size=1024,
@@ -62,6 +87,50 @@ DEMO_CFG = tiny_config(
 DEMO_MAX_SEQ, DEMO_SLOTS = 640, 64
 
 
+def _stats(xs) -> dict:
+    xs = [float(x) for x in xs]
+    return {"median": float(np.median(xs)), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def _fmt(st: dict, scale: float = 1.0, digits: int = 2) -> str:
+    return (
+        f"{st['median'] * scale:.{digits}f} "
+        f"({st['min'] * scale:.{digits}f}-{st['max'] * scale:.{digits}f})"
+    )
+
+
+def _machine() -> dict:
+    try:
+        cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if "Model name" in ln), ""
+        )
+    except OSError:
+        model = platform.processor()
+    import torch
+    import transformers
+
+    return {
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": transformers.__version__,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0]),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def _matmul_call():
+    """A zero-arg 1024^2 fp32 matmul (2 * 1024^3 FLOPs), compiled and warm."""
+    a = jax.random.normal(jax.random.key(0), (1024, 1024), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(f(a, a))
+    return lambda: jax.block_until_ready(f(a, a))
+
+
 def _engine(model, slots: int, prefix_cache: bool = True, max_seq: int = MAX_SEQ) -> Engine:
     eng = Engine(
         model,
@@ -69,7 +138,8 @@ def _engine(model, slots: int, prefix_cache: bool = True, max_seq: int = MAX_SEQ
             page_size=16,
             num_pages=slots * max_seq // 16 + 64,
             max_slots=slots,
-            prefill_chunk=128,
+            prefill_chunk=_CHUNK.value,
+            prefill_blocks=_BLOCKS.value,
             max_seq_len=max_seq,
             decode_steps=_STEPS.value,
             prefix_cache=prefix_cache,
@@ -79,34 +149,171 @@ def _engine(model, slots: int, prefix_cache: bool = True, max_seq: int = MAX_SEQ
     return eng
 
 
-def _prompts(batch: int, seed: int = 0) -> list[list[int]]:
+def _prompts(batch: int, seed: int = 0, vocab: int = CFG.vocab_size) -> list[list[int]]:
     rng = np.random.default_rng(seed)
-    return [list(map(int, rng.integers(0, CFG.vocab_size, _PROMPT.value))) for _ in range(batch)]
+    return [list(map(int, rng.integers(0, vocab, _PROMPT.value))) for _ in range(batch)]
 
 
-def _engine_decode(model, batch: int):
-    eng = _engine(model, batch)
-    params = SamplingParams(greedy=True, max_new_tokens=_NEW.value)
-    eng.generate_batch(_prompts(batch, seed=99), params)  # compile
-    eng.update_params(eng._state)
+def _greedy() -> SamplingParams:
+    return SamplingParams(greedy=True, max_new_tokens=_NEW.value)
+
+
+def _engine_run(eng: Engine, prompts) -> tuple[list, float]:
+    eng.update_params(eng._state)  # empty prefix cache: every prompt is prefilled
     eng.stats.clear()
     t0 = time.perf_counter()
-    res = eng.generate_batch(_prompts(batch), params)
-    total = time.perf_counter() - t0
+    res = eng.generate_batch(prompts, _greedy())
+    return res, time.perf_counter() - t0
+
+
+def _flops(jitted, *args) -> float:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def _time_calls(fn, reps: int) -> list[float]:
+    fn()  # compile / warm
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return ts
+
+
+def _phase_table(model, batch: int) -> dict:
+    """Prefill call, decode call and the dense loop's decode call: wall, FLOPs, peak fraction."""
+    eng = _engine(model, batch)
+    c = eng.config
+    j, u = c.prefill_blocks, c.prefill_chunk // c.prefill_blocks
+    k = c.decode_steps
+    context = _PROMPT.value + _NEW.value
+    steps = eng._steps
+    # Prefill: every block full of real tokens (the best case the packing can reach).
+    pw = next(w for w in eng.decode_widths if w * c.page_size >= u)  # the engine's width bucket
+    table_J = np.arange(1, 1 + j * pw, dtype=np.int32).reshape(j, pw)
+    tokens = np.ones((j, u), np.int32)
+    positions = np.broadcast_to(np.arange(u, dtype=np.int32), (j, u)).copy()
+    samp_J = (
+        np.zeros((j,), np.int32),
+        np.full((j,), u, np.int32),
+        np.ones((j,), np.float32),
+        np.ones((j,), np.float32),
+        np.zeros((j,), np.int32),
+        np.ones((j,), bool),
+        np.arange(j, dtype=np.int32),
+    )
+    last = np.arange(j, dtype=np.int32) * u + u - 1
+    pre_args = (eng._state, eng._k, eng._v, table_J, tokens, positions, tokens, last, samp_J)
+    pre_flops = _flops(steps.prefill, *pre_args)
+
+    def prefill():
+        out = steps.prefill(eng._state, eng._k, eng._v, *pre_args[3:])
+        *_, eng._k, eng._v = out
+        np.asarray(out[0])
+
+    # Decode: all slots at the middle of the run's context, the width bucket that holds it.
+    width = next(w for w in eng.decode_widths if w * c.page_size >= context)
+    table_B = (np.arange(batch * width, dtype=np.int32).reshape(batch, width) % 64) + 1
+    samp_B = (
+        np.zeros((batch,), np.int32),
+        np.ones((batch,), np.float32),
+        np.ones((batch,), np.float32),
+        np.zeros((batch,), np.int32),
+        np.ones((batch,), bool),
+    )
+    pos = np.full((batch,), context // 2, np.int32)
+    budget = np.full((batch,), k, np.int32)
+    stop = np.full((batch, c.max_stop_tokens), -1, np.int32)
+    dec_rest = (table_B, np.ones((batch,), np.int32), pos, samp_B, budget, stop)
+    # XLA's cost analysis counts a loop body once: K steps cost K times the scan body.
+    dec_flops = k * _flops(steps.decode, eng._state, eng._k, eng._v, *dec_rest)
+
+    def decode():
+        out = steps.decode(eng._state, eng._k, eng._v, *dec_rest)
+        *_, eng._k, eng._v = out
+        np.asarray(out[0])
+
+    dense_call, dense_flops = _dense_decode(model, batch, context, k)
+    reps = max(_REPS.value, 5)
+    matmul = _matmul_call()
+    t_pre, t_dec, t_dense, t_mm = [], [], [], []
+    for _ in range(reps):  # arms alternate rep by rep, the matmul peak among them
+        t_pre += _time_calls(prefill, 1)
+        t_dec += _time_calls(decode, 1)
+        t_dense += _time_calls(dense_call, 1)
+        t_mm += _time_calls(matmul, 3)
+    peak = 2 * 1024**3 / float(np.median(t_mm))
+    print(f"1024^2 fp32 matmul: {peak / 1e9:.0f} GFLOP/s (load {os.getloadavg()[0]:.1f})")
+    # Host time around the device calls of a real run.
+    res, total = _engine_run(eng, _prompts(batch))
     s = eng.stats
-    return res, total, s["decode_tokens"] / s["decode_time"], s["decode_time"] / s["decode_calls"]
+    rows = {
+        "prefill_call": {
+            "tokens": j * u,
+            "wall_s": _stats(t_pre),
+            "flops": pre_flops,
+            "host_s_per_call": (s["prefill_time"] - s["prefill_device_time"])
+            / max(s["prefill_calls"], 1),
+        },
+        f"decode_call_{k}_steps": {
+            "tokens": batch * k,
+            "wall_s": _stats(t_dec),
+            "flops": dec_flops,
+            "host_s_per_call": (s["decode_time"] - s["decode_device_time"])
+            / max(s["decode_calls"], 1),
+        },
+        f"dense_loop_decode_call_{k}_steps": {
+            "tokens": batch * k,
+            "wall_s": _stats(t_dense),
+            "flops": dense_flops,
+            "host_s_per_call": float("nan"),
+        },
+    }
+    for row in rows.values():
+        row["tokens_per_s"] = row["tokens"] / row["wall_s"]["median"]
+        row["fraction_of_matmul_peak"] = row["flops"] / row["wall_s"]["median"] / peak
+    real = s["prefill_tokens"]
+    run = {
+        "generate_batch_s": total,
+        "prefill_calls": s["prefill_calls"],
+        "prefill_padding_fraction": s["prefill_padding"] / max(s["prefill_padding"] + real, 1),
+        "prefill_s": s["prefill_time"],
+        "decode_calls": s["decode_calls"],
+        "decode_s": s["decode_time"],
+        "decode_ms_per_token_step": 1e3 * s["decode_time"] / max(s["decode_tokens"] / batch, 1),
+    }
+    print(f"\nphase table, batch {batch}, context {context}, {k} decode steps per call")
+    print(f"{'phase':<28} {'wall ms med (min-max)':>24} {'GFLOP':>7} {'% peak':>7} {'host ms':>8}")
+    for name, row in rows.items():
+        print(
+            f"{name:<28} {_fmt(row['wall_s'], 1e3):>24} {row['flops'] / 1e9:7.3f} "
+            f"{100 * row['fraction_of_matmul_peak']:6.1f}% {1e3 * row['host_s_per_call']:8.3f}"
+        )
+    print(
+        f"generate_batch({batch}) {total:.3f}s: prefill {run['prefill_s']:.3f}s in "
+        f"{run['prefill_calls']} calls ({100 * run['prefill_padding_fraction']:.0f}% padding), "
+        f"decode {run['decode_s']:.3f}s in {run['decode_calls']} calls"
+    )
+    paged_over_dense = (
+        rows[f"decode_call_{k}_steps"]["wall_s"]["median"]
+        / (rows[f"dense_loop_decode_call_{k}_steps"]["wall_s"]["median"])
+    )
+    print(f"paged / dense decode call time: {paged_over_dense:.2f}")
+    return {
+        "rows": rows,
+        "generate_run": run,
+        "paged_over_dense_decode_time": paged_over_dense,
+        "matmul_peak_flops": peak,
+    }
 
 
-def _dense_decode(model, batch: int, cache_len: int) -> float:
-    """Seconds per K-step decode call of a plain jitted dense-cache greedy loop (cache donated)."""
+def _dense_decode(model, batch: int, cache_len: int, k: int):
+    """(a zero-arg K-step decode call of a plain jitted dense-cache greedy loop, its FLOPs)."""
     graphdef, state = nnx.split(model)
-    k = _STEPS.value
-
-    @jax.jit
-    def prefill(state, tokens_BT, cache):
-        pos = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
-        logits, cache = nnx.merge(graphdef, state)(tokens_BT, pos, cache=cache)
-        return jnp.argmax(logits[:, -1], -1).astype(jnp.int32), cache
+    z_B, one_B = jnp.zeros((batch,), jnp.int32), jnp.ones((batch,), jnp.float32)
+    yes_B = jnp.ones((batch,), bool)
 
     @functools.partial(jax.jit, donate_argnums=(3,))
     def decode(state, tok_B, pos, cache):
@@ -114,26 +321,140 @@ def _dense_decode(model, batch: int, cache_len: int) -> float:
             tok_B, pos, cache = carry
             positions = jnp.full((tok_B.shape[0], 1), pos)
             logits, cache = nnx.merge(graphdef, state)(tok_B[:, None], positions, cache=cache)
-            nxt = jnp.argmax(logits[:, 0], -1).astype(jnp.int32)
+            # Same sampling as the engine (greedy with log-probs): only the cache differs.
+            nxt, _ = sample_tokens(logits[:, 0], z_B, pos + 1 + z_B, one_B, one_B, z_B, yes_B)
             return (nxt, pos + 1, cache), nxt
 
         (tok_B, pos, cache), toks = jax.lax.scan(body, (tok_B, pos, cache), None, length=k)
         return tok_B, pos, cache, toks
 
-    def run():
-        cache = DenseKVCache.zeros(CFG, batch, cache_len)
-        tok, cache = prefill(state, jnp.asarray(_prompts(batch)), cache)
-        pos = jnp.int32(_PROMPT.value)
-        jax.block_until_ready(tok)
-        t0 = time.perf_counter()
-        calls = -(-(_NEW.value - 1) // k)
-        for _ in range(calls):
-            tok, pos, cache, toks = decode(state, tok, pos, cache)
-            np.asarray(toks)  # the engine also reads tokens back every call
-        return (time.perf_counter() - t0) / calls
+    box = {"cache": DenseKVCache.zeros(CFG, batch, cache_len)}
+    tok, pos = jnp.ones((batch,), jnp.int32), jnp.int32(cache_len // 2)
+    flops = k * _flops(decode, state, tok, pos, box["cache"])  # a loop body counts once
 
-    run()
-    return run()
+    def call():
+        _, _, box["cache"], toks = decode(state, tok, pos, box["cache"])
+        np.asarray(toks)
+
+    return call, flops
+
+
+def _hf_model(model):
+    import torch
+    from transformers import Qwen3ForCausalLM
+
+    from cleaner_jax.models.hf_io import save_hf_checkpoint
+
+    with tempfile.TemporaryDirectory() as d:
+        save_hf_checkpoint(model, CFG, d)
+        return Qwen3ForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+
+
+def _compare_batch(model, hf, b: int) -> dict:
+    """Ours vs HF `generate` at batch `b`, arms alternating rep by rep."""
+    import torch
+
+    kw = dict(max_new_tokens=_NEW.value, min_new_tokens=_NEW.value, do_sample=False)
+    eng = _engine(model, b)
+    prompts = _prompts(b)
+    pt = torch.tensor(prompts)
+    times = {"ours": [], "hf": []}
+
+    def ours():
+        res, t = _engine_run(eng, prompts)
+        times["ours"].append(t)
+        return [r.tokens for r in res]
+
+    def theirs():
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            o = hf.generate(pt, attention_mask=torch.ones_like(pt), **kw)
+            times["hf"].append(time.perf_counter() - t0)
+        return o[:, _PROMPT.value :].tolist()
+
+    toks_ours, toks_hf = ours(), theirs()  # compile / warm both
+    same = sum(a == h for a, h in zip(toks_ours, toks_hf, strict=True))
+    times["ours"].clear()
+    times["hf"].clear()
+    for rep in range(_REPS.value):
+        for arm in (ours, theirs) if rep % 2 == 0 else (theirs, ours):
+            arm()
+    tps = {n: _stats([b * _NEW.value / t for t in ts]) for n, ts in times.items()}
+    ratio = _stats([h / o for o, h in zip(times["ours"], times["hf"], strict=True)])
+    load = os.getloadavg()
+    print(
+        f"batch {b:3d}: ours {_fmt(tps['ours'], 1, 0):>22} tok/s | "
+        f"HF {_fmt(tps['hf'], 1, 0):>22} tok/s | ours/HF {_fmt(ratio)} | "
+        f"identical {same}/{b} | load {load[0]:.1f}"
+    )
+    return {
+        "ours_tokens_per_s": tps["ours"],
+        "hf_tokens_per_s": tps["hf"],
+        "speedup_vs_hf": ratio,
+        "identical_rows": same,
+        "rows": b,
+        "loadavg": load,
+    }
+
+
+def _side_by_side(model, batches: list[int]) -> dict:
+    hf = _hf_model(model)
+    return {str(b): _compare_batch(model, hf, b) for b in batches}
+
+
+def _profile(model, batch: int, logdir: str) -> dict:
+    """Device op time per fusion kind and per op name over a few decode calls (profiler trace)."""
+    eng = _engine(model, batch)
+    prompts = _prompts(batch)
+    eng.generate_batch(prompts, _greedy())
+    eng.update_params(eng._state)
+    with jax.profiler.trace(logdir, create_perfetto_trace=True):
+        eng.generate_batch(prompts, _greedy())
+    calls = max(eng.stats["decode_calls"] // 2, 1)
+    trace = sorted(glob.glob(f"{logdir}/**/*.json.gz", recursive=True))[-1]
+    events = [e for e in json.load(gzip.open(trace))["traceEvents"] if e.get("ph") == "X"]
+    hlo = eng._steps.decode.lower(
+        eng._state,
+        eng._k,
+        eng._v,
+        np.zeros((batch, eng.decode_widths[0]), np.int32),
+        np.zeros((batch,), np.int32),
+        np.zeros((batch,), np.int32),
+        (
+            np.zeros((batch,), np.int32),
+            np.ones((batch,), np.float32),
+            np.ones((batch,), np.float32),
+            np.zeros((batch,), np.int32),
+            np.ones((batch,), bool),
+        ),
+        np.zeros((batch,), np.int32),
+        np.full((batch, eng.config.max_stop_tokens), -1, np.int32),
+    )
+    text = hlo.compile().as_text()
+    op_names = {
+        m.group(1): m.group(2).split("/")[-1]
+        for m in re.finditer(r"^\s*%?(\S+) = .*?op_name=\"([^\"]+)\"", text, re.M)
+    }
+    kinds, ops = collections.Counter(), collections.Counter()
+    for e in events:
+        name = e["name"]
+        if name.startswith(("$", "PjitFunction")) or " " in name or "::" in name:
+            continue
+        kinds[re.sub(r"[.\d]+$", "", name)] += e["dur"]
+        ops[op_names.get(name, name)] += e["dur"]
+    total = sum(kinds.values())
+    print(
+        f"\nprofile ({logdir}): device op time of one generate_batch({batch}), {total / 1e3:.1f} ms"
+    )
+    for label, counter in (("fusion kind", kinds), ("op", ops)):
+        for name, us in counter.most_common(8):
+            print(f"  {label:<12} {name:<40} {us / 1e3:8.2f} ms {100 * us / total:5.1f}%")
+    return {
+        "total_device_ms": total / 1e3,
+        "by_kind_ms": {k: v / 1e3 for k, v in kinds.most_common(15)},
+        "by_op_ms": {k: v / 1e3 for k, v in ops.most_common(15)},
+        "decode_calls": calls,
+    }
 
 
 def _demo_decode_ms(prompt_len: int, new_tokens: int) -> float:
@@ -151,30 +472,8 @@ def _demo_decode_ms(prompt_len: int, new_tokens: int) -> float:
     return 1e3 * eng.stats["decode_time"] / eng.stats["decode_calls"]
 
 
-def _hf_generate(model, results) -> float | None:
-    import torch
-    from transformers import Qwen3ForCausalLM
-
-    from cleaner_jax.models.hf_io import save_hf_checkpoint
-
-    with tempfile.TemporaryDirectory() as d:
-        save_hf_checkpoint(model, CFG, d)
-        hf = Qwen3ForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
-    prompts = torch.tensor(_prompts(32))
-    kw = dict(max_new_tokens=_NEW.value, min_new_tokens=_NEW.value, do_sample=False)
-    with torch.no_grad():
-        hf.generate(prompts[:2], max_new_tokens=4, do_sample=False)
-        t0 = time.perf_counter()
-        out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), **kw)
-        elapsed = time.perf_counter() - t0
-    hf_tokens = out[:, _PROMPT.value :].tolist()
-    same = sum(h == r.tokens for h, r in zip(hf_tokens, results, strict=True))
-    print(f"HF generate tokens identical to ours for {same}/32 rows")
-    return elapsed
-
-
 def _multiturn(model, prefix_cache: bool):
-    eng = _engine(model, 16, prefix_cache)
+    eng = _engine(model, 16, prefix_cache, max_seq=512)
     rng = np.random.default_rng(1)
     sessions = [
         (
@@ -214,63 +513,42 @@ def main(argv):
     del argv
     model = Qwen(CFG, rngs=nnx.Rngs(0))
     out: dict = {
+        "machine": _machine(),
         "config": {
             "model": CFG.__dict__,
             "max_seq_len": MAX_SEQ,
             "page_size": 16,
             "decode_steps": _STEPS.value,
+            "prefill_chunk": _CHUNK.value,
+            "prefill_blocks": _BLOCKS.value,
             "prompt_len": _PROMPT.value,
             "new_tokens": _NEW.value,
-            "device": str(jax.devices()[0]),
-        }
+            "reps": _REPS.value,
+        },
     }
-    tps, per_call, e2e, res32 = {}, {}, {}, None
-    for b in (1, 8, 32):
-        res, total, tok_s, call_s = _engine_decode(model, b)
-        tps[str(b)], per_call[b], e2e[b] = tok_s, call_s, total
-        res32 = res if b == 32 else res32
-        print(f"engine batch {b:2d}: {tok_s:9.1f} decode tok/s, end-to-end {total:.2f}s")
-    out["decode_tokens_per_s"] = tps
-    dense_call = _dense_decode(model, 32, MAX_SEQ)
-    dense_tight = _dense_decode(model, 32, _PROMPT.value + _NEW.value)
-    out["paged_over_dense_time"] = per_call[32] / dense_call
-    out["paged_over_dense_time_tight_cache"] = per_call[32] / dense_tight
-    out["decode_ms_per_call_batch32"] = {
-        "paged": per_call[32] * 1e3,
-        "dense_max_seq_cache": dense_call * 1e3,
-        "dense_tight_cache": dense_tight * 1e3,
-    }
-    print(
-        f"batch 32, ms per {_STEPS.value}-step decode call: paged {per_call[32] * 1e3:.1f}, "
-        f"dense {MAX_SEQ}-cache {dense_call * 1e3:.1f}, dense tight cache {dense_tight * 1e3:.1f}"
-    )
+    m = out["machine"]
+    print(f"{m['cpu_model']}, {m['cpu_count']} cores, jax {m['jax']}, torch {m['torch']}")
+    out["phases"] = _phase_table(model, _PHASE_BATCH.value)
     if not _SKIP_HF.value:
-        hf_s = _hf_generate(model, res32)
-        out["hf_generate_seconds_batch32"] = hf_s
-        out["engine_generate_seconds_batch32"] = e2e[32]
-        out["decode_speedup_vs_hf_generate"] = hf_s / e2e[32]
-    t_cache, ratio = _multiturn(model, True)
-    t_nocache, ratio_nocache = _multiturn(model, False)
-    out["multiturn_prefill_tokens_over_new_tokens"] = ratio
-    out["multiturn_prefill_tokens_over_new_tokens_no_cache"] = ratio_nocache
-    out["multiturn_speedup_vs_no_prefix_cache"] = t_nocache / t_cache
-    demo = {f"prompt{p}_new{n}": _demo_decode_ms(p, n) for p, n in ((64, 64), (512, 64), (64, 576))}
-    out["demo_model_decode_ms_per_step_batch64"] = demo
-    gpu = any(d.platform == "gpu" for d in jax.devices())
-    out["gpu_batch1_roofline_fraction"] = "not measured (no GPU)" if not gpu else None
-    rows = [
-        ("decode tok/s batch 1 / 8 / 32", " / ".join(f"{tps[k]:.0f}" for k in ("1", "8", "32"))),
-        ("decode speedup vs HF generate (b32)", out.get("decode_speedup_vs_hf_generate")),
-        ("paged / dense decode time (b32)", out["paged_over_dense_time"]),
-        ("  same vs dense tight cache", out["paged_over_dense_time_tight_cache"]),
-        ("multiturn prefill / new tokens", ratio),
-        ("  same without prefix cache", ratio_nocache),
-        ("multiturn speedup vs no prefix cache", out["multiturn_speedup_vs_no_prefix_cache"]),
-        ("gpu_batch1_roofline_fraction", out["gpu_batch1_roofline_fraction"]),
-    ] + [(f"demo model b64 decode ms/step {k}", v) for k, v in demo.items()]
-    print(f"\n{'metric':<40} value")
-    for name, val in rows:
-        print(f"{name:<40} {val:.3f}" if isinstance(val, float) else f"{name:<40} {val}")
+        print(f"\nend to end vs HF generate, {_PROMPT.value} + {_NEW.value} tokens, greedy")
+        out["vs_hf_generate"] = _side_by_side(model, [int(b) for b in _BATCHES.value])
+    if _PROFILE.value:
+        out["profile"] = _profile(model, _PHASE_BATCH.value, _PROFILE.value)
+    if _EXTRAS.value:
+        t_cache, ratio = _multiturn(model, True)
+        t_nocache, ratio_nocache = _multiturn(model, False)
+        out["multiturn_prefill_tokens_over_new_tokens"] = ratio
+        out["multiturn_prefill_tokens_over_new_tokens_no_cache"] = ratio_nocache
+        out["multiturn_speedup_vs_no_prefix_cache"] = t_nocache / t_cache
+        demo = {
+            f"prompt{p}_new{n}": _demo_decode_ms(p, n) for p, n in ((64, 64), (512, 64), (64, 576))
+        }
+        out["demo_model_decode_ms_per_call_batch64"] = demo
+        print(f"\nmultiturn prefill / new tokens {ratio:.3f} (no prefix cache {ratio_nocache:.3f})")
+        speedup = out["multiturn_speedup_vs_no_prefix_cache"]
+        print(f"multiturn speedup vs no prefix cache {speedup:.2f}")
+        print(f"demo model b64 decode ms per call {demo}")
+    out["machine"]["loadavg_end"] = os.getloadavg()
     with open(_OUT.value, "w") as f:
         json.dump(out, f, indent=1, default=str)
     print(f"wrote {_OUT.value}")

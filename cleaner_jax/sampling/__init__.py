@@ -22,6 +22,7 @@ from cleaner_jax.sampling.engine import (
 )
 from cleaner_jax.sampling.page_allocator import NULL_PAGE, OutOfPagesError, PageAllocator
 from cleaner_jax.sampling.paged_cache import (
+    DecodeViewCache,
     PagedKVCache,
     bytes_per_page,
     num_pages_from_memory,
@@ -32,6 +33,7 @@ from cleaner_jax.sampling.token_sampling import sample_tokens, truncation_mask
 
 __all__ = [
     "ATTENTION_IMPLS",
+    "DecodeViewCache",
     "NULL_PAGE",
     "Engine",
     "EngineConfig",

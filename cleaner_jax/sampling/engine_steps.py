@@ -1,8 +1,8 @@
 """The engine's jitted device programs: packed chunked prefill, multi-step decode, page copy.
 
 Shapes are fixed by the engine config (prefill blocks J x U, slots B, decode steps K) except the
-decode page-table width M, which the engine takes from a few buckets; so each program compiles
-once per variant. `trace_counts` counts traces per variant ("prefill", "decode/M=8", "copy"): a
+page-table width M, which the engine takes from a few buckets; so each program compiles
+once per variant. `trace_counts` counts traces per variant ("prefill/M=8", "decode/M=8", "copy"): a
 count above 1 is an unexpected recompile, which tests check. The page pool (L-tuples of K and V
 page arrays, layout per the attention impl, see `paged_cache.py`) is donated to every call and
 updated in place.
@@ -13,8 +13,17 @@ consecutive blocks, padding only in its last block). The model runs on `[J, U]` 
 page table repeated per block, so attention costs C x (its row's keys), with no cross-row mask;
 the projections and MLP cost C tokens whatever the mix of sequences.
 
+Decode runs K steps per call (`lax.scan`) with the stop conditions on device: each slot carries
+its remaining token budget and its stop tokens; a slot that emits a stop token or spends its
+budget writes nothing more and emits -1 for the rest of the call, so the host syncs once per call,
+not per token. On the "jnp" (CPU) path the call gathers each slot's pages once into a contiguous
+view (`paged_cache.DecodeViewCache`), runs its K steps on the view and writes the new positions
+back to the pool; a per-step page gather and key transpose cost more than the step's matmuls
+there (profile: 6.4 of ~11 ms per step at batch 32). The kernel paths read the pool directly.
+
 Letters: L layers, P pages, S tokens per page, M pages per row, B slots, J prefill blocks (also
-the most rows one prefill packs), U tokens per block, C = J * U, K decode steps per call, V vocab.
+the most rows one prefill packs), U tokens per block, C = J * U, K decode steps per call, V vocab,
+X stop tokens per slot.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cleaner_jax.sampling.paged_cache import PagedKVCache, copy_page
+from cleaner_jax.sampling.attention_kernels import KERNEL_IMPLS
+from cleaner_jax.sampling.paged_cache import DecodeViewCache, PagedKVCache, copy_page
 from cleaner_jax.sampling.token_sampling import sample_tokens
 
 
@@ -34,13 +44,20 @@ class EngineSteps:
     """Jitted prefill / decode / copy for one model graph (weights passed per call).
 
     `impl` is the resolved attention implementation of the pool ("jnp", "pallas_gpu",
-    "pallas_tpu"); `interpret` runs its kernel in Pallas interpret mode (CPU tests)."""
+    "pallas_tpu"); `interpret` runs its kernel in Pallas interpret mode (CPU tests);
+    `decode_view` (jnp only) decodes over a per-call contiguous view of the slots' pages."""
 
     def __init__(
-        self, graphdef: Any, decode_steps: int, impl: str = "jnp", interpret: bool = False
+        self,
+        graphdef: Any,
+        decode_steps: int,
+        impl: str = "jnp",
+        interpret: bool = False,
+        decode_view: bool = True,
     ):
         self.graphdef = graphdef
         self.decode_steps = decode_steps
+        self.decode_view = decode_view and impl not in KERNEL_IMPLS
         self.impl, self.interpret = impl, interpret
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self.prefill = jax.jit(self._prefill, donate_argnums=(1, 2))
@@ -74,7 +91,7 @@ class EngineSteps:
         of a block use its row's temperature (score passes 1.0 or the sampling temperature the
         trainer's ratio needs) via `block_row_J`, the last entry of `sampling`.
         """
-        self.trace_counts["prefill"] += 1
+        self.trace_counts[f"prefill/M={table_JM.shape[1]}"] += 1
         model = nnx.merge(self.graphdef, state)
         cache = self._cache(k_pages, v_pages, table_JM)
         logits_JUV, cache = model(tokens_JU, positions_JU, cache=cache)
@@ -89,28 +106,60 @@ class EngineSteps:
         )
         return token_J, lp_J, target_lp_JU.reshape(j * u), cache.k_pages, cache.v_pages
 
-    def _decode(self, state, k_pages, v_pages, table_BM, tokens_B, positions_B, sampling):
-        """K decode steps for all slots; inactive slots have position -1 and write nothing.
+    def _decode(
+        self,
+        state,
+        k_pages,
+        v_pages,
+        table_BM,
+        tokens_B,
+        positions_B,
+        sampling,
+        budget_B=None,
+        stop_BX=None,
+    ):
+        """Up to K decode steps for all slots; inactive slots have position -1 and write nothing.
 
-        Returns tokens [K, B], log-probs [K, B], and the pool. A slot that finishes early keeps
-        writing K/V past its end; the host discards those tokens and never reads those positions.
+        `budget_B`: tokens slot b may still emit (default K); `stop_BX`: its stop token ids
+        (padded with -1). A slot stops on device after its budget or at a stop token (which is
+        emitted): from the next step on it writes no K/V, attends nothing and emits -1, so the
+        host reads each call's tokens once. Returns tokens [K, B] (-1: not emitted), their
+        log-probs [K, B], and the pool. The "jnp" path decodes over a contiguous view of the
+        rows' pages gathered once per call (`DecodeViewCache`) and writes the new positions
+        back at the end; the kernel paths attend over the pool directly.
         """
         self.trace_counts[f"decode/M={table_BM.shape[1]}"] += 1
         model = nnx.merge(self.graphdef, state)
         seeds_B, temperature_B, top_p_B, top_k_B, greedy_B = sampling
-        active_B = positions_B >= 0
+        if budget_B is None:
+            budget_B = jnp.full(positions_B.shape, self.decode_steps, jnp.int32)
+        if stop_BX is None:
+            stop_BX = jnp.full((positions_B.shape[0], 1), -1, jnp.int32)
+        use_view = self.decode_view
+        cache0 = (
+            DecodeViewCache.gather(k_pages, v_pages, table_BM)
+            if use_view
+            else self._cache(k_pages, v_pages, table_BM)
+        )
 
         def one_step(carry, _):
-            k, v, tok_B, pos_B = carry
-            cache = self._cache(k, v, table_BM)
+            cache, tok_B, pos_B, left_B = carry
             logits_B1V, cache = model(tok_B[:, None], pos_B[:, None], cache=cache)
             new_B, lp_B = sample_tokens(
                 logits_B1V[:, 0], seeds_B, pos_B + 1, temperature_B, top_p_B, top_k_B, greedy_B
             )
-            next_pos_B = jnp.where(active_B, pos_B + 1, -1)
-            return (cache.k_pages, cache.v_pages, new_B, next_pos_B), (new_B, lp_B)
+            emitted_B = pos_B >= 0
+            left_B = left_B - 1
+            done_B = (left_B <= 0) | jnp.any(new_B[:, None] == stop_BX, axis=1)
+            next_pos_B = jnp.where(emitted_B & ~done_B, pos_B + 1, -1)
+            out_B = jnp.where(emitted_B, new_B, -1)
+            return (cache, new_B, next_pos_B, left_B), (out_B, lp_B, pos_B)
 
-        (k_pages, v_pages, _, _), (tokens_KB, lps_KB) = jax.lax.scan(
-            one_step, (k_pages, v_pages, tokens_B, positions_B), None, length=self.decode_steps
+        (cache, _, _, _), (tokens_KB, lps_KB, written_KB) = jax.lax.scan(
+            one_step, (cache0, tokens_B, positions_B, budget_B), None, length=self.decode_steps
         )
+        if use_view:
+            k_pages, v_pages = cache.write_back(k_pages, v_pages, table_BM, written_KB.T)
+        else:
+            k_pages, v_pages = cache.k_pages, cache.v_pages
         return tokens_KB, lps_KB, k_pages, v_pages

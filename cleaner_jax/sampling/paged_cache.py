@@ -12,6 +12,11 @@ the attention implementation (`PagedKVCache.impl`, see `attention_kernels.py`):
 - "pallas_gpu" / "pallas_tpu": K and V pages both `[K, P, S, H]`, what the Pallas paged-attention
   kernels read. Decode (T == 1) runs the kernel; prefill chunks (T > 1) run the jnp gather in
   this layout, since those kernels take one query per row.
+- multi-step decode on the "jnp" path: `DecodeViewCache`, each row's pages gathered once per
+  call into contiguous keys `[K, B, H, T]` / values `[K, B, T, H]` (T = M * S), the call's steps
+  run on that view, then the new positions are written back to the pool. Per step, the gathered
+  `[B, M, H, S]` keys above are still copied to `[B, H, M * S]` for the matmul (profiled); the
+  view pays that once per call.
 `PagedKVCache.update_and_attend` is what the model calls per layer: it writes each token's K/V at
 `(table[row, pos // S], pos % S)` (position -1 = padding, not written) and attends over the row's
 pages masked `key_pos <= query_pos`, which gives exactly the dense cache's semantics
@@ -45,6 +50,37 @@ from cleaner_jax.sampling.attention_kernels import (
 _NEG_INF = -1e30
 
 
+def _grouped_attention(q_BTNH, keys, values_BSH, positions_BT, spec):
+    """Causal GQA attention over per-kv-head gathered keys/values (float32 logits and softmax).
+
+    `keys[j]` is kv head j's keys `[B, M, H, S]` (spec "bqh,bmhs->bqms") or `[B, M, S, H]`
+    ("bqh,bmsh->bqms"), `values_BSH[j]` its values `[B, M * S, H]`; key s is visible to a query at
+    position p iff s <= p. A query with no visible key (padding, p = -1) gets zeros."""
+    b, t, n, h = q_BTNH.shape
+    kh = len(keys)
+    ms = values_BSH[0].shape[1]
+    g = n // kh
+    mask_BTS = jnp.arange(ms)[None, None, :] <= positions_BT[:, :, None]
+    # Queries of one kv head grouped as Q = (t, g) so one batched matmul serves the whole group.
+    mask_BQS = jnp.repeat(mask_BTS, g, axis=1)
+    q_BTKGH = q_BTNH.reshape(b, t, kh, g, h)
+    out_KBTGH = []
+    for j in range(kh):
+        q_BQH = q_BTKGH[:, :, j].reshape(b, t * g, h)
+        logits_BQMS = jnp.einsum(spec, q_BQH, keys[j], preferred_element_type=jnp.float32)
+        logits_BQS = logits_BQMS.reshape(b, t * g, ms) * (h**-0.5)
+        logits_BQS = jnp.where(mask_BQS, logits_BQS, _NEG_INF)
+        probs_BQS = jax.nn.softmax(logits_BQS, axis=-1)
+        probs_BQS = jnp.where(mask_BQS, probs_BQS, 0.0)
+        v_BSH = values_BSH[j]
+        out_BQH = jnp.einsum(
+            "bqs,bsh->bqh", probs_BQS.astype(v_BSH.dtype), v_BSH, preferred_element_type=jnp.float32
+        )
+        out_KBTGH.append(out_BQH.reshape(b, t, g, h))
+    out_BTNH = jnp.stack(out_KBTGH, axis=2).reshape(b, t, n, h)
+    return out_BTNH.astype(q_BTNH.dtype)
+
+
 def paged_attention(
     q_BTNH: jax.Array,
     k_pages: jax.Array,
@@ -59,31 +95,38 @@ def paged_attention(
     `k_pages` is `[K, P, H, S]` if `keys_hs` (the "jnp" layout), else `[K, P, S, H]`.
     float32 logits and softmax; a query with no visible key (padding) gets zeros.
     """
-    b, t, n, h = q_BTNH.shape
-    kh, _, s, _ = v_KPSH.shape
+    b = q_BTNH.shape[0]
+    kh, _, s, h = v_KPSH.shape
     m = page_table_BM.shape[1]
-    g = n // kh
-    mask_BTS = jnp.arange(m * s)[None, None, :] <= positions_BT[:, :, None]
-    # Queries of one kv head grouped as Q = (t, g) so one batched matmul serves the whole group.
-    mask_BQS = jnp.repeat(mask_BTS, g, axis=1)
-    q_BTKGH = q_BTNH.reshape(b, t, kh, g, h)
+    keys = [k_pages[j][page_table_BM] for j in range(kh)]
+    values = [v_KPSH[j][page_table_BM].reshape(b, m * s, h) for j in range(kh)]
     spec = "bqh,bmhs->bqms" if keys_hs else "bqh,bmsh->bqms"
-    out_KBTGH = []
-    for j in range(kh):
-        k_BMxx = k_pages[j][page_table_BM]
-        v_BSH = v_KPSH[j][page_table_BM].reshape(b, m * s, h)
-        q_BQH = q_BTKGH[:, :, j].reshape(b, t * g, h)
-        logits_BQMS = jnp.einsum(spec, q_BQH, k_BMxx, preferred_element_type=jnp.float32)
-        logits_BQS = logits_BQMS.reshape(b, t * g, m * s) * (h**-0.5)
-        logits_BQS = jnp.where(mask_BQS, logits_BQS, _NEG_INF)
-        probs_BQS = jax.nn.softmax(logits_BQS, axis=-1)
-        probs_BQS = jnp.where(mask_BQS, probs_BQS, 0.0)
-        out_BQH = jnp.einsum(
-            "bqs,bsh->bqh", probs_BQS.astype(v_BSH.dtype), v_BSH, preferred_element_type=jnp.float32
+    return _grouped_attention(q_BTNH, keys, values, positions_BT, spec)
+
+
+def _write_index(page_table_BM, positions_BT, num_pages, page_size):
+    """(page [B, T], offset [B, T]) where each token's K/V goes; padding (position -1) and
+    positions past the table get page `num_pages` (out of bounds: a `mode="drop"` scatter skips
+    them)."""
+    m = page_table_BM.shape[1]
+    valid_BT = (positions_BT >= 0) & (positions_BT < m * page_size)
+    pos_BT = jnp.clip(positions_BT, 0, m * page_size - 1)
+    page_BT = jnp.take_along_axis(page_table_BM, pos_BT // page_size, axis=1)
+    return jnp.where(valid_BT, page_BT, num_pages), pos_BT % page_size
+
+
+def _write_pages(k_pages, v_KPSH, page_BT, off_BT, k_BTKH, v_BTKH, keys_hs: bool):
+    """Scatter tokens' K/V into one layer's pages at (page, offset); out-of-bounds pages drop."""
+    # Non-adjacent index arrays put their [B, T] dims first: the update is [B, T, K, H].
+    if keys_hs:
+        k_pages = k_pages.at[:, page_BT, :, off_BT].set(k_BTKH.astype(k_pages.dtype), mode="drop")
+    else:
+        k_pages = k_pages.at[:, page_BT, off_BT].set(
+            k_BTKH.transpose(2, 0, 1, 3).astype(k_pages.dtype), mode="drop"
         )
-        out_KBTGH.append(out_BQH.reshape(b, t, g, h))
-    out_BTNH = jnp.stack(out_KBTGH, axis=2).reshape(b, t, n, h)
-    return out_BTNH.astype(q_BTNH.dtype)
+    v_KBTH = v_BTKH.transpose(2, 0, 1, 3)
+    v_KPSH = v_KPSH.at[:, page_BT, off_BT].set(v_KBTH.astype(v_KPSH.dtype), mode="drop")
+    return k_pages, v_KPSH
 
 
 @struct.dataclass
@@ -121,23 +164,10 @@ class PagedKVCache:
         k_pages, v_KPSH = self.k_pages[layer], self.v_pages[layer]
         p, s = v_KPSH.shape[1:3]
         m = self.page_table_BM.shape[1]
-        valid_BT = (positions_BT >= 0) & (positions_BT < m * s)
-        pos_BT = jnp.clip(positions_BT, 0, m * s - 1)
-        page_BT = jnp.take_along_axis(self.page_table_BM, pos_BT // s, axis=1)
-        # Out-of-bounds page index: the scatter drops padding tokens.
-        page_BT = jnp.where(valid_BT, page_BT, p)
-        off_BT = pos_BT % s
-        # Non-adjacent index arrays put their [B, T] dims first: the update is [B, T, K, H].
-        v_KBTH = v_BTKH.transpose(2, 0, 1, 3)
-        if self.impl == "jnp":
-            k_pages = k_pages.at[:, page_BT, :, off_BT].set(
-                k_BTKH.astype(k_pages.dtype), mode="drop"
-            )
-        else:
-            k_pages = k_pages.at[:, page_BT, off_BT].set(
-                k_BTKH.transpose(2, 0, 1, 3).astype(k_pages.dtype), mode="drop"
-            )
-        v_KPSH = v_KPSH.at[:, page_BT, off_BT].set(v_KBTH.astype(v_KPSH.dtype), mode="drop")
+        page_BT, off_BT = _write_index(self.page_table_BM, positions_BT, p, s)
+        k_pages, v_KPSH = _write_pages(
+            k_pages, v_KPSH, page_BT, off_BT, k_BTKH, v_BTKH, keys_hs=self.impl == "jnp"
+        )
         if self.impl in KERNEL_IMPLS and q_BTNH.shape[1] == 1:
             # Keys at positions <= pos are visible: length pos + 1 (0 for padding), capped at
             # the table like the jnp mask.
@@ -164,6 +194,82 @@ class PagedKVCache:
         k_all = self.k_pages[:layer] + (k_pages,) + self.k_pages[layer + 1 :]
         v_all = self.v_pages[:layer] + (v_KPSH,) + self.v_pages[layer + 1 :]
         return out_BTNH, self.replace(k_pages=k_all, v_pages=v_all)
+
+
+@struct.dataclass
+class DecodeViewCache:
+    """A contiguous copy of the rows' pages for one multi-step decode call on the "jnp" path.
+
+    `gather` copies each row's pages out of the pool once per call into per-layer views, keys
+    `[K, B, H, T]` and values `[K, B, T, H]` (T = M * S: what XLA's CPU batched matmuls read
+    without a copy); each decode step then writes its token into the view and attends over it
+    with one batched matmul per layer for all kv heads. That is the paged attention without the
+    per-step gather and key transpose, which were most of a CPU decode step. `write_back` scatters
+    the positions written during the call into the pool. The view costs a dense cache's bytes at
+    the call's table width."""
+
+    k_views: tuple[jax.Array, ...]
+    v_views: tuple[jax.Array, ...]
+
+    @classmethod
+    def gather(cls, k_pages, v_pages, page_table_BM) -> DecodeViewCache:
+        """Views of the rows' pages; keys from the "jnp" layout `[K, P, H, S]`."""
+        b, m = page_table_BM.shape
+        kh, _, h, s = k_pages[0].shape
+        k_views = tuple(
+            k[:, page_table_BM].transpose(0, 1, 3, 2, 4).reshape(kh, b, h, m * s) for k in k_pages
+        )
+        v_views = tuple(v[:, page_table_BM].reshape(kh, b, m * s, h) for v in v_pages)
+        return cls(k_views, v_views)
+
+    @staticmethod
+    def _index(positions_BT, length):
+        rows_BT = jnp.broadcast_to(jnp.arange(positions_BT.shape[0])[:, None], positions_BT.shape)
+        valid_BT = (positions_BT >= 0) & (positions_BT < length)
+        return rows_BT, jnp.where(valid_BT, positions_BT, length)
+
+    def update_and_attend(self, layer, q_BTNH, k_BTKH, v_BTKH, positions_BT):
+        k_KBHT, v_KBTH = self.k_views[layer], self.v_views[layer]
+        kh, b, length, h = v_KBTH.shape
+        rows_BT, pos_BT = self._index(positions_BT, length)
+        # Non-adjacent index arrays put their [B, T] dims first: the key update is [B, T, K, H].
+        k_KBHT = k_KBHT.at[:, rows_BT, :, pos_BT].set(k_BTKH.astype(k_KBHT.dtype), mode="drop")
+        v_KBTH = v_KBTH.at[:, rows_BT, pos_BT].set(
+            v_BTKH.transpose(2, 0, 1, 3).astype(v_KBTH.dtype), mode="drop"
+        )
+        _, t, n, _ = q_BTNH.shape
+        g = n // kh
+        q_KBQH = q_BTNH.reshape(b, t, kh, g, h).transpose(2, 0, 1, 3, 4).reshape(kh, b, t * g, h)
+        mask_BQS = jnp.repeat(jnp.arange(length)[None, None, :] <= positions_BT[:, :, None], g, 1)
+        logits_KBQS = jnp.einsum(
+            "kbqh,kbhs->kbqs", q_KBQH, k_KBHT, preferred_element_type=jnp.float32
+        ) * (h**-0.5)
+        logits_KBQS = jnp.where(mask_BQS, logits_KBQS, _NEG_INF)
+        probs_KBQS = jnp.where(mask_BQS, jax.nn.softmax(logits_KBQS, axis=-1), 0.0)
+        out_KBQH = jnp.einsum(
+            "kbqs,kbsh->kbqh",
+            probs_KBQS.astype(v_KBTH.dtype),
+            v_KBTH,
+            preferred_element_type=jnp.float32,
+        )
+        out_BTNH = out_KBQH.reshape(kh, b, t, g, h).transpose(1, 2, 0, 3, 4).reshape(b, t, n, h)
+        k_all = self.k_views[:layer] + (k_KBHT,) + self.k_views[layer + 1 :]
+        v_all = self.v_views[:layer] + (v_KBTH,) + self.v_views[layer + 1 :]
+        return out_BTNH.astype(q_BTNH.dtype), self.replace(k_views=k_all, v_views=v_all)
+
+    def write_back(self, k_pages, v_pages, page_table_BM, positions_BT):
+        """The pool with the view's tokens at `positions_BT` (-1: none) written into it."""
+        rows_BT, vpos_BT = self._index(positions_BT, self.v_views[0].shape[2])
+        p, s = v_pages[0].shape[1:3]
+        page_BT, off_BT = _write_index(page_table_BM, positions_BT, p, s)
+        k_out, v_out = [], []
+        for k, v, kv, vv in zip(k_pages, v_pages, self.k_views, self.v_views, strict=True):
+            k_BTKH = kv.at[:, rows_BT, :, vpos_BT].get(mode="fill", fill_value=0)
+            v_KBTH = vv.at[:, rows_BT, vpos_BT].get(mode="fill", fill_value=0)
+            k, v = _write_pages(k, v, page_BT, off_BT, k_BTKH, v_KBTH.transpose(1, 2, 0, 3), True)
+            k_out.append(k)
+            v_out.append(v)
+        return tuple(k_out), tuple(v_out)
 
 
 def copy_page(k_pages, v_pages, src: jax.Array, dst: jax.Array):

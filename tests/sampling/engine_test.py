@@ -22,6 +22,7 @@ ECFG = EngineConfig(
     num_pages=200,
     max_slots=8,
     prefill_chunk=8,
+    prefill_blocks=4,
     max_seq_len=64,
     decode_steps=2,
     decode_width_buckets=2,
@@ -133,9 +134,9 @@ async def _session(engine, seed):
 def test_64_concurrent_multiturn_sessions_equal_one_by_one(engine):
     engine.warmup()
     traces = engine.trace_counts
-    # One compile per program variant; decode has one per page-table width bucket.
+    # One compile per program variant; prefill and decode have one per page-table width bucket.
     assert engine.decode_widths == [8, 16]
-    want = {"prefill", "copy", *(f"decode/M={w}" for w in engine.decode_widths)}
+    want = {"copy", *(f"{p}/M={w}" for w in engine.decode_widths for p in ("prefill", "decode"))}
     assert set(traces) == want and all(n == 1 for n in traces.values()), traces
 
     async def all_sessions():
