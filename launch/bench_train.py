@@ -8,18 +8,29 @@ r"""Trainer benchmarks, side by side in one run (prints a table, writes JSON).
 2. Old-log-prob recompute for one GRPO group (G=16, prompt 512, response 256): prefix-shared
    forward (prompt once, KV cache read by all 16 responses) vs the naive packed forward of 16
    full sequences (`prefix_recompute_time_ratio`, target <= 0.6).
-Warm-up (compilation) is excluded; the two arms of each comparison alternate rep by rep.
+3. A phase table of our train step (`Updater.step`, one micro-batch: gradient and AdamW update in
+   one program): host time to build the device arrays, host time of the dispatch, the device
+   call to ready, the metrics' one transfer to the host; and, alone, the gradient program
+   (`_grad_step`) and the optimizer program (`_apply`). Each with FLOPs from XLA's compiled
+   cost analysis and the fraction of a matmul peak (a 1024^2 float32 matmul) timed in the same
+   loop.
+Warm-up (compilation) is excluded; the arms of each comparison (and the phases) alternate rep by
+rep. Tables print the median and min-max; the JSON holds every rep, the machine (CPU model,
+cores, jax/torch versions) and the load average before and after.
 """
 
 import json
 import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -28,10 +39,17 @@ from cleaner_jax.models import testing  # noqa: E402
 from cleaner_jax.models.config import tiny_config  # noqa: E402
 from cleaner_jax.rl.logprobs import packed_logprobs, prefix_shared_logprobs  # noqa: E402
 from cleaner_jax.rl.packing import TrainSample, pack  # noqa: E402
-from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer  # noqa: E402
+from cleaner_jax.rl.update import (  # noqa: E402
+    LossConfig,
+    OptimConfig,
+    Updater,
+    _grad_step,
+    _token_count,
+    make_optimizer,
+)
 
 _OUT = flags.DEFINE_string("out", "/tmp/bench_train.json", "JSON output path")
-_REPS = flags.DEFINE_integer("reps", 3, "timed repetitions per arm")
+_REPS = flags.DEFINE_integer("reps", 5, "timed repetitions per arm (>= 5 for the reported median)")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "skip the HF torch arm")
 
 
@@ -57,7 +75,33 @@ def _timed(fn, reps):
     return out
 
 
-def _train_arms(reps):
+def _alternate(arms, reps):
+    """Seconds per rep of each arm, the arms run in turn within each rep (after one warm-up)."""
+    for fn in arms.values():
+        fn()
+    times = {n: [] for n in arms}
+    for _ in range(reps):
+        for n, fn in arms.items():
+            times[n] += _timed(fn, 1)
+    return times
+
+
+def _summary(seconds):
+    return {
+        "median_s": statistics.median(seconds),
+        "min_s": min(seconds),
+        "max_s": max(seconds),
+        "reps_s": seconds,
+    }
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def _train_setup():
     cfg = _cfg()
     rng = np.random.default_rng(0)
     batch, seq = 8, 256
@@ -71,6 +115,11 @@ def _train_arms(reps):
         make_optimizer(OptimConfig(learning_rate=1e-4, warmup_steps=1)),
         LossConfig(kind="sft"),
     )
+    return cfg, tokens, packed, graphdef, state, updater, batch * seq
+
+
+def _train_arms(reps):
+    cfg, tokens, packed, _, state, updater, num_tokens = _train_setup()
     box = {"state": state, "opt": updater.init(state)}
 
     def ours():
@@ -92,14 +141,138 @@ def _train_arms(reps):
             topt.step()
 
         arms[f"HF torch {torch.__version__} (fp32)"] = theirs
-    for fn in arms.values():
+    times = _alternate(arms, reps)
+    return {
+        n: {"tokens_per_s": num_tokens / statistics.median(t), **_summary(t)}
+        for n, t in times.items()
+    }
+
+
+def _phase_table(reps):
+    """Where one train step's time goes (see the module docstring, item 3)."""
+    _, _, packed, graphdef, state, updater, _ = _train_setup()
+    opt_state = updater.init(state)
+    loss_cfg = updater.loss_cfg
+    arrays = updater._device_arrays(packed)
+    num_tokens = jnp.float32(_token_count([packed]))
+    grads, _ = _grad_step(state, graphdef, arrays, num_tokens, loss_cfg)
+    fused_args = (graphdef, arrays, num_tokens, loss_cfg)
+    flops = {
+        "step": _flops(updater._fused_step.lower(state, opt_state, *fused_args).compile()),
+        "grad": _flops(_grad_step.lower(state, graphdef, arrays, num_tokens, loss_cfg).compile()),
+        "apply": _flops(updater._apply.lower(state, opt_state, grads).compile()),
+    }
+    n = 1024
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    box = {
+        "state": state,
+        "opt": opt_state,
+        "apply": (jax.tree.map(jnp.copy, state), updater.init(state)),
+    }
+    rec = {k: [] for k in ("arrays", "dispatch", "device", "to_host", "grad", "apply", "matmul")}
+
+    def step():
+        t0 = time.perf_counter()
+        arr = updater._device_arrays(packed)
+        nt = jnp.float32(max(_token_count([packed]), 1.0))
+        t1 = time.perf_counter()
+        box["state"], box["opt"], out = updater._fused_step(
+            box["state"], box["opt"], graphdef, arr, nt, loss_cfg
+        )
+        t2 = time.perf_counter()
+        jax.block_until_ready(out)
+        t3 = time.perf_counter()
+        jax.device_get(out)
+        t4 = time.perf_counter()
+        rec["arrays"].append(t1 - t0)
+        rec["dispatch"].append(t2 - t1)
+        rec["device"].append(t3 - t1)
+        rec["to_host"].append(t4 - t3)
+
+    def grad():
+        t0 = time.perf_counter()
+        jax.block_until_ready(_grad_step(box["state"], graphdef, arrays, num_tokens, loss_cfg))
+        rec["grad"].append(time.perf_counter() - t0)
+
+    def apply():
+        t0 = time.perf_counter()
+        s, o, *_ = updater._apply(*box["apply"], grads)
+        jax.block_until_ready(s)
+        box["apply"] = (s, o)
+        rec["apply"].append(time.perf_counter() - t0)
+
+    def mm():
+        t0 = time.perf_counter()
+        matmul(a).block_until_ready()
+        rec["matmul"].append(time.perf_counter() - t0)
+
+    for fn in (step, grad, apply, mm):  # warm-up, not recorded
         fn()
-    times = {n: [] for n in arms}
+    for v in rec.values():
+        v.clear()
     for _ in range(reps):
-        for n, fn in arms.items():
-            times[n] += _timed(fn, 1)
-    tps = {n: batch * seq / statistics.median(t) for n, t in times.items()}
-    return tps
+        for fn in (step, grad, apply, mm):
+            fn()
+    peak = 2 * n**3 / statistics.median(rec["matmul"])
+    rows = {
+        "host: batch arrays to device": (rec["arrays"], None),
+        "host: dispatch of the step call": (rec["dispatch"], None),
+        "device: step (grad + AdamW), to ready": (rec["device"], flops["step"]),
+        "host: metrics to host (one transfer)": (rec["to_host"], None),
+        "alone: gradient program (_grad_step)": (rec["grad"], flops["grad"]),
+        "alone: optimizer program (_apply)": (rec["apply"], flops["apply"]),
+        f"matmul {n}^2 fp32 (the peak)": (rec["matmul"], 2.0 * n**3),
+    }
+    table = {}
+    for name, (seconds, fl) in rows.items():
+        row = _summary(seconds)
+        if fl is not None:
+            row["gflop"] = fl / 1e9
+            row["gflop_per_s"] = fl / row["median_s"] / 1e9
+            row["fraction_of_matmul_peak"] = fl / row["median_s"] / peak
+        table[name] = row
+    return {"matmul_peak_gflop_per_s": peak / 1e9, "phases": table}
+
+
+def _print_phases(phases):
+    print(
+        f"\ntrain step phases (median ms [min-max]); matmul peak "
+        f"{phases['matmul_peak_gflop_per_s']:.0f} GFLOP/s"
+    )
+    print(f"  {'phase':42s} {'ms':>8s} {'min-max':>15s} {'GFLOP':>7s} {'GFLOP/s':>8s} {'peak':>6s}")
+    for name, r in phases["phases"].items():
+        span = f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}"
+        fl = (
+            f"{r['gflop']:7.2f} {r['gflop_per_s']:8.1f} {r['fraction_of_matmul_peak']:6.0%}"
+            if "gflop" in r
+            else ""
+        )
+        print(f"  {name:42s} {r['median_s'] * 1e3:8.2f} {span:>15s} {fl}")
+
+
+def _machine():
+    cpu = platform.processor()
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        cpu = next(x.split(":", 1)[1].strip() for x in lscpu.splitlines() if "Model name" in x)
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        pass
+    facts = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "device": str(jax.devices()[0]),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import torch
+
+        facts["torch"] = torch.__version__
+        facts["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        facts["torch"] = None
+    return facts
 
 
 def _prefix_arms(reps):
@@ -117,41 +290,58 @@ def _prefix_arms(reps):
             graphdef, state, prompt, responses, bucket=256
         ),
     }
-    for fn in arms.values():
-        fn()
-    times = {n: [] for n in arms}
-    for _ in range(reps):
-        for n, fn in arms.items():
-            times[n] += _timed(fn, 1)
-    return {n: statistics.median(t) for n, t in times.items()}
+    return {n: _summary(t) for n, t in _alternate(arms, reps).items()}
 
 
 def main(argv):
     del argv
-    tps = _train_arms(_REPS.value)
-    names = list(tps)
-    print("\ntraining step, 6 layers d=256 vocab 4096, batch 8 x seq 256 (median tokens/s)")
+    if _REPS.value < 5:
+        raise app.UsageError(f"--reps={_REPS.value}: use at least 5 (the median of fewer is noise)")
+    load_start = os.getloadavg()
+    train = _train_arms(_REPS.value)
+    names = list(train)
+    print(
+        "\ntraining step, 6 layers d=256 vocab 4096, batch 8 x seq 256 (tokens/s of the median,"
+        " [min-max])"
+    )
     for n in names:
-        print(f"  {n:40s} {tps[n]:10.0f}")
+        r = train[n]
+        lo, hi = (r["tokens_per_s"] * r["median_s"] / r[k] for k in ("max_s", "min_s"))
+        print(f"  {n:40s} {r['tokens_per_s']:10.0f}  [{lo:.0f}-{hi:.0f}]")
+    phases = _phase_table(_REPS.value)
+    _print_phases(phases)
     pre = _prefix_arms(_REPS.value)
     pnames = list(pre)
     print("\nold-log-prob recompute, G=16, prompt 512, response 256, 4 layers (median seconds)")
     for n in pnames:
-        print(f"  {n:40s} {pre[n]:10.3f}")
+        print(
+            f"  {n:40s} {pre[n]['median_s']:10.3f}  [{pre[n]['min_s']:.3f}-{pre[n]['max_s']:.3f}]"
+        )
     result = {
-        "train_tokens_per_s": tps,
-        "prefix_recompute_seconds": pre,
-        "prefix_recompute_time_ratio": pre[pnames[1]] / pre[pnames[0]],
-        "device": str(jax.devices()[0]),
-        "cpu_count": os.cpu_count(),
-        "load_average_1m_at_end": os.getloadavg()[0],
+        "train_tokens_per_s": {n: r["tokens_per_s"] for n, r in train.items()},
+        "train_arms": train,
+        "train_step_phases": phases,
+        "prefix_recompute_seconds": {n: r["median_s"] for n, r in pre.items()},
+        "prefix_recompute_arms": pre,
+        "prefix_recompute_time_ratio": pre[pnames[1]]["median_s"] / pre[pnames[0]]["median_s"],
+        "machine": _machine(),
+        "reps": _REPS.value,
+        "load_average_at_start": load_start,
+        "load_average_at_end": os.getloadavg(),
         "gpu_train_mfu": None,  # no GPU in the session that wrote this
     }
     if len(names) > 1:
-        result["train_tokens_per_s_ratio_vs_torch"] = tps[names[0]] / tps[names[1]]
+        ours, theirs = train[names[0]], train[names[1]]
+        result["train_tokens_per_s_ratio_vs_torch"] = theirs["median_s"] / ours["median_s"]
+        # The spread of the ratio: worst and best pairing of the two arms' reps.
+        result["train_tokens_per_s_ratio_vs_torch_min_max"] = [
+            theirs["min_s"] / ours["max_s"],
+            theirs["max_s"] / ours["min_s"],
+        ]
         ratio = result["train_tokens_per_s_ratio_vs_torch"]
         print(f"\ntrain_tokens_per_s_ratio_vs_torch = {ratio:.2f}")
     print(f"prefix_recompute_time_ratio = {result['prefix_recompute_time_ratio']:.3f}")
+    print(f"machine: {result['machine']}; load {load_start} -> {result['load_average_at_end']}")
     with open(_OUT.value, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {_OUT.value}")

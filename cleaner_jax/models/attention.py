@@ -43,9 +43,14 @@ the input dtype; the output has q's dtype; logits are scaled by H**-0.5. Impleme
   of 128 (the kernel requires it) and T is padded to them. It is built for one device
   (`make_splash_mha_single_device`) and vmapped over the batch.
 - "auto": `resolve_impl` picks splash on TPU, pallas_gpu on GPU (blockwise for head dims under
-  16), blockwise elsewhere. Not cudnn: one segment per row is a run-time property and packed
-  rows are the training norm, so it would mostly run its pallas_gpu fallback after a
-  `lax.cond`; "cudnn" stays selectable for unpacked batches.
+  16), blockwise elsewhere; blockwise under "auto" on CPU caps both blocks at `CPU_BLOCK` (128)
+  for rows longer than 2 * CPU_BLOCK. Measured on a 2-core EPYC (issue #19, 6-layer d=256 train
+  step, arms alternating): at T=1024, 128-token blocks ran 13% faster than 512 (load ~1; 19-23%
+  under load ~4), 64 was within noise of 128 and 32 slower; at T=256 one 256-token block was
+  3.5% faster than two of 128 at load ~1 (the reverse under load ~4), so short rows keep one
+  block. An explicit "blockwise" uses the blocks it is given. Not cudnn: one segment per row is
+  a run-time property and packed rows are the training norm, so it would mostly run its
+  pallas_gpu fallback after a `lax.cond`; "cudnn" stays selectable for unpacked batches.
 
 The Pallas kernels (splash, pallas_gpu) run on CPU in interpret mode (`interpret=True`, tested
 against "dense"). They, and cuDNN, are opaque custom calls to XLA's SPMD partitioner, so under a
@@ -70,6 +75,7 @@ from cleaner_jax.models.attention_fused import pad_rows as _pad_rows
 IMPLEMENTATIONS = ("auto", "dense", "blockwise", "pallas_gpu", "cudnn", "splash")
 
 _NEG_INF = -1e30
+CPU_BLOCK = 128
 
 
 def resolve_impl(name: str, *, head_dim: int | None = None) -> str:
@@ -121,7 +127,10 @@ def attention(
         raise ValueError(f"segment_ids_BT has shape {segment_ids_BT.shape}, expected {(b, t)}")
     if block_q < 1 or block_kv < 1:
         raise ValueError(f"block sizes must be >= 1, got block_q={block_q}, block_kv={block_kv}")
+    auto = impl == "auto"
     impl = resolve_impl(impl, head_dim=h)
+    if auto and impl == "blockwise" and fused.backend() == "cpu" and t > 2 * CPU_BLOCK:
+        block_q, block_kv = min(block_q, CPU_BLOCK), min(block_kv, CPU_BLOCK)
     if impl == "dense":
         return attention_weights_mask(q_BTNH, k_BTKH, v_BTKH, packed_causal_mask(segment_ids_BT))
     if impl == "blockwise":

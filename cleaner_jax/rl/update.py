@@ -325,6 +325,13 @@ class Updater:
         # The gradients are not donated: no output has their shape besides the parameters,
         # which already take the donated parameter buffers.
         self._apply = jax.jit(self._apply_impl, donate_argnums=(0, 1))
+        # One micro-batch: gradient and update in one program (one dispatch, no gradient tree
+        # handed between two programs, the AdamW update fused with the gradient's last ops).
+        self._fused_step = jax.jit(
+            self._fused_step_impl,
+            static_argnames=("graphdef", "cfg", "mesh", "batch_axes"),
+            donate_argnums=(0, 1),
+        )
 
     def init(self, state) -> Any:
         # Eager on purpose: under jit, XLA places the zero moments on one device; eagerly they
@@ -347,6 +354,16 @@ class Updater:
             new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
         return new_state, new_opt_state, optax.global_norm(grads), finite
 
+    def _fused_step_impl(
+        self, state, opt_state, graphdef, arrays, num_tokens, cfg, mesh=None, batch_axes=()
+    ):
+        scale = loss_scale_of(opt_state)
+        grads, metrics = _grad_step(
+            state, graphdef, arrays, num_tokens, cfg, mesh, batch_axes, loss_scale=scale
+        )
+        state, opt_state, gnorm, finite = self._apply_impl(state, opt_state, grads)
+        return state, opt_state, (metrics, gnorm, finite, scale)
+
     def _device_arrays(self, micro: PackedBatch) -> dict[str, jax.Array]:
         arrays = {k: getattr(micro, k) for k in _ARRAY_FIELDS}
         if self._batch_sharding is None:
@@ -362,8 +379,7 @@ class Updater:
         """
         if not micro_batches:
             raise ValueError("update called with no micro-batches")
-        num_tokens = float(sum(float(m.loss_mask_RT.sum()) for m in micro_batches))
-        num_tokens = jnp.float32(max(num_tokens, 1.0))
+        num_tokens = jnp.float32(max(_token_count(micro_batches), 1.0))
         if loss_scale is not None:
             loss_scale = jnp.asarray(loss_scale, jnp.float32)
         acc = None
@@ -386,18 +402,43 @@ class Updater:
     def step(self, state, opt_state, micro_batches: list[PackedBatch]):
         """One optimizer step. Returns (state, opt_state, metrics as Python floats); with loss
         scaling also `loss_scale` (the scale this step's gradients were computed with) and
-        `skipped_step` (1.0 when they were not finite and the update was skipped)."""
-        scale = loss_scale_of(opt_state)
-        grads, metrics = self.grads(state, micro_batches, loss_scale=scale)
-        scale = None if scale is None else jnp.copy(scale)  # _apply donates opt_state
-        state, opt_state, gnorm, finite = self._apply(state, opt_state, grads)
+        `skipped_step` (1.0 when they were not finite and the update was skipped).
+
+        `state` and `opt_state` are donated. One micro-batch runs as one program (gradient and
+        update fused); more accumulate gradients first. Metrics reach the host in one transfer.
+        """
+        if len(micro_batches) == 1:
+            num_tokens = _token_count(micro_batches)
+            with jax.set_mesh(self.mesh):
+                state, opt_state, device_out = self._fused_step(
+                    state,
+                    opt_state,
+                    self.graphdef,
+                    self._device_arrays(micro_batches[0]),
+                    jnp.float32(max(num_tokens, 1.0)),
+                    self.loss_cfg,
+                    mesh=self.mesh,
+                    batch_axes=self.batch_axes,
+                )
+        else:
+            scale = loss_scale_of(opt_state)
+            grads, metrics = self.grads(state, micro_batches, loss_scale=scale)
+            scale = None if scale is None else jnp.copy(scale)  # _apply donates opt_state
+            state, opt_state, gnorm, finite = self._apply(state, opt_state, grads)
+            device_out = (metrics, gnorm, finite, scale)
+        metrics, gnorm, finite, scale = jax.device_get(device_out)
         out = {k: float(v) for k, v in metrics.items()}
         out["grad_norm"] = float(gnorm)
         if scale is not None:
             out["loss_scale"] = float(scale)
             out["skipped_step"] = float(not bool(finite))
-        out["trained_tokens"] = float(sum(float(m.loss_mask_RT.sum()) for m in micro_batches))
+        out["trained_tokens"] = _token_count(micro_batches)
         return state, opt_state, out
+
+
+def _token_count(micro_batches: list[PackedBatch]) -> float:
+    """Trained (loss-mask) tokens over the micro-batches, counted on the host."""
+    return float(sum(float(np.sum(m.loss_mask_RT)) for m in micro_batches))
 
 
 def round_rows(rows: int, mesh: jax.sharding.Mesh | None) -> int:

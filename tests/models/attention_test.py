@@ -251,6 +251,22 @@ def test_cudnn_path_runs_cudnn_only_on_single_segment_rows(monkeypatch):
         attention.attention(q.astype(jnp.float32), k, v, packed, impl="cudnn")
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU block cap of 'auto'")
+def test_auto_on_cpu_caps_blocks_and_equals_dense():
+    # T = 2 * CPU_BLOCK + 4: "auto" runs three blocks of 88 (not one of 260), as "blockwise" with
+    # CPU_BLOCK blocks does, bit for bit; both equal "dense".
+    q, k, v, ct, seg = _packed(b=2, t=2 * attention.CPU_BLOCK + 4, n=2, k=1, h=4)
+    out_a, grads_a = _fwd_and_grads(q, k, v, ct, seg, impl="auto", block_q=512, block_kv=512)
+    cap = attention.CPU_BLOCK
+    out_b, grads_b = _fwd_and_grads(q, k, v, ct, seg, impl="blockwise", block_q=cap, block_kv=cap)
+    out_d, grads_d = _fwd_and_grads(q, k, v, ct, seg, impl="dense")
+    np.testing.assert_array_equal(out_a, out_b)
+    np.testing.assert_allclose(out_a, out_d, atol=FWD_ATOL)
+    for name, ga, gb, gd in zip("qkv", grads_a, grads_b, grads_d, strict=True):
+        np.testing.assert_array_equal(ga, gb, err_msg=f"d{name}")
+        np.testing.assert_allclose(ga, gd, atol=GRAD_ATOL, err_msg=f"d{name}")
+
+
 def test_auto_resolves_per_backend():
     expected = {"tpu": "splash", "gpu": "pallas_gpu"}.get(jax.default_backend(), "blockwise")
     assert attention.resolve_impl("auto") == expected
