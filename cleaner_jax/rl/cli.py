@@ -31,7 +31,7 @@ USER_ERRORS = (UserError, ConfigError, FileNotFoundError, NotADirectoryError)
 
 
 def _fail(message: str) -> None:
-    print(f"error: {' '.join(message.split())} (--verbose shows the traceback)", file=sys.stderr)
+    sys.stderr.write(f"error: {' '.join(message.split())} (--verbose shows the traceback)\n")
     sys.exit(2)
 
 
