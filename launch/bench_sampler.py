@@ -34,9 +34,7 @@ import glob
 import gzip
 import json
 import os
-import platform
 import re
-import subprocess
 import tempfile
 import time
 
@@ -46,6 +44,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from cleaner_jax.benchmarking import compiled_flops, machine_facts
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.kv_cache import DenseKVCache
 from cleaner_jax.models.qwen import Qwen
@@ -99,30 +98,6 @@ def _fmt(st: dict, scale: float = 1.0, digits: int = 2) -> str:
     )
 
 
-def _machine() -> dict:
-    try:
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in cpu.splitlines() if "Model name" in ln), ""
-        )
-    except OSError:
-        model = platform.processor()
-    import torch
-    import transformers
-
-    return {
-        "cpu_model": model,
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "transformers": transformers.__version__,
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0]),
-        "loadavg_start": os.getloadavg(),
-    }
-
-
 def _matmul_call():
     """A zero-arg 1024^2 fp32 matmul (2 * 1024^3 FLOPs), compiled and warm."""
     a = jax.random.normal(jax.random.key(0), (1024, 1024), jnp.float32)
@@ -166,12 +141,6 @@ def _engine_run(eng: Engine, prompts) -> tuple[list, float]:
     return res, time.perf_counter() - t0
 
 
-def _flops(jitted, *args) -> float:
-    cost = jitted.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
-
-
 def _time_calls(fn, reps: int) -> list[float]:
     fn()  # compile / warm
     ts = []
@@ -206,7 +175,7 @@ def _phase_table(model, batch: int) -> dict:
     )
     last = np.arange(j, dtype=np.int32) * u + u - 1
     pre_args = (eng._state, eng._k, eng._v, table_J, tokens, positions, tokens, last, samp_J)
-    pre_flops = _flops(steps.prefill, *pre_args)
+    pre_flops = compiled_flops(steps.prefill.lower(*pre_args).compile())
 
     def prefill():
         out = steps.prefill(eng._state, eng._k, eng._v, *pre_args[3:])
@@ -228,7 +197,9 @@ def _phase_table(model, batch: int) -> dict:
     stop = np.full((batch, c.max_stop_tokens), -1, np.int32)
     dec_rest = (table_B, np.ones((batch,), np.int32), pos, samp_B, budget, stop)
     # XLA's cost analysis counts a loop body once: K steps cost K times the scan body.
-    dec_flops = k * _flops(steps.decode, eng._state, eng._k, eng._v, *dec_rest)
+    dec_flops = k * compiled_flops(
+        steps.decode.lower(eng._state, eng._k, eng._v, *dec_rest).compile()
+    )
 
     def decode():
         out = steps.decode(eng._state, eng._k, eng._v, *dec_rest)
@@ -330,7 +301,9 @@ def _dense_decode(model, batch: int, cache_len: int, k: int):
 
     box = {"cache": DenseKVCache.zeros(CFG, batch, cache_len)}
     tok, pos = jnp.ones((batch,), jnp.int32), jnp.int32(cache_len // 2)
-    flops = k * _flops(decode, state, tok, pos, box["cache"])  # a loop body counts once
+    flops = k * compiled_flops(
+        decode.lower(state, tok, pos, box["cache"]).compile()
+    )  # a loop body counts once
 
     def call():
         _, _, box["cache"], toks = decode(state, tok, pos, box["cache"])
@@ -513,7 +486,7 @@ def main(argv):
     del argv
     model = Qwen(CFG, rngs=nnx.Rngs(0))
     out: dict = {
-        "machine": _machine(),
+        "machine": machine_facts(torch=True),
         "config": {
             "model": CFG.__dict__,
             "max_seq_len": MAX_SEQ,
@@ -527,7 +500,7 @@ def main(argv):
         },
     }
     m = out["machine"]
-    print(f"{m['cpu_model']}, {m['cpu_count']} cores, jax {m['jax']}, torch {m['torch']}")
+    print(f"{m['cpu']}, {m['cpu_count']} cores, jax {m['jax']}, torch {m['torch']}")
     out["phases"] = _phase_table(model, _PHASE_BATCH.value)
     if not _SKIP_HF.value:
         print(f"\nend to end vs HF generate, {_PROMPT.value} + {_NEW.value} tokens, greedy")

@@ -17,12 +17,11 @@ The JSON holds every figure, the ratios and the machine (backend, CPU, jax versi
 """
 
 import json
-import platform
 import time
 
-import jax
 from absl import app, flags
 
+from cleaner_jax.benchmarking import machine_facts
 from cleaner_jax.models.config import PRESETS
 from cleaner_jax.rl import compiled_memory as cm
 from cleaner_jax.rl.update import LossConfig
@@ -40,22 +39,6 @@ _SLOTS = flags.DEFINE_integer("decode_slots", 8, "Decode slots.")
 MIB = 1024**2
 
 
-def _machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return {
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.local_devices()[:1]],
-        "cpu": cpu,
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def _model_cfg():
     overrides = dict(num_layers=2, dtype=_DTYPE.value, remat=True)
     if _ATTENTION.value != "legacy":
@@ -67,7 +50,7 @@ def main(argv):
     del argv
     cfg = _model_cfg()
     loss_cfg = LossConfig(logprob_chunk=_CHUNK.value)
-    result = {"machine": _machine(), "model": cfg.__dict__, "train": [], "decode": []}
+    result = {"machine": machine_facts(), "model": cfg.__dict__, "train": [], "decode": []}
     print(f"machine: {result['machine']}")
     print("\ntraining loss+grad, one row, 2-layer Qwen3-0.6B widths")
     print(f"{'T':>7} | {'temp MiB':>10} | {'args MiB':>9} | {'compile s':>9}")

@@ -21,9 +21,7 @@ cores, jax/torch versions) and the load average before and after.
 
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -35,6 +33,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from cleaner_jax.benchmarking import compiled_flops, machine_facts  # noqa: E402
 from cleaner_jax.models import testing  # noqa: E402
 from cleaner_jax.models.config import tiny_config  # noqa: E402
 from cleaner_jax.rl.logprobs import packed_logprobs, prefix_shared_logprobs  # noqa: E402
@@ -95,12 +94,6 @@ def _summary(seconds):
     }
 
 
-def _flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return float(cost.get("flops", float("nan")))
-
-
 def _train_setup():
     cfg = _cfg()
     rng = np.random.default_rng(0)
@@ -158,9 +151,11 @@ def _phase_table(reps):
     grads, _ = _grad_step(state, graphdef, arrays, num_tokens, loss_cfg)
     fused_args = (graphdef, arrays, num_tokens, loss_cfg)
     flops = {
-        "step": _flops(updater._fused_step.lower(state, opt_state, *fused_args).compile()),
-        "grad": _flops(_grad_step.lower(state, graphdef, arrays, num_tokens, loss_cfg).compile()),
-        "apply": _flops(updater._apply.lower(state, opt_state, grads).compile()),
+        "step": compiled_flops(updater._fused_step.lower(state, opt_state, *fused_args).compile()),
+        "grad": compiled_flops(
+            _grad_step.lower(state, graphdef, arrays, num_tokens, loss_cfg).compile()
+        ),
+        "apply": compiled_flops(updater._apply.lower(state, opt_state, grads).compile()),
     }
     n = 1024
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
@@ -251,30 +246,6 @@ def _print_phases(phases):
         print(f"  {name:42s} {r['median_s'] * 1e3:8.2f} {span:>15s} {fl}")
 
 
-def _machine():
-    cpu = platform.processor()
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        cpu = next(x.split(":", 1)[1].strip() for x in lscpu.splitlines() if "Model name" in x)
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        pass
-    facts = {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "device": str(jax.devices()[0]),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
-
-        facts["torch"] = torch.__version__
-        facts["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        facts["torch"] = None
-    return facts
-
-
 def _prefix_arms(reps):
     cfg = _cfg(layers=4)
     rng = np.random.default_rng(1)
@@ -324,7 +295,7 @@ def main(argv):
         "prefix_recompute_seconds": {n: r["median_s"] for n, r in pre.items()},
         "prefix_recompute_arms": pre,
         "prefix_recompute_time_ratio": pre[pnames[1]]["median_s"] / pre[pnames[0]]["median_s"],
-        "machine": _machine(),
+        "machine": machine_facts(torch=True),
         "reps": _REPS.value,
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),

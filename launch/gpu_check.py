@@ -23,7 +23,6 @@ Sections (random weights, bf16 compute; `--tiny` shrinks every shape):
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -35,6 +34,7 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 
+from cleaner_jax.benchmarking import machine_facts
 from cleaner_jax.models import testing
 from cleaner_jax.models.config import PRESETS, tiny_config
 
@@ -71,11 +71,9 @@ def _machine() -> dict:
     mm = jax.jit(lambda p, q: p @ q)
     t = _median_time(lambda: mm(a, a).block_until_ready(), _REPS.value)
     return {
-        "backend": jax.default_backend(),
+        **machine_facts(),
         "device_kind": kind,
         "num_devices": jax.device_count(),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
         "bf16_peak_flops_datasheet": peak,
         "measured_copy_bandwidth_bytes_per_s": bandwidth,
         "measured_bf16_matmul_flops": 2 * m**3 / t,
