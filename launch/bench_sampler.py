@@ -49,6 +49,7 @@ from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.kv_cache import DenseKVCache
 from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams, sample_tokens
+from cleaner_jax.sampling.engine_types import SamplingRows
 
 _OUT = flags.DEFINE_string("out", "/tmp/bench_sampler.json", "JSON output path")
 _PROMPT = flags.DEFINE_integer("prompt_len", 16, "prompt tokens")
@@ -164,17 +165,12 @@ def _phase_table(model, batch: int) -> dict:
     table_J = np.arange(1, 1 + j * pw, dtype=np.int32).reshape(j, pw)
     tokens = np.ones((j, u), np.int32)
     positions = np.broadcast_to(np.arange(u, dtype=np.int32), (j, u)).copy()
-    samp_J = (
-        np.zeros((j,), np.int32),
-        np.full((j,), u, np.int32),
-        np.ones((j,), np.float32),
-        np.ones((j,), np.float32),
-        np.zeros((j,), np.int32),
-        np.ones((j,), bool),
-        np.arange(j, dtype=np.int32),
-    )
+    greedy = SamplingParams(greedy=True)
+    samp_J = SamplingRows.build(j, ((row, greedy) for row in range(j)))
+    sample_pos, block_row = np.full((j,), u, np.int32), np.arange(j, dtype=np.int32)
     last = np.arange(j, dtype=np.int32) * u + u - 1
-    pre_args = (eng._state, eng._k, eng._v, table_J, tokens, positions, tokens, last, samp_J)
+    pre_args = (eng._state, eng._k, eng._v, table_J, tokens, positions, tokens, last)
+    pre_args += (sample_pos, block_row, samp_J)
     pre_flops = compiled_flops(steps.prefill.lower(*pre_args).compile())
 
     def prefill():
@@ -185,13 +181,7 @@ def _phase_table(model, batch: int) -> dict:
     # Decode: all slots at the middle of the run's context, the width bucket that holds it.
     width = next(w for w in eng.decode_widths if w * c.page_size >= context)
     table_B = (np.arange(batch * width, dtype=np.int32).reshape(batch, width) % 64) + 1
-    samp_B = (
-        np.zeros((batch,), np.int32),
-        np.ones((batch,), np.float32),
-        np.ones((batch,), np.float32),
-        np.zeros((batch,), np.int32),
-        np.ones((batch,), bool),
-    )
+    samp_B = SamplingRows.build(batch, ((row, greedy) for row in range(batch)))
     pos = np.full((batch,), context // 2, np.int32)
     budget = np.full((batch,), k, np.int32)
     stop = np.full((batch, c.max_stop_tokens), -1, np.int32)
@@ -393,13 +383,7 @@ def _profile(model, batch: int, logdir: str) -> dict:
         np.zeros((batch, eng.decode_widths[0]), np.int32),
         np.zeros((batch,), np.int32),
         np.zeros((batch,), np.int32),
-        (
-            np.zeros((batch,), np.int32),
-            np.ones((batch,), np.float32),
-            np.ones((batch,), np.float32),
-            np.zeros((batch,), np.int32),
-            np.ones((batch,), bool),
-        ),
+        SamplingRows.build(batch, ((row, SamplingParams(greedy=True)) for row in range(batch))),
         np.zeros((batch,), np.int32),
         np.full((batch, eng.config.max_stop_tokens), -1, np.int32),
     )

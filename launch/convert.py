@@ -22,7 +22,7 @@ from flax import nnx
 
 from cleaner_jax.models import hf_io, sharding
 from cleaner_jax.models.config import UnsupportedModelError
-from cleaner_jax.rl import cli
+from cleaner_jax.runtime import cli
 
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "HF checkpoint dir to import", required=True)
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "dir for the HF export", required=True)

@@ -2,23 +2,31 @@ r"""The embedded default: the miniature CLEANER study on a CPU (README Quick sta
 
   python launch/demo.py --mode=full --workdir=/tmp/cleaner_demo   # ~15 min on 2 cores
   python launch/demo.py --mode=quick --workdir=/tmp/cleaner_quick # ~3 min, one seed
+The study is `configs/demo.py:<mode>` (its `study.*` fields) and, per arm and seed, the variant
+`configs/demo.py:<mode>,arm=...,seed=...`; print one with
+  python launch/train.py --config=configs/demo.py:full,arm=baseline --print_config
 Re-running with the same workdir skips the finished stages. Compiled programs are cached in
 <workdir>/jax_cache (or $JAX_COMPILATION_CACHE_DIR; --compilation_cache=off disables): the arms
 and seeds run the same programs, so every GRPO run after the first skips most compilation.
 """
 
+import importlib.util
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+from absl import flags, logging
 
-import jax  # noqa: E402
-from absl import flags, logging  # noqa: E402
+from cleaner_jax.runtime import cli
+from cleaner_jax.study import demo
 
-from cleaner_jax.rl import cli, demo  # noqa: E402
-
-_MODE = flags.DEFINE_enum("mode", "full", list(demo.MODES), "Study size.")
+_DEMO_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"
+)
+_MODE = flags.DEFINE_enum(
+    "mode", "full", ["quick", "full"], "Study size (a configs/demo.py variant)."
+)
+_CONFIG_FILE = flags.DEFINE_string("config_file", _DEMO_CONFIG, "The study's config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output dir (report.md lands here).", required=True)
 _CACHE = flags.DEFINE_string(
     "compilation_cache",
@@ -41,6 +49,15 @@ def _enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def _get_config():
+    spec = importlib.util.spec_from_file_location("demo_config", _CONFIG_FILE.value)
+    if spec is None or not os.path.isfile(_CONFIG_FILE.value):
+        raise cli.UserError(f"--config_file={_CONFIG_FILE.value} is not a config file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config
+
+
 def main(argv):
     del argv
     t0 = time.time()
@@ -51,7 +68,7 @@ def main(argv):
 
     logging.set_verbosity(logging.WARNING)
     _enable_compilation_cache()
-    path = demo.run_demo(_MODE.value, _WORKDIR.value, progress=progress)
+    path = demo.run_demo(_get_config(), _MODE.value, _WORKDIR.value, progress=progress)
     print(f"done in {time.time() - t0:.0f}s; report: {path}", flush=True)
     with open(path) as f:
         print(f.read())

@@ -1,6 +1,6 @@
 r"""Evaluate a checkpoint: n samples per problem, pass@k, with and without test-time SAAR.
 
-  python launch/evaluate.py --config=configs/qwen3_4b_cleaner.py \
+  python launch/evaluate.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner \
     --checkpoint=/runs/qwen3_4b_cleaner/hf_export/step_750 \
     --dataset_kind=aime --dataset=/data/aime24.parquet --out=/runs/eval/aime24
 
@@ -22,15 +22,12 @@ Smoke run on the demo's assets (random tiny model, CPU):
 
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags, logging
+from ml_collections import config_flags
 
-from absl import flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from cleaner_jax.data.readers import READERS, read_dataset  # noqa: E402
-from cleaner_jax.rl import cli, defaults  # noqa: E402
+from cleaner_jax.data.readers import READERS, read_dataset
+from cleaner_jax.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _CHECKPOINT = flags.DEFINE_string(
@@ -119,11 +116,14 @@ def main(argv):
             "--config.tokenizer_path=WORKDIR/assets/tokenizer of the run you evaluate "
             "(an HF export, WORKDIR/hf_export/step_N, brings its own)"
         )
-    defaults.check_config(config, "eval", model_dir=checkpoint if hf_checkpoint else "")
+    if not cli.start(config, "eval", None, model_dir=checkpoint if hf_checkpoint else ""):
+        return
     examples = _read_examples(_KIND.value, list(_DATASET.value))
     if cli.CHECK_ONLY.value:
         return
-    from cleaner_jax.rl import evaluation  # after the checks, so that a mistake fails in seconds
+    from cleaner_jax.runtime import (
+        evaluation,  # after the checks, so that a mistake fails in seconds
+    )
 
     try:
         options = evaluation.EvalOptions(
@@ -143,8 +143,7 @@ def main(argv):
         raise cli.UserError(str(e)) from e
 
     logging.info("evaluating %s on %s", checkpoint or "the config's model", options.dataset)
-    with evaluation.Evaluator(config, checkpoint, options.checkpoint_step) as evaluator:
-        summary = evaluator.run(examples, options, _OUT.value)
+    summary = evaluation.evaluate(config, options, _OUT.value, examples=examples)
     _print_summary(summary)
     print(json.dumps({m: s["pass@k"] for m, s in summary["modes"].items()}))
     print(f"outputs in {_OUT.value}")

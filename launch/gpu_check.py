@@ -16,8 +16,8 @@ Sections (random weights, bf16 compute; `--tiny` shrinks every shape):
    on one packed row of 8,192 and 16,384 tokens for Qwen3-0.6B and 1.7B shapes: tokens/s and MFU
    (model FLOPs 6 P T + 6 L N H T^2 (causal attention, forward + backward) over the device's bf16
    peak; P excludes the embedding lookup but includes the output projection);
-4. rollout: one GRPO step of the shipped `configs/qwen3_4b_cleaner.py:runlocal` pipeline (real
-   sandbox, agent loop, SAAR on) with a random Qwen3-0.6B-shaped policy.
+4. rollout: one GRPO step of the shipped `configs/paper.py:model=qwen3_4b,arm=cleaner,runlocal`
+   pipeline (real sandbox, agent loop, SAAR on) with a random Qwen3-0.6B-shaped policy.
 """
 
 from __future__ import annotations
@@ -173,18 +173,13 @@ def _train(machine: dict) -> dict:
 
 
 def _rollout(machine: dict) -> dict:
-    import importlib.util
     import os
 
-    from cleaner_jax.rl import trainer as trainer_lib
+    from cleaner_jax.runtime import trainer as trainer_lib
+    from cleaner_jax.runtime.config import load_config
 
-    path = os.path.join(
-        os.path.dirname(os.path.dirname(__file__)), "configs", "qwen3_4b_cleaner.py"
-    )
-    spec = importlib.util.spec_from_file_location("cfg", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("runlocal")
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "paper.py")
+    config = load_config(f"{path}:model=qwen3_4b,arm=cleaner,runlocal")
     if not _TINY.value:
         config.model.preset = "qwen3_0_6b"
         config.model.dtype = "bfloat16"

@@ -7,7 +7,7 @@ r"""Memory plan per device for Qwen3-4B and Qwen2.5-7B on 1xH100, 8xH100, TPU v5
 Params/optimizer state come from `nnx.eval_shape` of the real model and the real sharding rules
 on an abstract mesh; training activations from XLA's memory analysis of the compiled training step
 (the trainer's own program at these shapes, 1 and 2 layers extrapolated; ~1 min of compiling on a
-CPU), `--nomeasure` for the hand formula instead (see cleaner_jax/models/memory_plan.py).
+CPU), `--nomeasure` for the hand formula instead (see cleaner_jax/runtime/memory_plan.py).
 
 `--roundtrip_dir=DIR` also runs the real-width check on CPU: a random-weight model with
 Qwen3-4B's widths (vocab 151936, D 2560, F 9728, 32/8 heads) but `--roundtrip_layers` layers,
@@ -16,14 +16,11 @@ exported to HF safetensors in DIR, re-imported, and the logits of both compared.
 
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from cleaner_jax.models import memory_plan as mp  # noqa: E402
+from cleaner_jax.runtime import memory_plan as mp
 
 _TOKENS = flags.DEFINE_integer("tokens_per_device", 23040, "Training tokens per device per micro.")
 _ROW = flags.DEFINE_integer("row_len", 23040, "Packed row length (attention is T^2 in it).")

@@ -3,30 +3,24 @@ r"""GRPO(+SAAR) training: `python launch/train.py --config=configs/<x>.py[:varia
 Any config field can be overridden (`--config.rollout.n=8`; a file list as a tuple,
 `--config.data.train_files='("/data/a.parquet", "/data/b.parquet")'`); the config is locked, so a
 mistyped field fails. Paths and budgets are checked before anything is built; a mistake ends in
-one line (`--verbose` for the traceback). Resumes from the newest good checkpoint in DIR.
+one line (`--verbose` for the traceback); `--print_config` prints the config and stops.
+Resumes from the newest good checkpoint in DIR.
 """
 
-import os
-import sys
+from absl import flags, logging
+from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from cleaner_jax.rl import cli, defaults  # noqa: E402
+from cleaner_jax.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and logs go.", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", "", "Where checkpoints and logs go.")
 
 
 def main(argv):
     del argv
-    cli.check_workdir(_WORKDIR.value)
-    defaults.check_config(_CONFIG.value, "train")
-    if cli.CHECK_ONLY.value:
+    if not cli.start(_CONFIG.value, "train", _WORKDIR.value) or cli.CHECK_ONLY.value:
         return
-    from cleaner_jax.rl import trainer  # after the checks, so that a mistake fails in seconds
+    from cleaner_jax.runtime import trainer  # after the checks, so that a mistake fails in seconds
 
     logging.info("config:\n%s", _CONFIG.value)
     final = trainer.run(_CONFIG.value, _WORKDIR.value)

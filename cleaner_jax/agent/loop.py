@@ -191,7 +191,7 @@ def _byte_level_decoder() -> dict[str, int]:
 
 async def run_rollouts(
     prompts: Sequence[Sequence[int]],
-    policy: Policy,
+    policy: Policy | Sequence[Policy],
     tools: ToolRunner,
     codec: TurnCodec,
     saar_config: SaarConfig | None,
@@ -204,6 +204,7 @@ async def run_rollouts(
     Args:
       prompts: chat-formatted prompt token ids (e.g. `ChatFormat.prompt_tokens`), n copies of a
         prompt for a GRPO group.
+      policy: one policy for all, or one per prompt (e.g. each with its own sampling seed).
       saar_config: SAAR settings, or None for the baseline.
       seeds: one per prompt, for the per-trajectory rollback draw (default: the prompt index;
         pass e.g. f"{step}/{index}" so draws differ between steps).
@@ -212,12 +213,16 @@ async def run_rollouts(
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts; pass one per prompt.")
     seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
+    policies = list(policy) if isinstance(policy, Sequence) else [policy] * len(prompts)
+    if len(policies) != len(prompts):
+        raise ValueError(f"got {len(policies)} policies for {len(prompts)} prompts")
     gate = asyncio.Semaphore(max_concurrency or max(1, len(prompts)))
 
-    async def one(prompt: Sequence[int], seed: int | str) -> Trajectory:
+    async def one(prompt: Sequence[int], pol: Policy, seed: int | str) -> Trajectory:
         async with gate:
             return await rollout(
-                prompt, policy, tools, codec, saar=saar_config, limits=limits, seed=seed
+                prompt, pol, tools, codec, saar=saar_config, limits=limits, seed=seed
             )
 
-    return list(await asyncio.gather(*(one(p, s) for p, s in zip(prompts, seeds, strict=True))))
+    jobs = (one(*args) for args in zip(prompts, policies, seeds, strict=True))
+    return list(await asyncio.gather(*jobs))

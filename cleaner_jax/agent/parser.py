@@ -29,13 +29,13 @@ from collections.abc import Sequence
 
 import json_repair
 
-from cleaner_jax.saar.types import ToolCall
+from cleaner_jax.saar import FORMAT_ERROR, ToolCall
 
 CODE_INTERPRETER = "code_interpreter"
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
 
-FORMAT_ERROR = "ToolCallFormatError"
+# Error types of malformed calls; the generic one, FORMAT_ERROR, is the SAAR core's.
 JSON_ERROR = "ToolCallJSONError"
 UNCLOSED_ERROR = "ToolCallUnclosed"
 UNKNOWN_TOOL_ERROR = "UnknownTool"

@@ -20,7 +20,7 @@ model has to learn is as small as it gets; the demo uses collatz, selfpow and fa
 questions name the number `n = 743` and whose solutions all start with the line `n = 743`: the
 copy is then the textbook induction pattern (after `n =`, repeat what followed `n =` before),
 which a 2-layer model learns in fewer SFT steps than a copy into varying code contexts (held-out
-copy accuracy after the same SFT: see `rl/demo.py`). The first four need several
+copy accuracy after the same SFT: see `study/demo.py`). The first four need several
 numbers copied (digit by digit with Qwen's tokenizer); they suit larger models. The prompt is
 the real math prompt (`prompts.MATH_TEMPLATE`, the template the AIME readers use) around the
 question, with the `code_interpreter` tool given to the chat template unless the config leaves

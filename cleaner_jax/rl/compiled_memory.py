@@ -5,7 +5,7 @@ the trainer and the sampler run (`rl.update._grad_step`: forward, chunked log-pr
 gradients of one packed micro-batch; `sampling.engine_steps.EngineSteps.decode`: decode steps over
 a paged KV pool), lowered and compiled for the default backend, and `memory_analysis()` reports
 the bytes the program needs besides its arguments and outputs (`temp`). The memory plan
-(`models.memory_plan`) and `launch/bench_scale.py` read their activation figures from here, so a
+(`runtime.memory_plan`) and `launch/bench_scale.py` read their activation figures from here, so a
 change of the code paths (attention, log-prob chunking, remat) shows in them.
 
 A model of L layers is measured at 1 layer (compiled: the transient peak of one layer's forward
@@ -29,6 +29,7 @@ from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.rl import update as update_lib
 from cleaner_jax.sampling.attention_kernels import resolve_attention
 from cleaner_jax.sampling.engine_steps import EngineSteps
+from cleaner_jax.sampling.engine_types import SamplingRows
 from cleaner_jax.sampling.paged_cache import PagedKVCache
 
 
@@ -169,15 +170,9 @@ def decode_step_memory(
     num_pages = slots * pages_per_row + 1
     pool = jax.eval_shape(lambda: PagedKVCache.zeros(cfg, num_pages, page_size, impl=impl))
     steps = EngineSteps(graphdef, decode_steps, impl)
-    i32, f32 = jnp.int32, jnp.float32
+    i32 = jnp.int32
     b = (slots,)
-    sampling = (
-        jax.ShapeDtypeStruct(b, i32),
-        jax.ShapeDtypeStruct(b, f32),
-        jax.ShapeDtypeStruct(b, f32),
-        jax.ShapeDtypeStruct(b, i32),
-        jax.ShapeDtypeStruct(b, jnp.bool_),
-    )
+    sampling = jax.eval_shape(lambda: SamplingRows.build(slots))
     lowered = steps.decode.lower(
         state,
         pool.k_pages,

@@ -1,24 +1,28 @@
 """SAAR (Similarity-Aware Adaptive Rollback), the portable core of CLEANER.
 
-Pure Python (standard library only): plug it into any RL codebase by implementing the three
+Pure Python (standard library only), relative imports only: this folder can be copied out whole
+and imported as a top-level package. Plug it into any RL codebase by implementing the three
 protocols (`Policy`, `ToolRunner`, `TurnCodec`) and calling `rollout`; or purify recorded
 trajectories offline with `purify`. See README.md next to this file.
 """
 
-from cleaner_jax.saar.boundary import find_marker_by_offsets, find_marker_in_pieces, find_token
-from cleaner_jax.saar.config import RolloutLimits, SaarConfig
-from cleaner_jax.saar.protocols import Policy, ToolRunner, TurnCodec
-from cleaner_jax.saar.purify import purify
-from cleaner_jax.saar.rollout import draw_saar_enabled, is_model_error, rollout
-from cleaner_jax.saar.similarity import (
+from .boundary import find_marker_by_offsets, find_marker_in_pieces, find_token
+from .config import RolloutLimits, SaarConfig
+from .protocols import Policy, ToolRunner, TurnCodec
+from .purify import purify
+from .rollout import draw_saar_enabled, is_model_error, rollout
+from .similarity import (
     call_similarity,
     is_shallow,
     lexical_tokens,
     reference_similarity,
     token_similarity,
 )
-from cleaner_jax.saar.stats import TrajectoryStats, aggregate_stats
-from cleaner_jax.saar.types import (
+from .stats import TrajectoryStats, aggregate_stats
+from .types import (
+    ATTEMPT_LIMIT_ERROR,
+    FORMAT_ERROR,
+    TOO_MANY_CALLS_ERROR,
     Generation,
     Provenance,
     Segment,
@@ -29,6 +33,9 @@ from cleaner_jax.saar.types import (
 )
 
 __all__ = [
+    "ATTEMPT_LIMIT_ERROR",
+    "FORMAT_ERROR",
+    "TOO_MANY_CALLS_ERROR",
     "Generation",
     "Policy",
     "Provenance",

@@ -15,10 +15,10 @@ import random
 import statistics
 import time
 
-from cleaner_jax.saar.config import RolloutLimits, SaarConfig
-from cleaner_jax.saar.rollout import rollout
-from cleaner_jax.saar.similarity import reference_similarity, token_similarity
-from cleaner_jax.saar.testing import CharCodec, ScriptedPolicy, ScriptedTools, call_text, failure
+from .config import RolloutLimits, SaarConfig
+from .rollout import rollout
+from .similarity import reference_similarity, token_similarity
+from .testing import CharCodec, ScriptedPolicy, ScriptedTools, call_text, failure
 
 _WORDS = ("total", "count", "value", "limit", "prime", "digits", "result", "step", "acc", "idx")
 

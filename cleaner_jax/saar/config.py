@@ -28,7 +28,6 @@ class SaarConfig:
         computes it (scores long near-identical pairs ~0; for replication only).
       disable_after_exhaustion: turn rollback off for the rest of a trajectory once a position
         has used all its retries without recovering.
-      max_tool_attempts: global cap on executed tool calls per trajectory, retries included.
       recompute_spliced_logprobs: re-score spliced segments with `Policy.score` under the purified
         context as soon as they are spliced (otherwise they stay marked stale for the trainer).
     """
@@ -39,7 +38,6 @@ class SaarConfig:
     similarity_on: Literal["code", "call_text"] = "code"
     similarity: Literal["tokens", "reference"] = "tokens"
     disable_after_exhaustion: bool = True
-    max_tool_attempts: int = 30
     recompute_spliced_logprobs: bool = True
 
     def __post_init__(self) -> None:
@@ -63,10 +61,6 @@ class SaarConfig:
             raise ValueError(
                 f"SaarConfig.similarity must be 'tokens' or 'reference', got {self.similarity!r}."
             )
-        if not isinstance(self.max_tool_attempts, int) or self.max_tool_attempts < 1:
-            raise ValueError(
-                f"SaarConfig.max_tool_attempts must be an int >= 1, got {self.max_tool_attempts!r}."
-            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +73,9 @@ class RolloutLimits:
       max_response_tokens: every response token counts, including discarded retries and discarded
         error messages, so the final trajectory never exceeds it.
       max_calls_per_turn: calls beyond this in one turn are not executed and fail visibly.
-      max_tool_attempts: global cap on executed tool calls when SAAR is off (with SAAR on,
-        `SaarConfig.max_tool_attempts` applies).
+      max_tool_attempts: global cap on executed tool calls per trajectory, SAAR retries
+        included, with SAAR on or off; calls past it are answered with a visible
+        `ATTEMPT_LIMIT_ERROR` message (not a model error, so never rolled back).
     """
 
     max_turns: int = 16

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from cleaner_jax.saar.types import Generation, ToolCall, ToolResult
+from .types import Generation, ToolCall, ToolResult
 
 
 @runtime_checkable

@@ -22,11 +22,11 @@ the first call is taken as the failed one (its parse error, if any, marks it fir
 
 from __future__ import annotations
 
-from cleaner_jax.saar.config import SaarConfig
-from cleaner_jax.saar.protocols import TurnCodec
-from cleaner_jax.saar.similarity import call_similarity, is_shallow
-from cleaner_jax.saar.stats import TrajectoryStats
-from cleaner_jax.saar.types import Provenance, Segment, ToolCall, Trajectory, head_segments
+from .config import SaarConfig
+from .protocols import TurnCodec
+from .similarity import call_similarity, is_shallow
+from .stats import TrajectoryStats
+from .types import Provenance, Segment, ToolCall, Trajectory, head_segments
 
 
 def purify(

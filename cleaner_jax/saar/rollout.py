@@ -41,11 +41,14 @@ import time
 from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
-from cleaner_jax.saar.config import RolloutLimits, SaarConfig
-from cleaner_jax.saar.protocols import Policy, ToolRunner, TurnCodec
-from cleaner_jax.saar.similarity import call_similarity, is_shallow
-from cleaner_jax.saar.stats import TrajectoryStats
-from cleaner_jax.saar.types import (
+from .config import RolloutLimits, SaarConfig
+from .protocols import Policy, ToolRunner, TurnCodec
+from .similarity import call_similarity, is_shallow
+from .stats import TrajectoryStats
+from .types import (
+    ATTEMPT_LIMIT_ERROR,
+    FORMAT_ERROR,
+    TOO_MANY_CALLS_ERROR,
     Generation,
     Provenance,
     Segment,
@@ -56,10 +59,6 @@ from cleaner_jax.saar.types import (
 )
 
 logger = logging.getLogger(__name__)
-
-ATTEMPT_LIMIT_ERROR = "ToolAttemptLimit"
-TOO_MANY_CALLS_ERROR = "TooManyToolCalls"
-FORMAT_ERROR = "ToolCallFormatError"
 
 _T = TypeVar("_T")
 
@@ -101,7 +100,7 @@ class _Rollout:
         enabled = saar is not None and draw_saar_enabled(seed, saar.rollback_probability)
         self.stats = TrajectoryStats(saar_enabled=enabled)
         self.rollback_on = enabled
-        self.attempt_cap = saar.max_tool_attempts if saar is not None else limits.max_tool_attempts
+        self.attempt_cap = limits.max_tool_attempts
         self.segments: list[Segment] = []
         self.tokens_used = 0
         self.turns_used = 0

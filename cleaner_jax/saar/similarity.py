@@ -15,8 +15,8 @@ from __future__ import annotations
 import difflib
 import re
 
-from cleaner_jax.saar.config import SaarConfig
-from cleaner_jax.saar.types import ToolCall
+from .config import SaarConfig
+from .types import ToolCall
 
 _LEXICAL_TOKEN = re.compile(r"\w+|\S")
 

@@ -18,8 +18,8 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 
-from cleaner_jax.saar.boundary import find_token
-from cleaner_jax.saar.types import Generation, ToolCall, ToolResult
+from .boundary import find_token
+from .types import FORMAT_ERROR, Generation, ToolCall, ToolResult
 
 SPECIAL_TOKENS = (
     "<|im_start|>",
@@ -97,7 +97,7 @@ def _bad(text: str, why: str) -> ToolCall:
         code=None,
         text=text,
         error=f"[tool_parser_error] {why}",
-        error_type="ToolCallFormatError",
+        error_type=FORMAT_ERROR,
     )
 
 

@@ -16,7 +16,7 @@ import enum
 from collections.abc import Sequence
 from typing import Literal
 
-from cleaner_jax.saar.stats import TrajectoryStats
+from .stats import TrajectoryStats
 
 
 class Provenance(enum.Enum):
@@ -40,6 +40,12 @@ POLICY_PROVENANCES = frozenset(
 )
 
 FinishReason = Literal["stop", "length"]
+
+# `ToolResult.error_type` values of the core's own failures (parsers outside the core reuse
+# FORMAT_ERROR for a malformed call that has no more specific class).
+FORMAT_ERROR = "ToolCallFormatError"  # a malformed call, never executed
+TOO_MANY_CALLS_ERROR = "TooManyToolCalls"  # a call beyond `RolloutLimits.max_calls_per_turn`
+ATTEMPT_LIMIT_ERROR = "ToolAttemptLimit"  # `RolloutLimits.max_tool_attempts` hit: not a model error
 
 
 @dataclasses.dataclass

@@ -40,6 +40,7 @@ from cleaner_jax.sampling.engine_types import (
     GenerationResult,
     RequestTooLargeError,
     SamplingParams,
+    SamplingRows,
 )
 from cleaner_jax.sampling.paged_cache import PagedKVCache, num_pages_from_memory
 from cleaner_jax.sampling.radix_cache import PageManager, SequencePages
@@ -61,11 +62,6 @@ class _Request:
     seq: SequencePages | None = None
     slot: int = -1
     prefilling: bool = True
-
-
-def _sampling_row(p: SamplingParams) -> tuple[int, float, float, int, bool]:
-    greedy = p.greedy or p.temperature == 0
-    return p.seed, (p.temperature or 1.0), p.top_p, p.top_k, greedy
 
 
 class Engine:
@@ -152,13 +148,6 @@ class Engine:
         copy) with inputs that write nothing, so that no request pays a compile later."""
         b, c = self.config.max_slots, self.config.prefill_chunk
         inactive_B = np.full((b,), -1, np.int32)
-        sampling_B = (
-            np.zeros((b,), np.int32),
-            np.ones((b,), np.float32),
-            np.ones((b,), np.float32),
-            np.zeros((b,), np.int32),
-            np.zeros((b,), bool),
-        )
         stop_BX = np.full((b, self.config.max_stop_tokens), -1, np.int32)
         for width in self.decode_widths:
             table = np.zeros((b, width), np.int32)
@@ -169,21 +158,12 @@ class Engine:
                 table,
                 inactive_B,
                 inactive_B,
-                sampling_B,
+                SamplingRows.build(b),
                 np.zeros((b,), np.int32),
                 stop_BX,
             )
         j = self.config.prefill_blocks
         u = c // j
-        sampling_J = (
-            np.zeros((j,), np.int32),
-            np.zeros((j,), np.int32),
-            np.ones((j,), np.float32),
-            np.ones((j,), np.float32),
-            np.zeros((j,), np.int32),
-            np.zeros((j,), bool),
-            np.zeros((j,), np.int32),
-        )
         for width in self.decode_widths:
             *_, self._k, self._v = self._steps.prefill(
                 self._state,
@@ -194,7 +174,9 @@ class Engine:
                 np.full((j, u), -1, np.int32),
                 np.zeros((j, u), np.int32),
                 np.zeros((j,), np.int32),
-                sampling_J,
+                np.zeros((j,), np.int32),
+                np.zeros((j,), np.int32),
+                SamplingRows.build(j),
             )
         # The null page onto itself: a copy that changes nothing anyone reads.
         self._k, self._v = self._steps.copy(self._k, self._v, jnp.int32(0), jnp.int32(0))
@@ -334,9 +316,7 @@ class Engine:
         positions = np.full((j * u,), -1, np.int32)
         table = np.zeros((j, self.pages_per_seq), np.int32)
         last, block_row = np.zeros((j,), np.int32), np.zeros((j,), np.int32)
-        seeds, sample_pos = np.zeros((j,), np.int32), np.zeros((j,), np.int32)
-        temps, top_p = np.ones((j,), np.float32), np.ones((j,), np.float32)
-        top_k, greedy = np.zeros((j,), np.int32), np.zeros((j,), bool)
+        sample_pos = np.zeros((j,), np.int32)
         packed, block = [], 0  # (request, row, first position, end position, flat offset)
         for req in reqs:
             if block == j:
@@ -353,7 +333,6 @@ class Engine:
             table[block : block + blocks] = self._table_row(req.seq)
             block_row[block : block + blocks] = row
             last[row], sample_pos[row] = off + n - 1, end
-            seeds[row], temps[row], top_p[row], top_k[row], greedy[row] = _sampling_row(req.params)
             packed.append((req, row, begin, end, off))
             block += blocks
         t1 = time.perf_counter()
@@ -370,7 +349,9 @@ class Engine:
             positions.reshape(j, u),
             targets.reshape(j, u),
             last,
-            (seeds, sample_pos, temps, top_p, top_k, greedy, block_row),
+            sample_pos,
+            block_row,
+            SamplingRows.build(j, ((row, req.params) for req, row, *_ in packed)),
         )
         tok, lp, target_lp = np.asarray(tok), np.asarray(lp), np.asarray(target_lp)
         self.stats["prefill_device_time"] += time.perf_counter() - t1
@@ -464,9 +445,6 @@ class Engine:
         tokens, budget = np.zeros((b,), np.int32), np.zeros((b,), np.int32)
         positions = np.full((b,), -1, np.int32)
         stop = np.full((b, c.max_stop_tokens), -1, np.int32)
-        seeds, temps = np.zeros((b,), np.int32), np.ones((b,), np.float32)
-        top_p, top_k = np.ones((b,), np.float32), np.zeros((b,), np.int32)
-        greedy = np.zeros((b,), bool)
         for req in running:
             s, p = req.slot, req.params
             pages = req.seq.pages[:width]
@@ -474,7 +452,6 @@ class Engine:
             tokens[s], positions[s] = req.tokens[-1], len(req.tokens) - 1
             budget[s] = min(p.max_new_tokens - len(req.generated), c.max_seq_len - len(req.tokens))
             stop[s, : len(p.stop_token_ids)] = p.stop_token_ids
-            seeds[s], temps[s], top_p[s], top_k[s], greedy[s] = _sampling_row(p)
         t1 = time.perf_counter()
         toks_KB, lps_KB, self._k, self._v = self._steps.decode(
             self._state,
@@ -483,7 +460,7 @@ class Engine:
             table,
             tokens,
             positions,
-            (seeds, temps, top_p, top_k, greedy),
+            SamplingRows.build(b, ((req.slot, req.params) for req in running)),
             budget,
             stop,
         )

@@ -23,7 +23,7 @@ there (profile: 6.4 of ~11 ms per step at batch 32). The kernel paths read the p
 
 Letters: L layers, P pages, S tokens per page, M pages per row, B slots, J prefill blocks (also
 the most rows one prefill packs), U tokens per block, C = J * U, K decode steps per call, V vocab,
-X stop tokens per slot.
+X stop tokens per slot, R rows of a call (B or J).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cleaner_jax.sampling.attention_kernels import KERNEL_IMPLS
+from cleaner_jax.sampling.engine_types import SamplingRows
 from cleaner_jax.sampling.paged_cache import DecodeViewCache, PagedKVCache, copy_page
 from cleaner_jax.sampling.token_sampling import sample_tokens
 
@@ -81,29 +82,28 @@ class EngineSteps:
         positions_JU,
         targets_JU,
         last_J,
-        sampling,
+        sample_pos_J,
+        block_row_J,
+        sampling_J: SamplingRows,
     ):
         """One packed chunk: K/V written, log-probs of `targets_JU`, a next token per row.
 
         Row j's last chunk token sits at flat index `last_J[j]` of the `[J * U]` chunk (rows
-        past the packed ones: any index, results ignored). `sampling` = (seed, position of the
-        token to sample, temperature, top_p, top_k, greedy), each shaped [J]. Target log-probs
-        of a block use its row's temperature (score passes 1.0 or the sampling temperature the
-        trainer's ratio needs) via `block_row_J`, the last entry of `sampling`.
+        past the packed ones: any index, results ignored); its next token is sampled at position
+        `sample_pos_J[j]` with the row's settings in `sampling_J`. Block i belongs to row
+        `block_row_J[i]`, whose temperature its target log-probs use (score passes 1.0 or the
+        sampling temperature the trainer's ratio needs).
         """
         self.trace_counts[f"prefill/M={table_JM.shape[1]}"] += 1
         model = nnx.merge(self.graphdef, state)
         cache = self._cache(k_pages, v_pages, table_JM)
         logits_JUV, cache = model(tokens_JU, positions_JU, cache=cache)
-        seed_J, pos_J, temperature_J, top_p_J, top_k_J, greedy_J, block_row_J = sampling
-        block_temp_J = temperature_J[block_row_J]
+        block_temp_J = sampling_J.temperature[block_row_J]
         logp_JUV = jax.nn.log_softmax(logits_JUV / block_temp_J[:, None, None], axis=-1)
         target_lp_JU = jnp.take_along_axis(logp_JUV, targets_JU[..., None], axis=-1)[..., 0]
         j, u, v = logits_JUV.shape
         last_JV = logits_JUV.reshape(j * u, v)[last_J]
-        token_J, lp_J = sample_tokens(
-            last_JV, seed_J, pos_J, temperature_J, top_p_J, top_k_J, greedy_J
-        )
+        token_J, lp_J = _sample(last_JV, sample_pos_J, sampling_J)
         return token_J, lp_J, target_lp_JU.reshape(j * u), cache.k_pages, cache.v_pages
 
     def _decode(
@@ -114,7 +114,7 @@ class EngineSteps:
         table_BM,
         tokens_B,
         positions_B,
-        sampling,
+        sampling_B: SamplingRows,
         budget_B=None,
         stop_BX=None,
     ):
@@ -130,7 +130,6 @@ class EngineSteps:
         """
         self.trace_counts[f"decode/M={table_BM.shape[1]}"] += 1
         model = nnx.merge(self.graphdef, state)
-        seeds_B, temperature_B, top_p_B, top_k_B, greedy_B = sampling
         if budget_B is None:
             budget_B = jnp.full(positions_B.shape, self.decode_steps, jnp.int32)
         if stop_BX is None:
@@ -145,9 +144,7 @@ class EngineSteps:
         def one_step(carry, _):
             cache, tok_B, pos_B, left_B = carry
             logits_B1V, cache = model(tok_B[:, None], pos_B[:, None], cache=cache)
-            new_B, lp_B = sample_tokens(
-                logits_B1V[:, 0], seeds_B, pos_B + 1, temperature_B, top_p_B, top_k_B, greedy_B
-            )
+            new_B, lp_B = _sample(logits_B1V[:, 0], pos_B + 1, sampling_B)
             emitted_B = pos_B >= 0
             left_B = left_B - 1
             done_B = (left_B <= 0) | jnp.any(new_B[:, None] == stop_BX, axis=1)
@@ -163,3 +160,10 @@ class EngineSteps:
         else:
             k_pages, v_pages = cache.k_pages, cache.v_pages
         return tokens_KB, lps_KB, k_pages, v_pages
+
+
+def _sample(logits_RV, pos_R, rows: SamplingRows):
+    """A token and its log-prob per row, with each row's settings, at positions `pos_R`."""
+    return sample_tokens(
+        logits_RV, rows.seed, pos_R, rows.temperature, rows.top_p, rows.top_k, rows.greedy
+    )

@@ -1,10 +1,15 @@
-"""The engine's public request and configuration types: `EngineConfig`, `SamplingParams`,
-`GenerationResult`, `RequestTooLargeError` (re-exported by `engine.py` and the package).
+"""The engine's request and configuration types: `EngineConfig`, `SamplingParams`,
+`GenerationResult`, `RequestTooLargeError` (public, re-exported by `engine.py` and the package),
+and `SamplingRows`, the per-row sampling settings the engine hands its device programs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import numpy as np
 
 from cleaner_jax.sampling.attention_kernels import ATTENTION_IMPLS
 
@@ -101,3 +106,46 @@ class GenerationResult:
     logprobs: list[float]
     finish_reason: str  # 'stop' | 'length'
     cached_prompt_tokens: int
+
+
+class SamplingRows(NamedTuple):
+    """Per-row sampling settings of one device call, each field shaped [R] (R = decode slots B or
+    prefill rows J). A NamedTuple, so a JAX pytree: the jitted programs take it as one argument
+    and read it by name; every call site builds it with `build`, so each program sees one pytree
+    structure and one set of dtypes (no recompiles).
+
+    Attributes:
+      seed: int32, the request's sampling seed (randomness depends on seed and position).
+      temperature: float32 > 0; a greedy row keeps its temperature (1.0 for temperature 0), the
+        temperature its log-probs are reported at.
+      top_p: float32 in (0, 1].
+      top_k: int32, 0 or negative = off.
+      greedy: bool, argmax instead of sampling.
+    """
+
+    seed: np.ndarray
+    temperature: np.ndarray
+    top_p: np.ndarray
+    top_k: np.ndarray
+    greedy: np.ndarray
+
+    @classmethod
+    def build(
+        cls, num_rows: int, params: Iterable[tuple[int, SamplingParams]] = ()
+    ) -> SamplingRows:
+        """Rows from (row, params) pairs; rows no request owns keep neutral settings (seed 0,
+        temperature 1, top_p 1, top_k off, sampled): their results are ignored."""
+        rows = cls(
+            seed=np.zeros((num_rows,), np.int32),
+            temperature=np.ones((num_rows,), np.float32),
+            top_p=np.ones((num_rows,), np.float32),
+            top_k=np.zeros((num_rows,), np.int32),
+            greedy=np.zeros((num_rows,), bool),
+        )
+        for row, p in params:
+            rows.seed[row] = p.seed
+            rows.temperature[row] = p.temperature or 1.0
+            rows.top_p[row] = p.top_p
+            rows.top_k[row] = p.top_k
+            rows.greedy[row] = p.greedy or p.temperature == 0
+        return rows

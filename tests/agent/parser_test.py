@@ -16,6 +16,7 @@ from cleaner_jax.agent.parser import (
     extract_final_code,
     parse_tool_calls,
 )
+from cleaner_jax.saar import FORMAT_ERROR
 
 
 def call(code, name="code_interpreter"):
@@ -86,6 +87,14 @@ def test_stray_closing_tag_and_several_calls():
     assert [c.code for c in calls] == ["a = 1", "print(a)", None]
     assert [c.error is None for c in calls] == [True, True, False]
     assert "without a matching" in calls[2].error
+    assert calls[2].error_type == FORMAT_ERROR
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", '{"arguments": {"code": "print(1)"}}'])
+def test_non_object_or_nameless_call_is_the_cores_format_error(body):
+    """The generic malformation class is the SAAR core's constant (one definition)."""
+    [c] = parse_tool_calls("<tool_call>" + body + "</tool_call>")
+    assert c.error_type == FORMAT_ERROR == "ToolCallFormatError"
 
 
 def test_unclosed_followed_by_a_good_call():

@@ -48,35 +48,38 @@ class Plan:
 
 
 RUN, CHECK, SKIP = "RUN", "CHECK", "SKIP"
-_SHIPPED = "its one-step run is tests/rl/shipped_configs_test.py::test_runlocal_trains_one_step"
+_SHIPPED = (
+    "its runtime trains a step and evaluates a batch in "
+    "tests/runtime/shipped_configs_test.py::test_one_runtime_trains_a_step_and_evaluates_a_batch"
+)
 _BENCH = "a benchmark (minutes of timed repetitions); the code it times has its own tests"
 
 # Each documented command (whitespace collapsed, exactly as the doc shows it) -> what we do.
 PLANS: dict[str, Plan] = {
     # README
     "bash launch/quickstart.sh demo": Plan(
-        SKIP, "the whole study (~12 min); its quick mode runs in tests/rl/demo_test.py"
+        SKIP, "the whole study (~12 min); its quick mode runs in tests/study/demo_test.py"
     ),
     "bash launch/quickstart.sh test": Plan(SKIP, "the test suite itself (.ci/run runs it)"),
-    "python launch/sft.py --config=configs/qwen3_4b_cleaner.py --workdir=/runs/sft "
+    "python launch/sft.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner --workdir=/runs/sft "
     "--config.model.hf_path=/ckpt/Qwen3-4B-Instruct-2507 "
     "--config.sft.train_files='(\"/data/sft.jsonl\",)'": Plan(RUN),
-    "python launch/train.py --config=configs/qwen3_4b_cleaner.py --workdir=/runs/cleaner "
+    "python launch/train.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner --workdir=/runs/cleaner "
     "--config.model.hf_path=/ckpt/Qwen3-4B-RA-SFT "
     "--config.data.train_files='(\"/data/open_agentrl_30k.parquet\",)'": Plan(RUN),
-    "python launch/train.py --config=configs/qwen3_4b_cleaner.py:runlocal "
-    "--workdir=/tmp/runlocal": Plan(CHECK, f"{_SHIPPED}[qwen3_4b_cleaner]"),
+    "python launch/train.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner,runlocal "
+    "--workdir=/tmp/runlocal": Plan(CHECK, f"{_SHIPPED}[paper:model=qwen3_4b,arm=cleaner]"),
     "python launch/train.py --config=configs/demo.py:runlocal --workdir=/tmp/runlocal_demo": Plan(
-        CHECK, f"{_SHIPPED}[demo]"
+        CHECK, f"{_SHIPPED}[demo:full,arm=cleaner]"
     ),
     "python launch/memory_plan.py": Plan(
         SKIP,
         "compiles the training step at the paper's shapes (~1 min per model); "
-        "tests/models/memory_plan_test.py checks the plan",
+        "tests/runtime/memory_plan_test.py checks the plan",
     ),
     "python launch/memory_plan.py --row_len=8192 --tokens_per_device=8192 --kv_seqs=16 "
     "--kv_seq_len=8192": Plan(SKIP, "as above, at other budgets"),
-    "CUDA_VISIBLE_DEVICES=0 python launch/train.py --config=configs/qwen3_4b_cleaner.py "
+    "CUDA_VISIBLE_DEVICES=0 python launch/train.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner "
     "--workdir=/runs/q3 --config.model.hf_path=/ckpt/Qwen3-1.7B-RA-SFT --config.mesh.fsdp=1 "
     "--config.data.train_files='(\"/data/open_agentrl_30k.parquet\",)'": Plan(
         CHECK,
@@ -84,7 +87,7 @@ PLANS: dict[str, Plan] = {
         "this one-device machine (RUN above)",
     ),
     'gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=all --command="cd cleaner-jax '
-    "&& .venv/bin/python launch/train.py --config=configs/qwen3_4b_cleaner.py "
+    "&& .venv/bin/python launch/train.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner "
     "--config.multiprocess=True --workdir=/mnt/shared/runs/q3 "
     "--config.model.hf_path=/ckpt/Qwen3-4B-RA-SFT "
     '--config.data.train_files=\'(\\"/data/open_agentrl_30k.parquet\\",)\'"': Plan(
@@ -92,7 +95,7 @@ PLANS: dict[str, Plan] = {
         "needs a TPU pod or a jax.distributed cluster; the 2-process CPU path (update, "
         "exchange, sampler replica) is tests/rl/distributed_test.py",
     ),
-    "python launch/evaluate.py --config=configs/qwen3_4b_cleaner.py "
+    "python launch/evaluate.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner "
     "--checkpoint=/runs/q3/hf_export/step_750 --dataset_kind=aime "
     "--dataset=/data/aime24.parquet --out=/runs/q3/eval/aime24": Plan(RUN),
     "python -m lcb_runner.runner.custom_evaluator --custom_output_file "
@@ -100,45 +103,49 @@ PLANS: dict[str, Plan] = {
     "--release_version release_v6": Plan(
         SKIP,
         "LiveCodeBench's own harness (not installed); the file it reads is written and "
-        "checked in tests/rl/evaluation_test.py",
+        "checked in tests/runtime/evaluation_test.py",
     ),
     # configs/
     "python launch/demo.py --mode=full --workdir=DIR": Plan(
-        SKIP, "the whole study (~12 min); its quick mode runs in tests/rl/demo_test.py"
+        SKIP, "the whole study (~12 min); its quick mode runs in tests/study/demo_test.py"
     ),
-    "python launch/train.py --config=configs/demo.py:arm=cleaner,seed=0 --workdir=DIR/x "
+    "python launch/train.py --config=configs/demo.py:full,arm=cleaner,seed=0 --workdir=DIR/x "
     "--config.tokenizer_path=DIR/assets/tokenizer --config.model.hf_path=DIR/sft/hf_export/final "
-    "--config.data.train_files='(\"DIR/assets/rl_train.jsonl\",)'": Plan(
+    "--config.data.train_files='(\"DIR/assets/rl_train.jsonl\",)' "
+    "--config.data.val_files='(\"DIR/assets/test.jsonl\",)'": Plan(
         CHECK,
         "this config on the demo's assets and SFT export runs through trainer.run in "
-        "tests/rl/demo_test.py (quick mode)",
+        "tests/study/demo_test.py (quick mode)",
     ),
     "python launch/train.py --config=configs/demo.py:runlocal --workdir=/tmp/runlocal": Plan(
-        CHECK, f"{_SHIPPED}[demo]"
+        CHECK, f"{_SHIPPED}[demo:full,arm=cleaner]"
+    ),
+    "python launch/train.py --config=configs/demo.py:quick,arm=baseline --print_config": Plan(
+        CHECK, "prints the config and stops before any check"
     ),
     **{
-        f"python launch/train.py --config=configs/{name}.py "
+        f"python launch/train.py --config=configs/paper.py:model={model},arm={arm} "
         f"--config.model.hf_path=/ckpt/{ckpt} "
         "--config.data.train_files='(\"/data/open_agentrl_30k.parquet\",)' "
         "--config.data.val_files='(\"/data/aime24_agentrl.parquet\",)' "
-        f"--workdir=/runs/{name}": Plan(
+        f"--workdir=/runs/{model}_{arm}": Plan(
             CHECK,
-            "the README GRPO command's path with another paper config (their :runlocal "
-            "one-step runs are in tests/rl/shipped_configs_test.py)",
+            "the README GRPO command's path with another paper variant (their runlocal runs "
+            "are in tests/runtime/shipped_configs_test.py)",
         )
-        for name, ckpt in [
-            ("qwen2_7b_baseline", "Qwen2.5-7B-RA-SFT"),
-            ("qwen2_7b_cleaner", "Qwen2.5-7B-RA-SFT"),
-            ("qwen3_4b_baseline", "Qwen3-4B-RA-SFT"),
-            ("qwen3_4b_cleaner", "Qwen3-4B-RA-SFT"),
+        for model, arm, ckpt in [
+            ("qwen3_4b", "cleaner", "Qwen3-4B-RA-SFT"),
+            ("qwen2_7b", "baseline", "Qwen2.5-7B-RA-SFT"),
         ]
     },
-    **{
-        f"python launch/train.py --config=configs/{name}.py:runlocal --workdir=/tmp/runlocal": Plan(
-            CHECK, f"{_SHIPPED}[{name}]"
-        )
-        for name in ("qwen2_7b_baseline", "qwen2_7b_cleaner", "qwen3_4b_baseline")
-    },
+    "python launch/train.py --config=configs/paper.py:model=qwen2_7b,arm=cleaner,runlocal "
+    "--workdir=/tmp/runlocal": Plan(CHECK, f"{_SHIPPED}[paper:model=qwen2_7b,arm=cleaner]"),
+    "python launch/train.py --config=configs/paper.py:arm=baseline --print_config": Plan(
+        CHECK, "prints the config and stops before any check"
+    ),
+    "python launch/train.py --config=configs/demo.py:full,arm=baseline --print_config": Plan(
+        CHECK, "prints the config and stops before any check"
+    ),
     # launch/
     "python launch/bench_decode_attention.py --out /tmp/decode_attention.json": Plan(SKIP, _BENCH),
     "python launch/bench_model.py --out=/tmp/bench_model.json --reps=3": Plan(SKIP, _BENCH),
@@ -152,25 +159,25 @@ PLANS: dict[str, Plan] = {
     "python launch/convert.py --hf_dir=/ckpt/Qwen3-4B --out_dir=/tmp/qwen3_4b_export "
     "--dtype=bfloat16 [--torch_check]": Plan(RUN),
     "python launch/demo.py --mode=full --workdir=/tmp/cleaner_demo": Plan(
-        SKIP, "the whole study (~15 min); its quick mode runs in tests/rl/demo_test.py"
+        SKIP, "the whole study (~15 min); its quick mode runs in tests/study/demo_test.py"
     ),
     "python launch/demo.py --mode=quick --workdir=/tmp/cleaner_quick": Plan(
-        SKIP, "~3 min; this exact command (another workdir) is tests/rl/demo_test.py"
+        SKIP, "~3 min; this exact command (another workdir) is tests/study/demo_test.py"
     ),
-    "python launch/evaluate.py --config=configs/qwen3_4b_cleaner.py "
+    "python launch/evaluate.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner "
     "--checkpoint=/runs/qwen3_4b_cleaner/hf_export/step_750 --dataset_kind=aime "
     "--dataset=/data/aime24.parquet --out=/runs/eval/aime24": Plan(
         CHECK, "the README evaluate command with other paths (RUN above)"
     ),
     "python launch/train.py --config=configs/demo.py:runlocal --workdir=/tmp/x": Plan(
-        CHECK, f"{_SHIPPED}[demo]"
+        CHECK, f"{_SHIPPED}[demo:full,arm=cleaner]"
     ),
     "python launch/evaluate.py --config=configs/demo.py:runlocal --checkpoint=/tmp/x "
     "--config.tokenizer_path=/tmp/x/assets/tokenizer --dataset_kind=agentrl "
     "--dataset=/tmp/x/assets/test.jsonl --n=4 --out=/tmp/x/eval": Plan(
         CHECK,
         "evaluates the workdir the previous command trains (that run is shipped_configs_"
-        "test); an orbax workdir's policy is checked in tests/rl/evaluation_test.py",
+        "test); an orbax workdir's policy is checked in tests/runtime/evaluation_test.py",
     ),
     "python launch/gpu_check.py --out=/tmp/gpu_check.json": Plan(SKIP, "needs an H100/H200"),
     "python launch/gpu_check.py --tiny --out=/tmp/gpu_check.json": Plan(
@@ -180,7 +187,7 @@ PLANS: dict[str, Plan] = {
     "--kv_seq_len=8192 --json=/tmp/plan.json": Plan(
         SKIP,
         "compiles the training step at these shapes (minutes on CPU); "
-        "tests/models/memory_plan_test.py checks the plan",
+        "tests/runtime/memory_plan_test.py checks the plan",
     ),
 }
 
@@ -300,10 +307,10 @@ def assets(tmp_path_factory):
     """Tiny stand-ins for every /data and /ckpt path the docs name, and the dirs they expect."""
     from cleaner_jax.agent.tokenizer import load_tokenizer
     from cleaner_jax.models.testing import save_tiny_checkpoint, tiny_variant
-    from cleaner_jax.rl import demo
+    from cleaner_jax.data import demo_assets
 
     root = tmp_path_factory.mktemp("documented")
-    synth = demo.prepare_assets(str(root / "synthetic"), n_sft=8, n_rl_train=8, n_test=4)
+    synth = demo_assets.prepare_assets(str(root / "synthetic"), n_sft=8, n_rl_train=8, n_test=4)
     tokenizer = load_tokenizer(synth["tokenizer"])
     models = {}
     # The real models' context lengths, so that the paper budgets (23,040 tokens) check as they
@@ -398,7 +405,7 @@ def _run(argv: list[str], root: pathlib.Path, timeout: int = 600):
 def _defined_flags(script: pathlib.Path) -> set[str]:
     """The flags `script` defines: absl `flags.DEFINE_*("name", ...)` or argparse
     `add_argument("--name", ...)` (and cli.py's, for the launchers that use it)."""
-    names = {"verbose", "check_only", "helpshort", "helpfull"}
+    names = {"verbose", "check_only", "print_config", "helpshort", "helpfull"}
     for node in ast.walk(ast.parse(script.read_text())):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
             continue

@@ -10,7 +10,6 @@ from flax import nnx
 from cleaner_jax.models import sharding
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.qwen import Qwen
-from cleaner_jax.rl import checkpoint as checkpoint_lib
 from cleaner_jax.rl.packing import TrainSample, pack, split_rows
 from cleaner_jax.rl.update import (
     LossConfig,
@@ -22,6 +21,7 @@ from cleaner_jax.rl.update import (
     make_optimizer,
     resolve_loss_scale,
 )
+from cleaner_jax.runtime import checkpoint as checkpoint_lib
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """SaarConfig/RolloutLimits validation, stats aggregation, and the no-JAX import guarantee."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -16,7 +17,6 @@ from cleaner_jax.saar import RolloutLimits, SaarConfig, TrajectoryStats, aggrega
         ({"rollback_probability": 2.0}, "rollback_probability"),
         ({"similarity_on": "ast"}, "similarity_on"),
         ({"similarity": "rapidfuzz"}, "similarity"),
-        ({"max_tool_attempts": 0}, "max_tool_attempts"),
     ],
 )
 def test_saar_config_rejects_bad_values(kwargs, message):
@@ -24,19 +24,32 @@ def test_saar_config_rejects_bad_values(kwargs, message):
         SaarConfig(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "name", ["max_turns", "max_response_tokens", "max_calls_per_turn", "max_tool_attempts"]
+)
+@pytest.mark.parametrize("value", [0, 1.5])
+def test_rollout_limits_reject_bad_values(name, value):
+    with pytest.raises(ValueError, match=name):
+        RolloutLimits(**{name: value})
+
+
+def test_tool_attempt_cap_is_a_rollout_limit_only():
+    """One definition: the cap applies with SAAR on or off, so it is not a SAAR setting."""
+    assert "max_tool_attempts" not in {f.name for f in dataclasses.fields(SaarConfig)}
+    with pytest.raises(TypeError):
+        SaarConfig(max_tool_attempts=2)
+
+
 def test_defaults_are_the_papers():
     c = SaarConfig()
-    assert (c.gamma, c.max_retries, c.rollback_probability, c.max_tool_attempts) == (
-        0.5,
-        3,
-        1.0,
-        30,
-    )
+    assert (c.gamma, c.max_retries, c.rollback_probability) == (0.5, 3, 1.0)
     assert (c.similarity_on, c.similarity, c.disable_after_exhaustion) == ("code", "tokens", True)
     limits = RolloutLimits()
-    assert (limits.max_turns, limits.max_response_tokens) == (16, 20480)
-    with pytest.raises(ValueError, match="max_turns"):
-        RolloutLimits(max_turns=0)
+    assert (limits.max_turns, limits.max_response_tokens, limits.max_tool_attempts) == (
+        16,
+        20480,
+        30,
+    )
 
 
 def test_aggregate_stats_golden():

@@ -383,9 +383,9 @@ def test_global_tool_attempt_cap(saar):
 
 
 def test_attempt_cap_stops_retries():
-    saar = SaarConfig(max_tool_attempts=2)
+    limits = RolloutLimits(max_tool_attempts=2)
     turns = [turn("R0. ", "print(a)"), turn("R1. ", "print(b)"), "Give up.<|im_end|>"]
-    traj, policy, _ = run(turns, {"print(a)": NAME, "print(b)": NAME}, saar=saar)
+    traj, policy, _ = run(turns, {"print(a)": NAME, "print(b)": NAME}, limits=limits)
     assert (traj.stats.retries, traj.stats.tool_calls, traj.stats.rollbacks_failed) == (1, 2, 1)
     assert [p for p, _ in layout(traj)] == [P, S, SH, FB, S]
     assert "attempted 2 times" in layout(traj)[3][1]

@@ -11,10 +11,12 @@ from flax import nnx
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.sampling.engine_steps import EngineSteps
+from cleaner_jax.sampling.engine_types import SamplingParams, SamplingRows
 from cleaner_jax.sampling.paged_cache import PagedKVCache
 
 CFG = tiny_config()
 S, M, P, B, X = 4, 8, 64, 3, 2  # page size, pages per row, pool pages, slots, stop width
+GREEDY = SamplingParams(greedy=True)
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +51,11 @@ def _prefill(steps, state, pool, table_JM, seqs, blocks, u):
         targets[off : off + n - 1] = seq[1:]
         table[bl] = table_JM[row]
         block_row[bl], last[row] = row, off + n - 1
-    sampling = (
-        np.zeros((j,), np.int32),
-        np.array([len(s) for s in seqs] + [0] * (j - len(seqs)), np.int32),
-        np.ones((j,), np.float32),
-        np.ones((j,), np.float32),
-        np.zeros((j,), np.int32),
-        np.ones((j,), bool),
-        block_row,
-    )
+    sample_pos = np.array([len(s) for s in seqs] + [0] * (j - len(seqs)), np.int32)
+    sampling = SamplingRows.build(j, ((row, GREEDY) for row in range(j)))
     tok, lp, tlp, k, v = steps.prefill(
         state, *pool, table, tokens.reshape(j, u), positions.reshape(j, u),
-        targets.reshape(j, u), last, sampling,
+        targets.reshape(j, u), last, sample_pos, block_row, sampling,
     )  # fmt: skip
     return np.asarray(tok), np.asarray(lp), np.asarray(tlp).reshape(j, u), (k, v)
 
@@ -105,13 +100,8 @@ def _decode_setup(split, k):
 
 
 def _sampling(greedy=True):
-    return (
-        np.arange(B, dtype=np.int32),
-        np.full((B,), 0.7, np.float32),
-        np.ones((B,), np.float32),
-        np.zeros((B,), np.int32),
-        np.full((B,), greedy),
-    )
+    params = (SamplingParams(temperature=0.7, seed=b, greedy=greedy) for b in range(B))
+    return SamplingRows.build(B, enumerate(params))
 
 
 def _run(steps, state, pool, prompts, tok, calls, budget=None, stop=None, greedy=True):

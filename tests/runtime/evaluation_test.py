@@ -2,6 +2,7 @@
 real engine, sandbox, SAAR and rewards; HF-dir and orbax checkpoints give the same samples."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +16,10 @@ from cleaner_jax.data.prompts import TEMPLATES
 from cleaner_jax.data.readers import read_dataset
 from cleaner_jax.models import hf_io
 from cleaner_jax.models.testing import random_model
-from cleaner_jax.rl import defaults, evaluation, model_setup
-from cleaner_jax.rl.checkpoint import Checkpointer
+from cleaner_jax.runtime import evaluation
+from cleaner_jax.runtime import parts as model_setup
+from cleaner_jax.runtime.checkpoint import Checkpointer
+from cleaner_jax.runtime.config import load_config
 
 AIME = [
     {"id": 1, "problem": "What is 1+1?", "answer": "2"},
@@ -65,7 +68,7 @@ def setup(tmp_path_factory):
     texts += [json.dumps(TOOLS), '<tool_call>{"name": "code_interpreter"}</tool_call>'] * 4
     texts += [json.dumps(rows) for rows in FILES.values()]
     tokenizer = build_tokenizer(texts, 400, out_dir=d / "tokenizer")
-    c = defaults.demo_config("runlocal")
+    c = load_config(f"{pathlib.Path(__file__).parents[2]}/configs/demo.py:runlocal")
     c.prepare_synthetic = False
     c.tokenizer_path = str(d / "tokenizer")
     c.rollout.update(dict(max_response_tokens=24, max_turns=2))
@@ -97,8 +100,11 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluator(setup):
     c, _, d = setup
-    with evaluation.Evaluator(c, str(d / "work")) as ev:
-        yield ev
+    rt = model_setup.build(c, "eval", checkpoint=str(d / "work"))
+    try:
+        yield evaluation.Evaluator(rt)
+    finally:
+        rt.close()
 
 
 @pytest.mark.parametrize("kind", ["aime", "gpqa", "livecodebench"])
@@ -159,11 +165,11 @@ def test_hf_dir_and_orbax_checkpoint_load_the_same_policy(evaluator, setup):
     c, _, d = setup
     c = c.copy_and_resolve_references()
     c.tokenizer_path = ""
-    tokenizer, bundle = evaluation.load_policy(c, str(d / "hf"))
-    assert tokenizer.get_vocab() == evaluator.tokenizer.get_vocab()
-    assert bundle.cfg == evaluator.bundle.cfg.replace(architecture=bundle.cfg.architecture)
+    tokenizer, bundle = model_setup.load_policy(c, str(d / "hf"))
+    assert tokenizer.get_vocab() == evaluator.rt.tokenizer.get_vocab()
+    assert bundle.cfg == evaluator.rt.model.cfg.replace(architecture=bundle.cfg.architecture)
     flat_hf = jax.tree.leaves_with_path(bundle.state)
-    flat_orbax = jax.tree.leaves_with_path(evaluator.bundle.state)
+    flat_orbax = jax.tree.leaves_with_path(evaluator.rt.model.state)
     assert [p for p, _ in flat_hf] == [p for p, _ in flat_orbax]
     for (path, a), (_, b) in zip(flat_hf, flat_orbax, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
@@ -172,4 +178,4 @@ def test_hf_dir_and_orbax_checkpoint_load_the_same_policy(evaluator, setup):
 def test_orbax_dir_without_checkpoints_is_a_clear_error(setup, tmp_path):
     c, _, _ = setup
     with pytest.raises(FileNotFoundError, match="neither an HF dir"):
-        evaluation.load_policy(c, str(tmp_path / "missing"))
+        model_setup.load_policy(c, str(tmp_path / "missing"))

@@ -10,7 +10,6 @@ tokenizer) at the end, which the GRPO run loads through `model.hf_path`.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 import jax
@@ -21,18 +20,10 @@ from cleaner_jax.agent.chat import ChatFormat
 from cleaner_jax.agent.tools import TOOLS
 from cleaner_jax.data.readers import read_records
 from cleaner_jax.models import hf_io
-from cleaner_jax.rl import checkpoint as checkpoint_lib
-from cleaner_jax.rl import metrics as metrics_lib
-from cleaner_jax.rl import model_setup
 from cleaner_jax.rl.packing import PackedBatch, TrainSample, pack, split_rows
-from cleaner_jax.rl.update import (
-    LossConfig,
-    Updater,
-    make_optimizer,
-    make_schedule,
-    optim_config_from,
-    round_rows,
-)
+from cleaner_jax.rl.update import round_rows
+from cleaner_jax.runtime import parts as parts_lib
+from cleaner_jax.runtime.config import sft_settings
 
 
 def load_sft_samples(
@@ -75,35 +66,26 @@ def epoch_micro_batches(
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains, exports to `workdir/hf_export/final` and returns the last step's metrics."""
-    os.makedirs(workdir, exist_ok=True)
-    s = config.sft
-    if s.lr_schedule not in ("cosine", "constant"):
-        raise ValueError(f"sft.lr_schedule must be 'cosine' or 'constant', got {s.lr_schedule!r}")
-    tokenizer = model_setup.tokenizer_for(config)
-    chat = ChatFormat(tokenizer)
-    samples = load_sft_samples(s.train_files, chat, s.row_len, config.data.tools_in_prompt)
-    bundle = model_setup.build_model(config, len(tokenizer))
+    s = sft_settings(config)
+    rt = parts_lib.build(config, "sft", workdir)
+    try:
+        return _train(rt, s, workdir)
+    finally:
+        rt.close()
+
+
+def _train(rt: parts_lib.Runtime, s, workdir: str) -> dict:
+    samples = load_sft_samples(s.train_files, rt.chat, s.row_len, s.tools_in_prompt)
+    bundle = rt.model
     rows_per_step = round_rows(s.rows_per_step, bundle.mesh)
     rows_per_epoch = pack(samples, s.row_len).num_rows
     steps_per_epoch = max(1, rows_per_epoch // rows_per_step)
     total = steps_per_epoch * s.epochs
-    optim_config = optim_config_from(
-        config.optim,
-        learning_rate=s.learning_rate,
-        warmup_steps=s.warmup_steps,
-        total_steps=total if s.lr_schedule == "cosine" else None,
-    )
-    optimizer = make_optimizer(optim_config, compute_dtype=bundle.cfg.dtype)
-    schedule = make_schedule(optim_config)
-    loss_config = LossConfig(kind="sft", logprob_chunk=config.train.logprob_chunk)
-    updater = Updater(bundle.graphdef, optimizer, loss_config, mesh=bundle.mesh)
+    updater, schedule = rt.sft_updater(total)
     state = bundle.state
     opt_state = updater.init(state)
-    ckpt = checkpoint_lib.Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=2, every=s.checkpoint_every
-    )
-    writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
-    rng = np.random.default_rng(config.seed)
+    ckpt, writer = rt.checkpointer, rt.writer
+    rng = np.random.default_rng(s.seed)
     logging.info("SFT: %d conversations, %d steps (%d epochs)", len(samples), total, s.epochs)
     step, metrics, t0 = 0, {}, time.time()
     for epoch in range(s.epochs):
@@ -116,12 +98,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             writer.write(step, metrics)
             ckpt.save(step, state, opt_state, {"step": step})
     ckpt.save(step, state, opt_state, {"step": step}, force=True)
-    ckpt.close()
-    out_dir = model_setup.export_dir(workdir, "final")
+    ckpt.wait()
+    out_dir = parts_lib.export_dir(workdir, "final")
     hf_io.save_hf_checkpoint(state, bundle.cfg, out_dir)
     if jax.process_index() == 0:
-        tokenizer.save_pretrained(out_dir)
-    writer.close()
+        rt.tokenizer.save_pretrained(out_dir)
     logging.info(
         "SFT done: %d steps, last loss %.4f, exported to %s",
         step,

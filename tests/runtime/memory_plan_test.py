@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cleaner_jax.models import memory_plan as mp
 from cleaner_jax.models import sharding
 from cleaner_jax.models.config import PRESETS
 from cleaner_jax.models.testing import random_model, tiny_variant
+from cleaner_jax.runtime import memory_plan as mp
 
 
 @pytest.mark.parametrize("mesh_shape", [(1, 8, 1), (1, 2, 4), (2, 2, 2)])

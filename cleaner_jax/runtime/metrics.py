@@ -7,9 +7,8 @@ first ``write(s, ...)`` of a writer drops the lines with step >= s (a run resume
 checkpoint of step s - 1 redoes them) and tells TensorBoard to purge its events from step s, so
 neither log shows a step twice. A fresh run in a used workdir thus starts a fresh log.
 
-Also here: ``aggregate_trajectory_stats`` (per-trajectory stat dicts -> step metrics: means, sums,
-maxes and ratio-of-sums rates), ``PhaseTimer`` (``with timer("rollout"):`` seconds per phase) and
-``read_metrics`` for report code.
+Also here: ``PhaseTimer`` (``with timer("rollout"):`` seconds per phase) and ``read_metrics`` for
+report code. (Trajectory statistics are aggregated by ``saar.aggregate_stats``.)
 
 JSON note: NaN/inf values are written as the bare tokens ``NaN``/``Infinity`` (Python's ``json``
 reads them back); a NaN loss is worth recording.
@@ -20,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import numbers
 import os
 import pathlib
@@ -158,43 +156,6 @@ def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     if torn:
         logging.warning("Skipping a torn last line in %s: %r", path, torn[:80])
     return rows
-
-
-def aggregate_trajectory_stats(
-    stats: Sequence[Mapping[str, Any] | Any],
-    *,
-    rates: Mapping[str, tuple[str, str]] | None = None,
-    sums: Sequence[str] = (),
-    maxes: Sequence[str] = (),
-    prefix: str = "",
-) -> dict[str, float]:
-    """Aggregates per-trajectory stat dicts (or dataclasses) into step metrics.
-
-    Each trajectory's stats are flattened first: nested dicts become ``outer/inner`` keys, bools
-    become 0/1, and a string value ``v`` under key ``k`` becomes ``k/v = 1`` (so its mean is the
-    fraction of trajectories with that value). A key missing from a trajectory counts as 0.
-
-    Returns ``{prefix}{key}/mean`` for every key, ``{prefix}{key}/sum`` for keys in ``sums``,
-    ``{prefix}{key}/max`` for keys in ``maxes``, ``{prefix}{name}`` = sum(numerator) /
-    sum(denominator) for each ``rates[name] = (numerator, denominator)`` (a ratio of sums, so a
-    trajectory with 10 calls weighs 10 times one with 1; NaN when the denominator sums to 0),
-    and ``{prefix}num_trajectories``.
-    """
-    flat = [_flatten_stats(s) for s in stats]
-    keys = sorted({k for row in flat for k in row})
-    totals = {k: math.fsum(row.get(k, 0.0) for row in flat) for k in keys}
-    n = len(flat)
-    out: dict[str, float] = {f"{prefix}num_trajectories": float(n)}
-    for key in keys:
-        out[f"{prefix}{key}/mean"] = totals[key] / n
-    for key in sums:
-        out[f"{prefix}{key}/sum"] = totals.get(key, 0.0)
-    for key in maxes:
-        out[f"{prefix}{key}/max"] = max((row.get(key, 0.0) for row in flat), default=math.nan)
-    for name, (numerator, denominator) in (rates or {}).items():
-        den = totals.get(denominator, 0.0)
-        out[f"{prefix}{name}"] = totals.get(numerator, 0.0) / den if den else math.nan
-    return out
 
 
 class PhaseTimer:

@@ -2,15 +2,14 @@
 
 import types
 
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from cleaner_jax.models.testing import random_model, tiny_variant
-from cleaner_jax.rl import trainer
 from cleaner_jax.rl.logprobs import prefix_shared_logprobs
 from cleaner_jax.rl.packing import TrainSample
+from cleaner_jax.runtime import trainer
 
 N, PROMPT = 2, 5  # samples per group, prompt tokens
 
@@ -19,7 +18,7 @@ N, PROMPT = 2, 5  # samples per group, prompt tokens
 def bundle():
     cfg = tiny_variant(vocab_size=64)
     graphdef, state = nnx.split(random_model(cfg, seed=3))
-    return types.SimpleNamespace(graphdef=graphdef), state
+    return graphdef, state
 
 
 def _samples(stale: list[bool]):
@@ -38,13 +37,12 @@ def _samples(stale: list[bool]):
 
 
 def _config(mode):
-    return ml_collections.ConfigDict(
-        dict(train=dict(old_logprobs=mode, logprob_chunk=5), rollout=dict(temperature=1.0))
-    )
+    """The fields of `TrainSettings` that `_old_logprobs` reads."""
+    return types.SimpleNamespace(old_logprobs=mode, logprob_chunk=5, temperature=1.0)
 
 
 def _trainer_logprobs(bundle, sample):
-    graphdef, state = bundle[0].graphdef, bundle[1]
+    graphdef, state = bundle
     return prefix_shared_logprobs(
         graphdef, state, sample.tokens[:PROMPT], [sample.tokens[PROMPT:]]
     )[0]
@@ -75,9 +73,3 @@ def test_recompute_mode_replaces_every_sample(bundle):
     for s in samples:
         np.testing.assert_allclose(s.logprobs[PROMPT:], _trainer_logprobs(bundle, s), atol=1e-5)
     assert "logprob_mismatch/kl_k3" in metrics
-
-
-def test_unknown_mode_is_refused(bundle):
-    samples, rollouts = _samples([False, False])
-    with pytest.raises(ValueError, match="old_logprobs"):
-        trainer._old_logprobs(_config("trainer"), *bundle, rollouts, samples, N)

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from cleaner_jax.data import synthetic_task
-from cleaner_jax.rl import demo
-from cleaner_jax.rl.metrics import read_metrics
+from cleaner_jax.data import demo_assets, synthetic_task
+from cleaner_jax.runtime.config import load_config
+from cleaner_jax.runtime.metrics import read_metrics
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,12 +64,12 @@ def test_quick_mode_produces_the_report(tmp_path):
     assert _run_quick(tmp_path) == ["1/4", "4/4"]
 
 
-@pytest.mark.parametrize("mode", sorted(demo.MODES))
+@pytest.mark.parametrize("mode", ["quick", "full"])
 def test_task_sizes_fit_the_demo_ranges(mode):
     """Every mode's problem counts can be drawn, and every question number and answer is below
     1000, so the demo tokenizer (digit groups of 3) makes each one a single token."""
-    m = demo.MODES[mode]
-    task = dict(ranges=demo.TASK_RANGES, templates=demo.TEMPLATES)
+    m = load_config(f"{_ROOT}/configs/demo.py:{mode}").study
+    task = dict(ranges=demo_assets.TASK_RANGES, templates=demo_assets.TEMPLATES)
     train = synthetic_task.make_problems("train", m.n_sft + m.n_rl_train, 0, **task)
     test = synthetic_task.make_problems("test", m.n_test, 1, **task)
     for p in train + test:

@@ -1,9 +1,10 @@
 """Checkpoint evaluation: n samples per problem, pass@k, with and without test-time SAAR.
 
-`Evaluator` loads a policy (a local HF checkpoint dir, an orbax checkpoint directory written by
-our trainer, or the config's own model), starts the sampling engine and sandbox pools once, and
-`run`s a list of `Example`s in one or both SAAR modes through the trainer's own rollout
-(`rl.collect.Collector`) and reward (`rl.rewards.RewardScorer`) code. For each mode it writes
+`Evaluator` takes a policy, sampling engine and sandbox pools built once by `parts.build`
+(a local HF checkpoint dir, an orbax checkpoint directory written by our trainer, or the config's
+own model), and `run`s a list of `Example`s in one or both SAAR modes through the trainer's own
+rollout (`runtime.collect.Collector`) and reward (`rl.rewards.RewardScorer`) code. For each mode
+it writes
   <out>/<mode>.jsonl            one record per problem: samples (response text, score, acc,
                                 termination, tool stats), correct count, per-problem pass@k,
                                 rollout wall time;
@@ -31,29 +32,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from cleaner_jax.agent.sandbox import SandboxConfig, SandboxPool
-from cleaner_jax.data.readers import Example, filter_overlong, read_dataset
-from cleaner_jax.models import sharding
-from cleaner_jax.models.qwen import Qwen
-from cleaner_jax.rl import model_setup
-from cleaner_jax.rl.checkpoint import Checkpointer
-from cleaner_jax.rl.collect import Collector, Rollout, engine_config_from
+from cleaner_jax.data.readers import Example, read_dataset
 from cleaner_jax.rl.passk import DEFAULT_KS, mean_pass_at_k, pass_at_k, valid_ks
-from cleaner_jax.rl.rewards import (
-    OverlongConfig,
-    RewardConfig,
-    RewardResult,
-    RewardScorer,
-    reward_kind,
-)
+from cleaner_jax.rl.rewards import RewardResult, reward_kind
 from cleaner_jax.rl.rewards_code import extract_final_code_block
+from cleaner_jax.runtime import parts as parts_lib
+from cleaner_jax.runtime.collect import Rollout
 from cleaner_jax.saar import TrajectoryStats, aggregate_stats
-from cleaner_jax.sampling import Engine
 
 SAAR_MODES: dict[str, tuple[str, ...]] = {"both": ("off", "on"), "on": ("on",), "off": ("off",)}
 
@@ -81,60 +69,6 @@ class EvalOptions:
             raise ValueError(
                 f"n={self.n} and problems_per_batch={self.problems_per_batch} must be >= 1"
             )
-
-
-def _orbax_dir(path: str) -> str:
-    """The orbax step-directory root for `path` (a trainer workdir or its `checkpoints/`)."""
-    sub = os.path.join(path, "checkpoints")
-    return sub if os.path.isdir(sub) else path
-
-
-def load_policy(
-    config: ml_collections.ConfigDict, checkpoint: str = "", step: int | None = None
-) -> tuple[Any, model_setup.ModelBundle]:
-    """(tokenizer, model bundle) for `checkpoint`.
-
-    A dir with a `config.json` is an HF checkpoint (model shapes from it; its tokenizer unless
-    `config.tokenizer_path` is set). Any other dir is an orbax checkpoint of our trainer: the
-    model is the config's (`model.preset`/`model.hf_path`) and only the params are restored. An
-    empty `checkpoint` builds the config's model as training would (random init or hf_path).
-    """
-    config = config.copy_and_resolve_references()
-    if checkpoint and os.path.isfile(os.path.join(checkpoint, "config.json")):
-        config.model.hf_path = checkpoint
-    tokenizer = model_setup.tokenizer_for(config)
-    if not checkpoint or config.model.hf_path == checkpoint:
-        return tokenizer, model_setup.build_model(config, len(tokenizer))
-    root = _orbax_dir(checkpoint)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(
-            f"checkpoint {checkpoint!r} is neither an HF dir (no config.json) nor an orbax "
-            "checkpoint directory; pass a trainer workdir, its checkpoints/ dir or an HF export"
-        )
-    mesh = sharding.make_mesh(dict(config.mesh))
-    cfg = model_setup.model_config_for(config, len(tokenizer))
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))
-    shardings = sharding.state_shardings(abstract, mesh, cfg=cfg)
-    target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
-    )
-    with Checkpointer(root, keep=None) as ckpt:
-        restored = ckpt.restore(step, abstract_params=target, abstract_opt_state=None)
-    logging.info("restored params of step %d from %s", restored.step, root)
-    return tokenizer, model_setup.ModelBundle(cfg, graphdef, restored.params, mesh)
-
-
-def _reward_config(config: ml_collections.ConfigDict) -> RewardConfig:
-    r = config.reward
-    return RewardConfig(
-        math_mode=r.math_mode,
-        overlong=OverlongConfig(
-            max_response_length=config.rollout.max_response_tokens,
-            buffer_length=min(r.overlong_buffer, config.rollout.max_response_tokens),
-            penalty_factor=r.overlong_factor,
-            count_policy_tokens_only=r.overlong_policy_tokens_only,
-        ),
-    )
 
 
 def question_id(example: Example) -> str:
@@ -193,77 +127,22 @@ def summarize_mode(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict
     return out
 
 
-class _LazyJudge:
-    """The sandbox that runs code-reward tests, started on first use (math-only runs never pay).
-    Judging compares whole program outputs, so unlike the tool pool it does not truncate them."""
-
-    def __init__(self, config: ml_collections.ConfigDict):
-        self._config = SandboxConfig(
-            num_workers=config.sandbox.num_workers,
-            timeout_s=config.sandbox.timeout_s,
-            max_output_chars=1_000_000,
-        )
-        self._pool: SandboxPool | None = None
-
-    async def run(self, code, stdin=None, timeout_s=None):
-        if self._pool is None:
-            self._pool = SandboxPool(self._config)
-        return await self._pool.run(code, stdin=stdin, timeout_s=timeout_s)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-
-
 class Evaluator:
-    """The policy, engine, tool sandbox and reward judge, set up once for several `run`s."""
+    """Evaluation `run`s over the parts of a `Runtime` ("eval", or a trainer's "train" one)."""
 
-    def __init__(
-        self, config: ml_collections.ConfigDict, checkpoint: str = "", step: int | None = None
-    ):
-        self.config = config
-        self.tokenizer, self.bundle = load_policy(config, checkpoint, step)
-        # The sampler's dtype and weight copy, as in training (`rollout.dtype`).
-        dtype = model_setup.sampler_dtype(config)
-        self._sampler_state = model_setup.cast_state(self.bundle.state, dtype)
-        self.engine = Engine(
-            (model_setup.sampler_graphdef(self.bundle, dtype), self._sampler_state),
-            engine_config_from(config),
-        )
-        self.pool = SandboxPool(
-            SandboxConfig(
-                num_workers=config.sandbox.num_workers, timeout_s=config.sandbox.timeout_s
-            )
-        )
-        self.judge = _LazyJudge(config)
-        self.collector = Collector(config, self.tokenizer, self.engine, self.pool)
-        self.scorer = RewardScorer(_reward_config(config), code_runner=self.judge)
+    def __init__(self, rt: parts_lib.Runtime):
+        self.rt = rt
+        self.engine, self.collector, self.scorer = rt.engine, rt.collector, rt.scorer
         self._warm = False
-
-    def close(self) -> None:
-        self.scorer.close()
-        self.pool.close()
-        self.judge.close()
-
-    def __enter__(self) -> Evaluator:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def filter_prompts(self, examples: Sequence[Example]) -> tuple[list[Example], int]:
-        count = lambda ex: len(self.collector.prompt_tokens(ex))  # noqa: E731
-        return filter_overlong(examples, count, self.config.data.max_prompt_tokens)
 
     def _run_mode(self, examples, mode, options: EvalOptions) -> list[dict[str, Any]]:
         if not self._warm:
             self.engine.warmup()
             self._warm = True
-        # An empty prefix cache per mode: neither mode reuses the other's prompt pages.
-        self.engine.update_params(self._sampler_state)
+        # An empty prefix cache per mode (same weights): neither mode reuses the other's pages.
+        self.engine.update_params(self.rt.sampler_state)
         records = []
-        chat = self.collector.chat
+        chat = self.rt.chat
         ks = valid_ks(options.n, options.ks)
         step = options.problems_per_batch
         for b, start in enumerate(range(0, len(examples), step)):
@@ -314,7 +193,7 @@ class Evaluator:
     def run(self, examples: Sequence[Example], options: EvalOptions, out_dir: str) -> dict:
         """Evaluates `examples` in the modes of `options.saar`; writes outputs; returns summary."""
         os.makedirs(out_dir, exist_ok=True)
-        examples, dropped = self.filter_prompts(examples)
+        examples, dropped = self.collector.filter_prompts(examples)
         if options.max_problems:
             examples = examples[: options.max_problems]
         if not examples:
@@ -382,10 +261,22 @@ def saar_overhead(off: Sequence[dict[str, Any]], on: Sequence[dict[str, Any]]) -
     }
 
 
-def evaluate(config: ml_collections.ConfigDict, options: EvalOptions, out_dir: str) -> dict:
-    """Reads `options.dataset`, evaluates it with a fresh `Evaluator`, returns the summary."""
-    if not options.dataset:
-        raise ValueError("EvalOptions.dataset is empty: pass the dataset file(s) to evaluate")
-    examples = read_dataset(options.dataset_kind, list(options.dataset))
-    with Evaluator(config, options.checkpoint, options.checkpoint_step) as ev:
-        return ev.run(examples, options, out_dir)
+def evaluate(
+    config: ml_collections.ConfigDict,
+    options: EvalOptions,
+    out_dir: str,
+    examples: Sequence[Example] | None = None,
+) -> dict:
+    """Builds the "eval" runtime and evaluates `examples` (default: read `options.dataset`);
+    returns the summary."""
+    if examples is None:
+        if not options.dataset:
+            raise ValueError("EvalOptions.dataset is empty: pass the dataset file(s) to evaluate")
+        examples = read_dataset(options.dataset_kind, list(options.dataset))
+    rt = parts_lib.build(
+        config, "eval", checkpoint=options.checkpoint, step=options.checkpoint_step
+    )
+    try:
+        return Evaluator(rt).run(examples, options, out_dir)
+    finally:
+        rt.close()

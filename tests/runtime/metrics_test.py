@@ -1,4 +1,4 @@
-"""Tests for cleaner_jax.rl.metrics: JSONL round trip, resume de-dup, TensorBoard, aggregation."""
+"""Tests for runtime.metrics: JSONL round trip, resume de-dup, TensorBoard, aggregation."""
 
 import dataclasses
 import json
@@ -13,7 +13,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
-from cleaner_jax.rl import metrics as metrics_lib
+from cleaner_jax.runtime import metrics as metrics_lib
 
 
 def _tb_scalars(workdir, tag):
@@ -160,53 +160,6 @@ class _Stats:
     first_attempt_successes: int
     rollbacks: int
     truncated: bool
-
-
-def test_aggregate_stats_golden_values():
-    stats = [
-        {
-            "tool_calls": 4,
-            "first_attempt_calls": 4,
-            "first_attempt_successes": 1,
-            "rollbacks": 3,
-            "truncated": True,
-            "failures": {"NameError": 2, "SyntaxError": 1},
-            "termination": "answer",
-        },
-        _Stats(tool_calls=1, first_attempt_calls=1, first_attempt_successes=1, rollbacks=0,
-               truncated=False),
-        {"tool_calls": 0, "termination": "length"},
-    ]  # fmt: skip
-    got = metrics_lib.aggregate_trajectory_stats(
-        stats,
-        rates={
-            "first_attempt_success_rate": ("first_attempt_successes", "first_attempt_calls"),
-            "never_seen_rate": ("rollbacks", "missing_key"),
-        },
-        sums=["rollbacks"],
-        maxes=["tool_calls"],
-        prefix="saar/",
-    )
-    nan_rate = got.pop("saar/never_seen_rate")
-    assert math.isnan(nan_rate)
-    assert got == pytest.approx(
-        {
-            "saar/num_trajectories": 3.0,
-            "saar/tool_calls/mean": 5 / 3,
-            "saar/first_attempt_calls/mean": 5 / 3,
-            "saar/first_attempt_successes/mean": 2 / 3,
-            "saar/rollbacks/mean": 1.0,
-            "saar/truncated/mean": 1 / 3,
-            "saar/failures/NameError/mean": 2 / 3,
-            "saar/failures/SyntaxError/mean": 1 / 3,
-            "saar/termination/answer/mean": 1 / 3,
-            "saar/termination/length/mean": 1 / 3,
-            "saar/rollbacks/sum": 3.0,
-            "saar/tool_calls/max": 4.0,
-            # Ratio of sums (2 / 5), not the mean of per-trajectory ratios (0.625).
-            "saar/first_attempt_success_rate": 0.4,
-        }
-    )
 
 
 def test_phase_timer_accumulates_per_phase_and_resets():

@@ -4,7 +4,8 @@ A mistake a user can make (an unknown, mistyped or ill-typed flag or `--config.x
 missing file, checkpoint or tokenizer, a budget that does not fit: `UserError`, `ConfigError`,
 `FileNotFoundError`) ends in one line on stderr, `error: ...`, naming the flag, field or path and
 what to do, with exit status 2. `--verbose` shows the traceback instead. Any other exception is
-a bug and keeps its traceback. `--check_only`: the launchers stop after their checks.
+a bug and keeps its traceback. `--check_only`: the launchers stop after their checks;
+`--print_config`: they print the config and stop (`start`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from collections.abc import Callable
 
 from absl import app, flags
 
-from cleaner_jax.rl.defaults import ConfigError
+from cleaner_jax.runtime.config import ConfigError
 
 flags.DEFINE_bool("verbose", False, "Show the traceback of a command-line or config error.")
 CHECK_ONLY = flags.DEFINE_bool(
     "check_only", False, "Parse the flags, check the paths and budgets, and exit (a dry run)."
+)
+PRINT_CONFIG = flags.DEFINE_bool(
+    "print_config", False, "Print the config (variant and overrides applied) and exit."
 )
 
 
@@ -44,7 +48,7 @@ def _unknown_field(error: Exception, argv: list[str]) -> str:
     names = [a.split("=")[0] for a in argv if a.startswith("--config.")]
     flag = next((n for n in names if key in n.split(".")), f"--config...{key}")
     suggestion = f' (did you mean "{hint.group(1)}"?)' if hint else ""
-    return f"{flag}: the config has no field {key!r}{suggestion}; see cleaner_jax/rl/defaults.py"
+    return f"{flag}: the config has no field {key!r}{suggestion}; --print_config lists them"
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -81,3 +85,20 @@ def check_workdir(workdir: str) -> None:
             f"--workdir={workdir}: a URL; metrics and HF exports are written with plain file "
             "IO, so pass a local or mounted path (e.g. the bucket mounted with gcsfuse)"
         )
+
+
+def start(config, mode: str, workdir: str | None, model_dir: str = "") -> bool:
+    """The launchers' common start: `--print_config` prints `config` and returns False;
+    otherwise checks the workdir (unless None) and the config (`config.check_config(config,
+    mode, model_dir)`) and returns True. The launcher then stops if `CHECK_ONLY`."""
+    from cleaner_jax.runtime.config import check_config
+
+    if PRINT_CONFIG.value:
+        sys.stdout.write(f"{config}\n")
+        return False
+    if workdir is not None:
+        if not workdir:
+            raise UserError("--workdir is required: where checkpoints, metrics and exports go")
+        check_workdir(workdir)
+    check_config(config, mode, model_dir)
+    return True

@@ -3,7 +3,7 @@
 import json
 import os
 
-from cleaner_jax.rl import report
+from cleaner_jax.study import report
 
 
 def _write(run_dir, rows):

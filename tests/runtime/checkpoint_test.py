@@ -1,4 +1,4 @@
-"""Tests for cleaner_jax.rl.checkpoint: exact round trips, pruning, resharding, corrupt fallback."""
+"""Tests for runtime.checkpoint: exact round trips, pruning, resharding, corrupt fallback."""
 
 import functools
 import json
@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cleaner_jax.rl import checkpoint as ckpt_lib
+from cleaner_jax.runtime import checkpoint as ckpt_lib
 
 
 class _TinyModel(nnx.Module):

@@ -7,24 +7,28 @@ from (seed, position), and params/optimizer state/data position come back from o
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
 
-from cleaner_jax.rl import defaults, demo, trainer
-from cleaner_jax.rl.metrics import read_metrics
+from cleaner_jax.data import demo_assets
+from cleaner_jax.runtime import trainer
+from cleaner_jax.runtime.config import load_config
+from cleaner_jax.runtime.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
+DEMO = pathlib.Path(__file__).parents[2] / "configs" / "demo.py"
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     d = tmp_path_factory.mktemp("assets")
-    return demo.prepare_assets(str(d), n_sft=24, n_rl_train=16, n_test=4)
+    return demo_assets.prepare_assets(str(d), n_sft=24, n_rl_train=16, n_test=4)
 
 
 def _config(assets, total_steps, arm="cleaner"):
-    c = defaults.demo_config(f"arm={arm},runlocal")
+    c = load_config(f"{DEMO}:arm={arm},runlocal")
     c.prepare_synthetic = False
     c.tokenizer_path = assets["tokenizer"]
     c.data.train_files = (assets["rl_train"],)

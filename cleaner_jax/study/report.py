@@ -18,7 +18,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cleaner_jax.rl.metrics import read_metrics  # noqa: E402
+from cleaner_jax.runtime.metrics import read_metrics  # noqa: E402
 
 _PLOTS = (
     ("saar/first_attempt_failure_rate", "first-attempt tool failure rate"),

@@ -7,7 +7,7 @@ import pathlib
 import pytest
 from ml_collections import config_flags  # noqa: F401  (the module the launchers use)
 
-from cleaner_jax.rl.defaults import parse_arg
+from cleaner_jax.runtime.config import parse_arg
 
 CONFIGS = pathlib.Path(__file__).parents[2] / "configs"
 
@@ -20,16 +20,16 @@ def _load(name, arg=None):
 
 
 @pytest.mark.parametrize(
-    "name,saar,p,lr",
+    "variant,saar,p,lr",
     [
-        ("qwen3_4b_cleaner", True, 1.0, 2e-6),
-        ("qwen3_4b_baseline", False, 1.0, 2e-6),
-        ("qwen2_7b_cleaner", True, 0.7, 1e-6),
-        ("qwen2_7b_baseline", False, 0.7, 1e-6),
+        ("model=qwen3_4b,arm=cleaner", True, 1.0, 2e-6),
+        ("model=qwen3_4b,arm=baseline", False, 1.0, 2e-6),
+        ("model=qwen2_7b,arm=cleaner", True, 0.7, 1e-6),
+        ("model=qwen2_7b,arm=baseline", False, 0.7, 1e-6),
     ],
 )
-def test_paper_configs(name, saar, p, lr):
-    c = _load(name)
+def test_paper_configs(variant, saar, p, lr):
+    c = _load("paper", variant)
     assert c.saar.enabled is saar and c.saar.rollback_probability == p
     assert c.optim.learning_rate == lr and c.optim.warmup_steps == 20 and c.optim.grad_clip == 1.0
     assert (c.loss.clip_eps_low, c.loss.clip_eps_high, c.loss.dual_clip_c) == (0.2, 0.28, 10.0)
@@ -37,7 +37,7 @@ def test_paper_configs(name, saar, p, lr):
     assert (c.rollout.max_turns, c.rollout.max_response_tokens) == (16, 20480)
     assert (c.reward.overlong_buffer, c.saar.gamma, c.saar.max_retries) == (4096, 0.5, 3)
     assert (c.validation.temperature, c.validation.top_p, c.validation.n) == (1.0, 0.6, 16)
-    local = _load(name, "runlocal")
+    local = _load("paper", f"{variant},runlocal")
     assert local.model.preset == "tiny" and local.total_steps == 2
 
 
@@ -58,52 +58,90 @@ def test_parse_arg():
         parse_arg("sed=3", seed=0)
     with pytest.raises(ValueError, match="arm must be"):
         _load("demo", "arm=clean")
+    with pytest.raises(ValueError, match="model must be"):
+        _load("paper", "model=qwen3_8b")
+
+
+def test_demo_modes_are_variants():
+    """The study's modes and arms are variants of one file: quick and full differ only in size;
+    the arm switches SAAR; the seed reaches the run seed and the data order."""
+    quick, full = _load("demo", "quick,arm=baseline,seed=2"), _load("demo")
+    assert (quick.study.mode, quick.study.seeds, quick.total_steps) == ("quick", (0,), 2)
+    assert (full.study.mode, full.study.seeds, full.total_steps) == ("full", (0, 1, 2), 6)
+    assert not quick.saar.enabled and full.saar.enabled
+    assert quick.seed == quick.data.shuffle_seed == 2
+    assert full.validation.max_prompts == full.study.n_test
+    assert full.train.mini_batch_prompts == full.rollout.prompts_per_step
+    differ = {k for (k, a), (_, b) in zip(_flat(quick), _flat(full), strict=True) if a != b}
+    assert differ <= {
+        "seed", "total_steps", "study.mode", "study.seeds", "study.n_sft", "study.sft_copies",
+        "study.n_rl_train", "study.n_test", "rollout.n", "data.shuffle_seed", "saar.enabled",
+        "validation.every", "validation.max_prompts", "sft.epochs",
+    }  # fmt: skip
+
+
+def test_settings_are_typed_and_checked():
+    from cleaner_jax.runtime.config import ConfigError, sft_settings, train_settings
+
+    c = _load("demo", "quick")
+    s = train_settings(c)
+    assert (s.n, s.prompts_per_step, s.total_steps, s.old_logprobs) == (4, 4, 2, "sampler")
+    assert s.validation.every == 2 and s.saar_enabled
+    assert sft_settings(c).epochs == 1
+    c.train.old_logprobs = "trainer"
+    with pytest.raises(ConfigError, match="train.old_logprobs"):
+        train_settings(c)
+    c.sft.lr_schedule = "linear"
+    with pytest.raises(ConfigError, match="sft.lr_schedule"):
+        sft_settings(c)
 
 
 def test_new_fields_reach_the_typed_configs():
-    from cleaner_jax.rl import collect, model_setup
+    from cleaner_jax.runtime import parts
 
-    c = _load("qwen3_4b_cleaner")
+    c = _load("paper")
     assert (c.model.attention, c.model.attention_block) == ("auto", 512)
     assert (c.train.logprob_chunk, c.rollout.engine.attention) == (1024, "auto")
     c.model.attention, c.model.attention_block = "blockwise", 256
     c.rollout.engine.attention = "jnp"
-    cfg = model_setup.model_config_for(c, 1000)
+    cfg = parts.model_config_for(c, 1000)
     assert (cfg.attention, cfg.attention_block) == ("blockwise", 256)
     assert (cfg.param_dtype, cfg.dtype) == ("float32", "float16")  # the paper's mixed precision
-    assert collect.engine_config_from(c).attention == "jnp"
+    assert parts.engine_config_from(c).attention == "jnp"
 
 
 @pytest.mark.parametrize("num_pages,expected", [(0, None), (None, None), (300, 300)])
 def test_num_pages_zero_sizes_the_pool_from_memory(num_pages, expected):
-    from cleaner_jax.rl import collect
+    from cleaner_jax.runtime import parts
 
-    c = _load("qwen3_4b_cleaner")
+    c = _load("paper")
     c.rollout.engine.num_pages = num_pages
-    assert collect.engine_config_from(c).num_pages == expected
+    assert parts.engine_config_from(c).num_pages == expected
 
 
 def test_num_pages_one_is_refused():
-    from cleaner_jax.rl import collect
+    from cleaner_jax.runtime import parts
 
     c = _load("demo")
     c.rollout.engine.num_pages = 1
     with pytest.raises(ValueError, match="num_pages=1.*or 0 to size"):
-        collect.engine_config_from(c)
+        parts.engine_config_from(c)
 
 
 @pytest.mark.parametrize(
-    "name,arch,qkv_bias,qk_norm",
+    "name,variant,arch,qkv_bias,qk_norm",
     [
-        ("qwen3_4b_cleaner", "Qwen3ForCausalLM", False, True),
-        ("qwen2_7b_baseline", "Qwen2ForCausalLM", True, False),
-        ("demo", "Qwen3ForCausalLM", False, True),
+        ("paper", "model=qwen3_4b,runlocal", "Qwen3ForCausalLM", False, True),
+        ("paper", "model=qwen2_7b,arm=baseline,runlocal", "Qwen2ForCausalLM", True, False),
+        ("demo", "runlocal", "Qwen3ForCausalLM", False, True),
     ],
 )
-def test_runlocal_is_self_contained_with_the_papers_architecture(name, arch, qkv_bias, qk_norm):
-    from cleaner_jax.rl import model_setup
+def test_runlocal_is_self_contained_with_the_papers_architecture(
+    name, variant, arch, qkv_bias, qk_norm
+):
+    from cleaner_jax.runtime import parts as model_setup
 
-    c = _load(name, "runlocal")
+    c = _load(name, variant)
     assert c.prepare_synthetic and not c.tokenizer_path and not c.data.train_files
     cfg = model_setup.model_config_for(c, 300)
     assert (cfg.architecture, cfg.qkv_bias, cfg.qk_norm) == (arch, qkv_bias, qk_norm)
@@ -113,7 +151,7 @@ def test_runlocal_is_self_contained_with_the_papers_architecture(name, arch, qkv
 
 
 def test_unknown_tiny_architecture_is_refused():
-    from cleaner_jax.rl import model_setup
+    from cleaner_jax.runtime import parts as model_setup
 
     c = _load("demo")
     c.model.tiny.architecture = "LlamaForCausalLM"
@@ -127,9 +165,9 @@ def test_sampler_dtype_follows_the_model_unless_set():
     from flax import nnx
 
     from cleaner_jax.models.qwen import Qwen
-    from cleaner_jax.rl import model_setup
+    from cleaner_jax.runtime import parts as model_setup
 
-    c = _load("qwen3_4b_cleaner", "runlocal")
+    c = _load("paper", "runlocal")
     assert model_setup.sampler_dtype(c) == c.model.dtype == "float16"
     c.rollout.dtype = "bfloat16"
     assert model_setup.sampler_dtype(c) == "bfloat16"
@@ -160,23 +198,17 @@ def test_optim_fields_reach_the_updater(loss_scale, mu_dtype, mode):
     from flax import nnx
 
     from cleaner_jax.models.qwen import Qwen
-    from cleaner_jax.rl import model_setup
-    from cleaner_jax.rl.update import (
-        LossConfig,
-        Updater,
-        loss_scale_of,
-        make_optimizer,
-        optim_config_from,
-    )
+    from cleaner_jax.rl.update import LossConfig, Updater, loss_scale_of, make_optimizer
+    from cleaner_jax.runtime import parts as model_setup
 
-    c = _load("qwen3_4b_cleaner", "runlocal")
+    c = _load("paper", "runlocal")
     assert (c.optim.loss_scale, c.optim.mu_dtype) == ("auto", "")
     c.optim.loss_scale, c.optim.mu_dtype = loss_scale, mu_dtype
     c.model.tiny.update(num_layers=1, hidden_size=16, intermediate_size=32, head_dim=8)
     cfg = model_setup.model_config_for(c, 64)
     assert cfg.dtype == "float16"
     graphdef, state = nnx.split(Qwen(cfg, rngs=nnx.Rngs(0)))
-    opt = make_optimizer(optim_config_from(c.optim), compute_dtype=cfg.dtype)
+    opt = make_optimizer(model_setup.optim_config_from(c, "train"), compute_dtype=cfg.dtype)
     opt_state = Updater(graphdef, opt, LossConfig()).init(state)
     scale = loss_scale_of(opt_state)
     expected = {"dynamic": 2.0**15, "none": None, "static": 512.0}[mode]
@@ -194,7 +226,7 @@ def _flat(c, prefix=""):
             yield f"{prefix}{k}", v
 
 
-@pytest.mark.parametrize("name", ["qwen3_4b_cleaner", "demo"])
+@pytest.mark.parametrize("name", ["paper", "demo"])
 def test_every_field_overrides_from_the_command_line(name):
     """ml_collections overrides only scalars and tuples: a list default would make e.g.
     `--config.data.train_files='("/data/x.parquet",)'` fail to parse (issue #21)."""

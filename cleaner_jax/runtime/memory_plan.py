@@ -55,6 +55,9 @@ from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec
 from cleaner_jax.models.config import PRESETS, ModelConfig
 from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.models.sharding import MESH_AXES, Rules, logical_to_spec, param_logical_axes
+from cleaner_jax.rl import compiled_memory
+from cleaner_jax.rl.update import OptimConfig, make_optimizer
+from cleaner_jax.sampling.paged_cache import bytes_per_page
 
 GIB = 1024**3
 
@@ -139,7 +142,6 @@ def abstract_opt_state(
     params: nnx.State, mu_dtype: str = "", compute_dtype: str = "float32"
 ) -> Any:
     """The trainer's optimizer state (with float16 compute: the loss-scale scalars too)."""
-    from cleaner_jax.rl.update import OptimConfig, make_optimizer  # rl depends on models
 
     opt = make_optimizer(OptimConfig(mu_dtype=mu_dtype), compute_dtype=compute_dtype)
     return jax.eval_shape(opt.init, params)
@@ -171,7 +173,6 @@ def activation_bytes(
 
 def measured_activation_bytes(cfg: ModelConfig, w: Workload, tensor: int = 1) -> dict[str, int]:
     """Temporaries of the compiled training step (see the module docstring), per device."""
-    from cleaner_jax.rl import compiled_memory  # rl depends on models
 
     rows = max(1, w.tokens_per_device // w.row_len)
     got = compiled_memory.train_activation_bytes(
@@ -185,7 +186,6 @@ def _kv_of(w: Workload) -> dict:
 
 
 def kv_bytes(cfg: ModelConfig, w: Workload) -> int:
-    from cleaner_jax.sampling.paged_cache import bytes_per_page  # sampling depends on models
 
     return w.num_kv_pages * bytes_per_page(cfg, w.page_size, w.compute_dtype)
 

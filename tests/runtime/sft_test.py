@@ -1,16 +1,18 @@
-"""Cold-start SFT (`cleaner_jax.rl.sft.run`): learning-rate schedules and the HF export."""
+"""Cold-start SFT (`cleaner_jax.runtime.sft.run`): learning-rate schedules and the HF export."""
 
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
 
 from cleaner_jax.agent.tokenizer import build_tokenizer
 from cleaner_jax.models import hf_io
-from cleaner_jax.rl import defaults, sft
-from cleaner_jax.rl.metrics import read_metrics
 from cleaner_jax.rl.packing import TrainSample
+from cleaner_jax.runtime import sft
+from cleaner_jax.runtime.config import load_config
+from cleaner_jax.runtime.metrics import read_metrics
 
 PEAK, WARMUP = 2e-3, 2
 
@@ -36,7 +38,7 @@ def corpus(tmp_path_factory):
 
 
 def _config(corpus, schedule):
-    c = defaults.demo_config()
+    c = load_config(str(pathlib.Path(__file__).parents[2] / "configs" / "demo.py"))
     c.model.tiny.update(
         dict(
             hidden_size=32,

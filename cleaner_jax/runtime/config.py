@@ -1,0 +1,226 @@
+"""From the locked ConfigDict of a `configs/` file to checked, typed settings.
+
+`check_config` fails fast, before anything is built, on what a user can get wrong; the
+`*_settings` functions are the only readers of the loops' ConfigDict fields (parts.py reads the
+fields of the parts it builds); `parse_arg` parses the config files' big_vision-style variants.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config that cannot run as given: its message names the field and what to set."""
+
+
+_CHECK_MODES = ("train", "sft", "eval")
+
+
+def _model_context(config: ml_collections.ConfigDict, model_dir: str) -> int:
+    """The model's `max_position_embeddings`, from `model_dir`'s config.json or the preset."""
+    if model_dir:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            return int(json.load(f).get("max_position_embeddings", 32768))
+    from cleaner_jax.models import config as model_config_lib  # JAX: only when needed
+
+    if config.model.preset == "tiny":
+        return model_config_lib.tiny_config().max_position_embeddings
+    preset = model_config_lib.PRESETS.get(config.model.preset)
+    if preset is None:
+        raise ConfigError(
+            f"model.preset={config.model.preset!r} is unknown; use 'tiny' or one of "
+            f"{sorted(model_config_lib.PRESETS)}"
+        )
+    return preset.max_position_embeddings
+
+
+def _check_files(field: str, paths, schema: str, required: bool) -> None:
+    flag = f"--config.{field}"
+    if required and not paths:
+        raise ConfigError(f"{field} is empty: pass {flag}='(\"/path/file.parquet\",)' ({schema})")
+    for p in paths:
+        if not os.path.exists(p):
+            raise ConfigError(f"{field}: {p} does not exist; fix the path in {flag} ({schema})")
+
+
+def check_config(config: ml_collections.ConfigDict, mode: str, model_dir: str = "") -> None:
+    """Fails fast, before anything is built, on what a user can get wrong in `config`.
+
+    `mode`: "train" (launch/train.py), "sft" (launch/sft.py) or "eval" (launch/evaluate.py);
+    `model_dir`: an HF checkpoint dir that replaces `model.hf_path` (evaluate's --checkpoint).
+    Checks that the checkpoint, tokenizer and data paths exist and that the token budgets fit
+    the sampler's sequence length, the packed training row and the model's context.
+    Raises `ConfigError` naming the field.
+    """
+    if mode not in _CHECK_MODES:
+        raise ValueError(f"mode={mode!r}: use one of {_CHECK_MODES}")
+    hf = config.model.hf_path
+    if hf and not os.path.isfile(os.path.join(hf, "config.json")):
+        state = "has no config.json" if os.path.isdir(hf) else "does not exist"
+        raise ConfigError(
+            f"model.hf_path: {hf} {state}; point --config.model.hf_path at a local HF "
+            "checkpoint dir (config.json + *.safetensors)"
+        )
+    tok = config.tokenizer_path
+    if tok and not os.path.isdir(tok):
+        raise ConfigError(
+            f"tokenizer_path: {tok} does not exist; point --config.tokenizer_path at a dir "
+            "with tokenizer files, or leave it empty to use model.hf_path's"
+        )
+    synthetic = mode == "train" and config.prepare_synthetic
+    if not (tok or hf or model_dir or synthetic):
+        raise ConfigError(
+            "no tokenizer: set --config.model.hf_path=CKPT (its tokenizer is used) or "
+            "--config.tokenizer_path=DIR"
+        )
+    if mode == "sft":
+        _check_files("sft.train_files", config.sft.train_files, "chat jsonl/parquet", True)
+    if mode == "train":
+        schema = "Open-AgentRL / verl schema"
+        _check_files("data.train_files", config.data.train_files, schema, not synthetic)
+        _check_files("data.val_files", config.data.val_files, schema, False)
+
+    context = _model_context(config, model_dir or hf)
+    budget = config.data.max_prompt_tokens + config.rollout.max_response_tokens
+    what = (
+        f"data.max_prompt_tokens + rollout.max_response_tokens = {config.data.max_prompt_tokens}"
+        f" + {config.rollout.max_response_tokens} = {budget}"
+    )
+    limits = {"rollout.engine.max_seq_len": config.rollout.engine.max_seq_len}
+    if mode == "train":
+        limits["train.row_len"] = config.train.row_len
+    for field, value in limits.items() if mode != "sft" else ():
+        if budget > value:
+            raise ConfigError(
+                f"{what} does not fit {field}={value}: raise --config.{field} or lower the budgets"
+            )
+    if mode == "sft" and config.sft.row_len > context:
+        raise ConfigError(
+            f"sft.row_len={config.sft.row_len} exceeds the model's context ({context} "
+            "positions): lower --config.sft.row_len"
+        )
+    if mode != "sft" and budget > context:
+        raise ConfigError(
+            f"{what} exceeds the model's context ({context} positions): lower the budgets"
+        )
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """`path/to/config.py[:variant]` → its ConfigDict, as `--config=` gives it (locked)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+    values(["load_config", f"--config={spec}"])
+    return values.config
+
+
+def parse_arg(arg: str | None, **defaults):
+    """big_vision-style config args: `"runlocal,seed=3"` → {"runlocal": True, "seed": 3, ...}.
+
+    Only keys given in `defaults` are accepted (a typo fails); values are Python literals where
+    they parse as one, else strings.
+    """
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
+        if not eq:
+            out[key] = True
+            continue
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSettings:
+    every: int  # steps; 0 = never
+    n: int
+    temperature: float
+    top_p: float
+    max_prompts: int  # 0 = all
+    saar: bool  # test-time SAAR, when the arm has SAAR on
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """What the GRPO loop reads from the config (the parts it uses are built in parts.py)."""
+
+    total_steps: int
+    prompts_per_step: int
+    n: int
+    saar_enabled: bool
+    temperature: float
+    estimator: str
+    mini_batch_prompts: int
+    row_len: int
+    rows_per_micro: int
+    old_logprobs: str  # "recompute" | "sampler"
+    logprob_chunk: int
+    train_files: tuple[str, ...]
+    val_files: tuple[str, ...]
+    shuffle_seed: int
+    validation: ValidationSettings
+    export_hf: bool
+
+
+def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
+    c = config
+    if c.train.old_logprobs not in ("recompute", "sampler"):
+        raise ConfigError(
+            f"train.old_logprobs must be 'recompute' or 'sampler', got {c.train.old_logprobs!r}"
+        )
+    return TrainSettings(
+        total_steps=c.total_steps,
+        prompts_per_step=c.rollout.prompts_per_step,
+        n=c.rollout.n,
+        saar_enabled=c.saar.enabled,
+        temperature=c.rollout.temperature,
+        estimator=c.advantage.estimator,
+        mini_batch_prompts=c.train.mini_batch_prompts,
+        row_len=c.train.row_len,
+        rows_per_micro=c.train.rows_per_micro,
+        old_logprobs=c.train.old_logprobs,
+        logprob_chunk=c.train.logprob_chunk,
+        train_files=tuple(c.data.train_files),
+        val_files=tuple(c.data.val_files),
+        shuffle_seed=c.data.shuffle_seed,
+        validation=ValidationSettings(**c.validation),
+        export_hf=c.checkpoint.export_hf,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SftSettings:
+    train_files: tuple[str, ...]
+    epochs: int
+    rows_per_step: int
+    row_len: int
+    tools_in_prompt: bool
+    seed: int
+
+
+def sft_settings(config: ml_collections.ConfigDict) -> SftSettings:
+    s = config.sft
+    if s.lr_schedule not in ("cosine", "constant"):
+        raise ConfigError(f"sft.lr_schedule must be 'cosine' or 'constant', got {s.lr_schedule!r}")
+    return SftSettings(
+        train_files=tuple(s.train_files),
+        epochs=s.epochs,
+        rows_per_step=s.rows_per_step,
+        row_len=s.row_len,
+        tools_in_prompt=config.data.tools_in_prompt,
+        seed=config.seed,
+    )

@@ -1,0 +1,6 @@
+"""The embedded miniature CLEANER study (DESIGN §4), above the runtime.
+
+  demo:   run_demo(get_config, mode, workdir): assets, SFT, both GRPO arms per seed, the report
+  report: write_report (tables, paired differences, credit diagnostics, plots)
+The study's sizes and each arm's run are variants of `configs/demo.py`.
+"""
