@@ -125,7 +125,9 @@ def get_config(arg=None):
         overlong_factor=1.0,
         overlong_policy_tokens_only=False,
     )
-    c.advantage = dict(estimator="grpo", dynamic_sampling=False)
+    # DAPO dynamic sampling: drop groups whose rewards are all equal and sample more batches
+    # until prompts_per_step informative groups are kept (at most max_sampling_rounds batches).
+    c.advantage = dict(estimator="grpo", dynamic_sampling=False, max_sampling_rounds=3)
     c.loss = dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=10.0, entropy_coef=0.0)
     # With the 8-epoch SFT model (held-out acc ~0.66 at step 0), 1e-3 made both arms worse in
     # 6 steps (mean held-out acc 0.55 baseline / 0.48 cleaner, 3 seeds); 3e-4 kept it at

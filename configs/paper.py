@@ -137,7 +137,9 @@ def get_config(arg=None):
         overlong_factor=1.0,
         overlong_policy_tokens_only=False,
     )
-    c.advantage = dict(estimator="grpo", dynamic_sampling=False)
+    # DAPO dynamic sampling: drop groups whose rewards are all equal and sample more batches
+    # until prompts_per_step informative groups are kept (at most max_sampling_rounds batches).
+    c.advantage = dict(estimator="grpo", dynamic_sampling=False, max_sampling_rounds=3)
     c.loss = dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=10.0, entropy_coef=0.0)
     c.optim = dict(
         learning_rate=m["learning_rate"],

@@ -164,6 +164,8 @@ class TrainSettings:
     saar_enabled: bool
     temperature: float
     estimator: str
+    dynamic_sampling: bool  # DAPO: refill groups whose rewards are all equal
+    max_sampling_rounds: int
     mini_batch_prompts: int
     row_len: int
     rows_per_micro: int
@@ -189,6 +191,8 @@ def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
         saar_enabled=c.saar.enabled,
         temperature=c.rollout.temperature,
         estimator=c.advantage.estimator,
+        dynamic_sampling=c.advantage.dynamic_sampling,
+        max_sampling_rounds=c.advantage.max_sampling_rounds,
         mini_batch_prompts=c.train.mini_batch_prompts,
         row_len=c.train.row_len,
         rows_per_micro=c.train.rows_per_micro,

@@ -16,6 +16,7 @@ derive from (seed, step), so a resumed run continues exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -27,7 +28,7 @@ from cleaner_jax.data.readers import EpochIterator, read_agentrl
 from cleaner_jax.models import hf_io
 from cleaner_jax.rl import distributed
 from cleaner_jax.rl import logprobs as logprobs_lib
-from cleaner_jax.rl.advantages import compute_advantages
+from cleaner_jax.rl.advantages import DynamicSamplingState, compute_advantages
 from cleaner_jax.rl.credit import call_outcome, credit_diagnostics
 from cleaner_jax.rl.packing import pack, split_rows
 from cleaner_jax.rl.rewards import reward_metrics
@@ -88,6 +89,16 @@ def _exchange(rollouts: list[Rollout], results: list) -> tuple[list[Rollout], li
         return rollouts, results
     pairs = distributed.gather_shares(list(zip(rollouts, results, strict=True)))
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+@dataclasses.dataclass
+class _Batch:
+    rollouts: list[Rollout]  # what the step trains on (in groups of n)
+    results: list
+    sampled: list[Rollout]  # everything sampled this step (more with dynamic sampling)
+    sampled_results: list
+    metrics: dict
+    local_tokens: int  # tokens this process rolled out
 
 
 class Trainer:
@@ -171,19 +182,61 @@ class Trainer:
         out.update({f"val/{k}": x for k, x in stats.items() if isinstance(x, int | float)})
         return out
 
+    def _sample_batch(self, timer) -> _Batch:
+        """The rollouts and reward results to train on, and all those sampled this step.
+
+        Without dynamic sampling both are one batch of `prompts_per_step` groups. With it
+        (DAPO), groups whose rewards are all equal are dropped and further batches are sampled
+        until `prompts_per_step` informative groups are kept or `max_sampling_rounds` batches
+        were sampled (then the step trains on what was kept). Round r > 0 draws its seeds from
+        ("train", step, r), so a run without dynamic sampling samples what it always did.
+        """
+        c = self.settings
+        state = DynamicSamplingState(c.prompts_per_step, c.n, c.max_sampling_rounds)
+        b = _Batch([], [], [], [], {}, 0)
+        while True:
+            r = state.rounds
+            examples = self.iterator.next_batch(c.prompts_per_step)
+            with timer("rollout"):
+                tag = ("train", self.step) if r == 0 else ("train", self.step, r)
+                rollouts = self._collect_share(examples, c.n, tag=tag)
+            b.local_tokens += sum(len(x.trajectory.tokens) for x in rollouts)
+            with timer("reward"):
+                results = self._score(rollouts)
+            with timer("exchange"):
+                rollouts, results = _exchange(rollouts, results)
+            b.sampled += rollouts
+            b.sampled_results += results
+            if not c.dynamic_sampling:
+                b.rollouts, b.results = rollouts, results
+                return b
+            rows = state.add(np.array([x.score for x in results], np.float32))
+            b.rollouts += [rollouts[i] for i in rows]
+            b.results += [results[i] for i in rows]
+            if state.full or state.exhausted:
+                break
+        b.metrics = {
+            "dynamic_sampling/rounds": float(state.rounds),
+            "dynamic_sampling/kept_groups": float(state.kept_groups),
+            "dynamic_sampling/dropped_groups": float(state.dropped_groups),
+        }
+        return b
+
     def train_step(self) -> dict:
         c = self.settings
         n = c.n
         timer = metrics_lib.PhaseTimer()
-        metrics: dict = {}
-        examples = self.iterator.next_batch(c.prompts_per_step)
-        with timer("rollout"):
-            rollouts = self._collect_share(examples, n, tag=("train", self.step))
-        local_tokens = sum(len(r.trajectory.tokens) for r in rollouts)
-        with timer("reward"):
-            results = self._score(rollouts)
-        with timer("exchange"):
-            rollouts, results = _exchange(rollouts, results)
+        batch = self._sample_batch(timer)
+        rollouts, results, sampled = batch.rollouts, batch.results, batch.sampled
+        metrics = batch.metrics
+        # What the policy did this step (every sampled rollout), then what it trains on.
+        metrics.update(reward_metrics(batch.sampled_results))
+        stats = aggregate_stats([r.trajectory.stats for r in sampled])
+        metrics.update({f"saar/{k}": v for k, v in stats.items() if isinstance(v, int | float)})
+        if not rollouts:  # dynamic sampling found no informative group: nothing to learn from
+            logging.warning("step %d: every sampled group had equal rewards; no update", self.step)
+            metrics["dynamic_sampling/skipped_update"] = 1.0
+            return metrics | timer.pop()
         rewards = np.array([r.score for r in results], np.float32)
         adv = compute_advantages(rewards, n, c.estimator)
         samples = [r.train_sample(float(a)) for r, a in zip(rollouts, adv, strict=True)]
@@ -200,23 +253,20 @@ class Trainer:
             metrics.update({f"train/{k}": v for k, v in upd.items()})
         with timer("sync_weights"):
             self.rt.sync_sampler(self.state)
-        metrics.update(reward_metrics(results))
-        stats = aggregate_stats([r.trajectory.stats for r in rollouts])
-        metrics.update({f"saar/{k}": v for k, v in stats.items() if isinstance(v, int | float)})
         outcomes = [
             call_outcome(r.trajectory, s.acc) for r, s in zip(rollouts, results, strict=True)
         ]
         credit = credit_diagnostics(outcomes, n, adv)
         # A mean over no trajectory (no failed call this step, ...) is left out, not logged NaN.
         metrics.update({f"credit/{k}": v for k, v in credit.items() if not np.isnan(v)})
-        resp_lens = [len(r.trajectory.response_tokens) for r in rollouts]
+        resp_lens = [len(r.trajectory.response_tokens) for r in sampled]
         metrics["response_length/mean"] = float(np.mean(resp_lens))
         metrics["response_length/max"] = float(np.max(resp_lens))
-        metrics["spliced_tokens"] = float(sum(r.spliced_tokens for r in rollouts))
+        metrics["spliced_tokens"] = float(sum(r.spliced_tokens for r in sampled))
         phases = timer.pop()
         metrics.update(phases)
         # Per process: this process's tokens over its own rollout time.
-        metrics["rollout_tokens_per_s"] = local_tokens / max(phases["time/rollout"], 1e-9)
+        metrics["rollout_tokens_per_s"] = batch.local_tokens / max(phases["time/rollout"], 1e-9)
         return metrics
 
     def fit(self) -> dict:

@@ -115,3 +115,39 @@ def test_a_batch_whose_every_reward_check_failed_stops_the_run(assets, tmp_path,
         trainer.run(c, str(tmp_path))
     metrics = tmp_path / "metrics.jsonl"  # nothing was trained on it, so no step was logged
     assert not metrics.exists() or metrics.read_text().strip() == ""
+
+
+def test_dynamic_sampling_refills_the_batch_from_further_rounds(assets, tmp_path, monkeypatch):
+    """DAPO dynamic sampling in the loop, with scripted rewards (2 prompts x 2 samples a round):
+    round 1 has one flat group and one informative group, round 2 two informative groups of which
+    one fits; the step trains on the 2 kept groups and logs every sampled rollout."""
+    from cleaner_jax.rl import rewards
+
+    scores = iter([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    calls = []
+
+    def scripted(self, items):
+        batch = next(scores)
+        calls.append(len(items))
+        return [rewards.RewardResult(s, s > 0, {}) for s in batch]
+
+    monkeypatch.setattr(rewards.RewardScorer, "score_batch_sync", scripted)
+    seen = []
+    real_advantages = trainer.compute_advantages
+    monkeypatch.setattr(
+        trainer,
+        "compute_advantages",
+        lambda r, n, est: seen.append(np.asarray(r).copy()) or real_advantages(r, n, est),
+    )
+    c = _config(assets, 1)
+    c.validation.every = 0
+    c.advantage.dynamic_sampling = True
+    trainer.run(c, str(tmp_path))
+    row = read_metrics(tmp_path)[0]
+    assert calls == [4, 4]  # two rounds of 2 groups x 2 samples
+    assert (row["dynamic_sampling/rounds"], row["dynamic_sampling/kept_groups"]) == (2.0, 2.0)
+    assert row["dynamic_sampling/dropped_groups"] == 1.0
+    # Trained on round 1's second group and round 2's first: [1, 0] and [0, 1].
+    np.testing.assert_array_equal(seen[0], [1.0, 0.0, 0.0, 1.0])
+    assert np.isfinite(row["train/loss"])
+    assert row["reward/mean"] == pytest.approx(5 / 8)  # over all 8 sampled rollouts
