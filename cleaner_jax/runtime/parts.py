@@ -212,16 +212,10 @@ def engine_config_from(config: ml_collections.ConfigDict) -> EngineConfig:
 
 
 def saar_config_from(config: ml_collections.ConfigDict) -> SaarConfig:
-    s = config.saar
-    return SaarConfig(
-        gamma=s.gamma,
-        max_retries=s.max_retries,
-        rollback_probability=s.rollback_probability,
-        similarity_on=s.similarity_on,
-        similarity=s.similarity,
-        disable_after_exhaustion=s.disable_after_exhaustion,
-        recompute_spliced_logprobs=s.recompute_spliced_logprobs,
-    )
+    """`saar` without `enabled` (whether a rollout uses SAAR is the collector's choice)."""
+    fields = dict(config.saar)
+    del fields["enabled"]
+    return SaarConfig(**fields)
 
 
 def collector_for(config: ml_collections.ConfigDict, chat: ChatFormat, engine, pool) -> Collector:

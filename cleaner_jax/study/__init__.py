@@ -2,5 +2,6 @@
 
   demo:   run_demo(get_config, mode, workdir): assets, SFT, both GRPO arms per seed, the report
   report: write_report (tables, paired differences, credit diagnostics, plots)
+  stats:  effects with 95% intervals, p-values, MDE / required pairs, seed bands, describe()
 The study's sizes and each arm's run are variants of `configs/demo.py`.
 """
