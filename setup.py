@@ -24,6 +24,7 @@ RUNTIME = [
     "matplotlib==3.11.2",
     "tqdm==4.70.1",
     "sympy==1.14.0",
+    "scipy>=1.14,<2",  # study/stats.py (t and noncentral-t); jax requires it too
 ]
 
 setup(
