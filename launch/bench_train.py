@@ -22,23 +22,20 @@ cores, jax/torch versions) and the load average before and after.
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from cleaner_jax.benchmarking import compiled_flops, machine_facts  # noqa: E402
-from cleaner_jax.models import testing  # noqa: E402
-from cleaner_jax.models.config import tiny_config  # noqa: E402
-from cleaner_jax.rl.logprobs import packed_logprobs, prefix_shared_logprobs  # noqa: E402
-from cleaner_jax.rl.packing import TrainSample, pack  # noqa: E402
-from cleaner_jax.rl.update import (  # noqa: E402
+from cleaner_jax.benchmarking import compiled_flops, machine_facts
+from cleaner_jax.models import testing
+from cleaner_jax.models.config import tiny_config
+from cleaner_jax.rl.logprobs import packed_logprobs, prefix_shared_logprobs
+from cleaner_jax.rl.packing import TrainSample, pack
+from cleaner_jax.rl.update import (
     LossConfig,
     OptimConfig,
     Updater,
@@ -50,6 +47,9 @@ from cleaner_jax.rl.update import (  # noqa: E402
 _OUT = flags.DEFINE_string("out", "/tmp/bench_train.json", "JSON output path")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions per arm (>= 5 for the reported median)")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "skip the HF torch arm")
+_SETTLE_S = flags.DEFINE_float(
+    "settle_s", 0.5, "idle seconds before each timed call of an alternating arm (0: none)"
+)
 
 
 def _cfg(layers=6):
@@ -75,12 +75,18 @@ def _timed(fn, reps):
 
 
 def _alternate(arms, reps):
-    """Seconds per rep of each arm, the arms run in turn within each rep (after one warm-up)."""
+    """Seconds per rep of each arm, the arms run in turn within each rep (after one warm-up).
+
+    Each timed call starts after `--settle_s` of idle time: a thread pool that has just finished
+    (torch's OpenMP/MKL workers, XLA's) keeps spinning for a while, and without the pause that
+    spinning competes with the next arm for the 2 cores and is billed to it.
+    """
     for fn in arms.values():
         fn()
     times = {n: [] for n in arms}
     for _ in range(reps):
         for n, fn in arms.items():
+            time.sleep(_SETTLE_S.value)
             times[n] += _timed(fn, 1)
     return times
 
@@ -297,6 +303,7 @@ def main(argv):
         "prefix_recompute_time_ratio": pre[pnames[1]]["median_s"] / pre[pnames[0]]["median_s"],
         "machine": machine_facts(torch=True),
         "reps": _REPS.value,
+        "settle_s": _SETTLE_S.value,
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),
         "gpu_train_mfu": None,  # no GPU in the session that wrote this

@@ -49,12 +49,37 @@ def rope_tables(positions_BT: jax.Array, head_dim: int, theta: float):
     return jnp.cos(emb_BTH), jnp.sin(emb_BTH)
 
 
-def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:
-    x = x_BTNH.astype(jnp.float32)
+def _rotate_half(x: jax.Array) -> jax.Array:
     half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    out = x * cos_BTH[:, :, None, :] + rotated * sin_BTH[:, :, None, :]
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+@jax.custom_vjp
+def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:
+    """HF's rotate-half RoPE of x [B, T, N, H] with tables [B, T, H], computed in float32.
+
+    Differentiable in x only (the tables are functions of positions). The backward is written
+    out: rotate_half is a signed permutation R with R^T = -R, so dx = dy * cos - R(dy * sin), the
+    same products and one add per element as autodiff, which instead transposed the concatenate
+    into pads and adds (~3% of the CPU train step, #19).
+    """
+    x = x_BTNH.astype(jnp.float32)
+    out = x * cos_BTH[:, :, None, :] + _rotate_half(x) * sin_BTH[:, :, None, :]
     return out.astype(x_BTNH.dtype)
+
+
+def _apply_rope_fwd(x_BTNH, cos_BTH, sin_BTH):
+    return apply_rope(x_BTNH, cos_BTH, sin_BTH), (cos_BTH, sin_BTH)
+
+
+def _apply_rope_bwd(res, dy_BTNH):
+    cos_BTH, sin_BTH = res
+    dy = dy_BTNH.astype(jnp.float32)
+    dx = dy * cos_BTH[:, :, None, :] - _rotate_half(dy * sin_BTH[:, :, None, :])
+    return dx.astype(dy_BTNH.dtype), None, None  # dy has x's dtype (the output's)
+
+
+apply_rope.defvjp(_apply_rope_fwd, _apply_rope_bwd)
 
 
 class Linear(nnx.Module):
@@ -67,7 +92,13 @@ class Linear(nnx.Module):
         self.dtype = cfg.jnp_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        kernel = self.kernel[...].astype(self.dtype)
+        # As one [tokens, in] @ [in, out] matmul: the kernel gradient is then a contraction over
+        # one dimension, for which XLA on CPU transposes the small input instead of writing a
+        # transposed copy of the [tokens, out] cotangent (the MLP's forward + backward ran 1.3x
+        # faster, #19). Same products and sums, so the same numbers.
+        y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), kernel)
+        y = y.reshape(*x.shape[:-1], kernel.shape[1])
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

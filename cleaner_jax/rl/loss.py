@@ -7,9 +7,10 @@ and padding).
 
 Log-probs come from final hidden states through `chunked_logprobs_and_entropy`, which never holds
 whole-row logits: at 151,936 vocab x 23,040 tokens a row's float32 logits alone are ~14 GB. It
-projects C tokens per row at a time inside a rematerialised scan body, so forward and backward
-both keep O(B x C x V) logits alive. `token_logprobs_and_entropy` is the same math on logits that
-already exist (tests, small vocabularies).
+projects C tokens per row at a time in a scan; its hand-written backward (a `jax.custom_vjp`
+that saves the per-token log-sum-exp) recomputes each chunk's logits in a second scan, so forward
+and backward both keep O(B x C x V) logits alive. `token_logprobs_and_entropy` is the same math
+on logits that already exist (tests, small vocabularies).
 
 The surrogate follows verl's ``compute_policy_loss`` (checked against its source): with
 ``ratio = exp(clip(logp - old_logp, -20, 20))``,
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -101,9 +103,10 @@ def chunked_logprobs_and_entropy(
       unembed, transposed: `Qwen.unembedding()`: a ``[V, D]`` tied embedding (True) or a
         ``[D, V]`` lm_head kernel (False). It is cast to ``h_BTD``'s dtype like `Qwen.logits`.
       targets_BT: int token ids.
-      chunk: tokens per row per scan step, C. Live logits are [B, C, V] in the forward and, as
-        every step is rematerialised, in the backward too. ``chunk <= 0`` or ``>= T`` projects
-        whole rows at once. T is padded up to a multiple of C internally.
+      temperature: a Python number (static: the hand-written backward is specialised to it).
+      chunk: tokens per row per loop step, C. Live logits are [B, C, V] in the forward and the
+        backward (which recomputes them). ``chunk <= 0`` or ``>= T`` projects whole rows at once
+        and keeps the [B, T, V] logits for the backward. T is padded up to a multiple of C.
       with_entropy: False skips the entropy (returned as None).
       mesh, batch_axes: the mesh whose ``batch_axes`` shard the rows of ``h_BTD`` (the trainer's).
         With it the chunk loop runs per batch shard (`jax.shard_map`, manual over the batch axes,
@@ -113,7 +116,9 @@ def chunked_logprobs_and_entropy(
 
     Returns:
       (logp_BT, entropy_BT or None), float32 (float64 if ``h_BTD`` is float64). Gradients flow to
-      both ``h_BTD`` and ``unembed``.
+      both ``h_BTD`` and ``unembed`` through a hand-written backward (`_head`): the softmax
+      gradient is formed once per chunk from the saved log-sum-exp, not differentiated through
+      a rematerialised forward.
     """
     if h_BTD.ndim != 3 or targets_BT.shape != h_BTD.shape[:2]:
         raise ValueError(
@@ -126,22 +131,21 @@ def chunked_logprobs_and_entropy(
             f"unembedding {unembed.shape} (transposed={transposed}) does not match hidden size {d};"
             " pass Qwen.unembedding() unchanged: ([V, D], True) or ([D, V], False)"
         )
+    if not isinstance(temperature, numbers.Real) or isinstance(temperature, jax.Array):
+        raise TypeError(
+            f"temperature must be a Python number (static under jit), got {type(temperature)}"
+        )
     w = unembed.astype(h_BTD.dtype)
     targets_BT = targets_BT.astype(jnp.int32)
-
-    def logprobs(w_, h_XD, targets_X):
-        logits_XV = _project(h_XD, w_, transposed) / temperature
-        return _logprobs_and_entropy(logits_XV, targets_X, with_entropy)
-
-    if chunk <= 0 or chunk >= t:
-        return logprobs(w, h_BTD, targets_BT)
-
-    def scan_chunks(w_, h_BTD, targets_BT):
-        return _scan_chunks(functools.partial(logprobs, w_), h_BTD, targets_BT, chunk)
+    chunk = t if chunk <= 0 or chunk >= t else chunk
+    head = functools.partial(
+        _head, transposed=transposed, temperature=float(temperature), chunk=chunk,
+        with_entropy=with_entropy,
+    )  # fmt: skip
 
     axes = () if mesh is None else tuple(a for a in batch_axes if mesh.shape.get(a, 1) > 1)
     if not axes:
-        return scan_chunks(w, h_BTD, targets_BT)
+        return _outputs(head(h_BTD, w, targets_BT), with_entropy)
     shards = math.prod(mesh.shape[a] for a in axes)
     if b % shards:
         raise ValueError(
@@ -154,7 +158,7 @@ def chunked_logprobs_and_entropy(
         # accumulates each shard's own gradient, and this cast's transpose (a psum) sums them
         # once. Left invariant, every chunk's gradient would be psum-ed inside the loop.
         w_ = jax.lax.pcast(w_, axes, to="varying")
-        return scan_chunks(w_, h_BTD, targets_BT)
+        return _outputs(head(h_BTD, w_, targets_BT), with_entropy)
 
     rows = jax.sharding.PartitionSpec(axes)
     return jax.shard_map(
@@ -166,27 +170,132 @@ def chunked_logprobs_and_entropy(
     )(w, h_BTD, targets_BT)
 
 
-def _scan_chunks(logprobs, h_BTD, targets_BT, chunk):
-    """`logprobs` over C-token chunks of every row in a rematerialised scan; [B, T] outputs."""
-    b, t, d = h_BTD.shape
+def _outputs(logp_and_entropy, with_entropy):
+    logp_BT, entropy_BT = logp_and_entropy
+    return logp_BT, entropy_BT if with_entropy else None
+
+
+# ------------------------------------------------------------ the log-prob head and its backward
+#
+# With s = logits / temperature, lse = logsumexp(s), p = softmax(s), logp = s[target] - lse and
+# H = lse - sum(p * s), the cotangents (g_lp, g_H) of (logp, H) give
+#     d s = g_lp * (onehot(target) - p) - g_H * p * (s - lse + H),
+# then d logits = d s / temperature, dh = d logits @ W^T and dW = h^T @ d logits. Written by hand
+# because autodiff through the rematerialised chunk loop ran the softmax forward twice and its
+# transpose once, and XLA on CPU materialised a transposed copy of d logits for dW (issue #19).
+
+
+def _chunk_stats(h_BCD, w, targets_BC, transposed, temperature, with_entropy):
+    """(logp, entropy (zeros without it), lse) [B, C] and the scaled logits [B, C, V]."""
+    s_BCV = _project(h_BCD, w, transposed) / temperature
+    lse_BC = jax.nn.logsumexp(s_BCV, axis=-1)
+    # The target logit by a masked sum against an iota, not a gather: with V sharded
+    # (vocab -> 'tensor') GSPMD partitions this into per-shard sums plus an all-reduce.
+    vocab_V = jax.lax.broadcasted_iota(jnp.int32, (s_BCV.shape[-1],), 0)
+    target_BC = jnp.sum(jnp.where(vocab_V == targets_BC[..., None], s_BCV, 0.0), axis=-1)
+    if with_entropy:
+        p_BCV = jnp.exp(s_BCV - lse_BC[..., None])
+        entropy_BC = lse_BC - jnp.sum(p_BCV * s_BCV, axis=-1)
+    else:
+        entropy_BC = jnp.zeros_like(lse_BC)
+    return (target_BC - lse_BC, entropy_BC, lse_BC), s_BCV
+
+
+def _chunk_grads(s_BCV, h_BCD, w, targets_BC, lse_BC, entropy_BC, g_lp_BC, g_h_BC, cfg):
+    """(dh [B, C, D] in h's dtype, dW in float32+) of one chunk from its scaled logits."""
+    transposed, temperature, with_entropy = cfg
+    vocab_V = jax.lax.broadcasted_iota(jnp.int32, (s_BCV.shape[-1],), 0)
+    p_BCV = jnp.exp(s_BCV - lse_BC[..., None])
+    ds_BCV = g_lp_BC[..., None] * (jnp.where(vocab_V == targets_BC[..., None], 1.0, 0.0) - p_BCV)
+    if with_entropy:
+        ds_BCV = ds_BCV - g_h_BC[..., None] * p_BCV * (s_BCV - (lse_BC - entropy_BC)[..., None])
+    acc = jnp.promote_types(h_BCD.dtype, jnp.float32)
+    dz_BCV = (ds_BCV / temperature).astype(h_BCD.dtype)
+    dh_eq = "bcv,vd->bcd" if transposed else "bcv,dv->bcd"
+    dh_BCD = jnp.einsum(dh_eq, dz_BCV, w, preferred_element_type=acc).astype(h_BCD.dtype)
+    # dW contracts the tokens as one dimension (2-D operands): contracting (B, C) as two made
+    # XLA on CPU write a transposed copy of dz first.
+    dz_XV, h_XD = dz_BCV.reshape(-1, dz_BCV.shape[-1]), h_BCD.reshape(-1, h_BCD.shape[-1])
+    if transposed:
+        dw = jnp.einsum("xv,xd->vd", dz_XV, h_XD, preferred_element_type=acc)
+    else:
+        dw = jnp.einsum("xd,xv->dv", h_XD, dz_XV, preferred_element_type=acc)
+    return dh_BCD, dw
+
+
+def _to_chunks(x_BT, chunk):
+    """[B, T, ...] -> [N, B, C, ...], T zero-padded to N * C (padding: token 0, zero state)."""
+    b, t = x_BT.shape[:2]
     n = -(-t // chunk)
-    pad = n * chunk - t
-    h_NBCD = jnp.pad(h_BTD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
-    targets_NBC = jnp.pad(targets_BT, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+    pad = [(0, 0), (0, n * chunk - t)] + [(0, 0)] * (x_BT.ndim - 2)
+    x = jnp.pad(x_BT, pad).reshape(b, n, chunk, *x_BT.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
 
-    # Remat: without it the scan's backward would save every step's [B, C, V] residuals, i.e.
-    # whole-row logits again. The unembedding is closed over; its gradient accumulates in the loop.
-    @jax.checkpoint
+
+def _from_chunks(x_NBC, t):
+    n, b, c = x_NBC.shape[:3]
+    return jnp.moveaxis(x_NBC, 0, 1).reshape(b, n * c, *x_NBC.shape[3:])[:, :t]
+
+
+def _head_forward(h_BTD, w, targets_BT, transposed, temperature, chunk, with_entropy):
+    """((logp, entropy, lse) [B, T], the scaled logits when T is one chunk, else None)."""
+    t = h_BTD.shape[1]
+    stats = functools.partial(
+        _chunk_stats, w=w, transposed=transposed, temperature=temperature,
+        with_entropy=with_entropy,
+    )  # fmt: skip
+    if chunk >= t:
+        return stats(h_BTD, targets_BC=targets_BT)
+
     def step(carry, xs):
-        h_BCD, targets_BC = xs
-        return carry, logprobs(h_BCD, targets_BC)
+        return carry, stats(xs[0], targets_BC=xs[1])[0]
 
-    _, (logp_NBC, entropy_NBC) = jax.lax.scan(step, None, (h_NBCD, targets_NBC))
+    _, out_NBC = jax.lax.scan(step, None, (_to_chunks(h_BTD, chunk), _to_chunks(targets_BT, chunk)))
+    return tuple(_from_chunks(x, t) for x in out_NBC), None
 
-    def unchunk(x_NBC):
-        return x_NBC.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
 
-    return unchunk(logp_NBC), None if entropy_NBC is None else unchunk(entropy_NBC)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _head(h_BTD, w, targets_BT, transposed, temperature, chunk, with_entropy):
+    """(logp [B, T], entropy [B, T]: zeros without it) with the backward described above."""
+    out, _ = _head_forward(h_BTD, w, targets_BT, transposed, temperature, chunk, with_entropy)
+    return out[:2]
+
+
+def _head_fwd(h_BTD, w, targets_BT, transposed, temperature, chunk, with_entropy):
+    (logp, entropy, lse), s_BTV = _head_forward(
+        h_BTD, w, targets_BT, transposed, temperature, chunk, with_entropy
+    )
+    # Saved: per-token lse and entropy; the logits only when the whole row is one chunk (they
+    # are [B, T, V] then anyway); otherwise each chunk's logits are recomputed in the backward.
+    return (logp, entropy), (h_BTD, w, targets_BT, lse, entropy, s_BTV)
+
+
+def _head_bwd(transposed, temperature, chunk, with_entropy, res, g):
+    h_BTD, w, targets_BT, lse_BT, entropy_BT, s_BTV = res
+    g_lp_BT, g_h_BT = g
+    cfg = (transposed, temperature, with_entropy)
+    t = h_BTD.shape[1]
+    if s_BTV is not None:
+        dh_BTD, dw = _chunk_grads(
+            s_BTV, h_BTD, w, targets_BT, lse_BT, entropy_BT, g_lp_BT, g_h_BT, cfg
+        )
+        return dh_BTD, dw.astype(w.dtype), None
+
+    def step(dw_acc, xs):
+        h_BCD, targets_BC = xs[:2]
+        s_BCV = _project(h_BCD, w, transposed) / temperature
+        dh_BCD, dw = _chunk_grads(s_BCV, h_BCD, w, targets_BC, *xs[2:], cfg)
+        return dw_acc + dw, dh_BCD
+
+    acc = jnp.promote_types(h_BTD.dtype, jnp.float32)
+    # zeros_like, not zeros: inside shard_map the accumulator must vary over w's manual axes.
+    dw0 = jnp.zeros_like(w, dtype=acc)
+    xs = (h_BTD, targets_BT, lse_BT, entropy_BT, g_lp_BT, g_h_BT)
+    dw, dh_NBCD = jax.lax.scan(step, dw0, tuple(_to_chunks(x, chunk) for x in xs))
+    return _from_chunks(dh_NBCD, t), dw.astype(w.dtype), None
+
+
+_head.defvjp(_head_fwd, _head_bwd)
 
 
 def k3_kl(logp_BT: jax.Array, ref_logp_BT: jax.Array) -> jax.Array:

@@ -127,21 +127,6 @@ def make_optimizer(
     )
 
 
-def optim_config_from(optim, **overrides) -> OptimConfig:
-    """The run config's `optim` section as an `OptimConfig`; `overrides` replace fields (SFT
-    brings its own rate and schedule)."""
-    fields = dict(
-        learning_rate=optim.learning_rate,
-        warmup_steps=optim.warmup_steps,
-        weight_decay=optim.weight_decay,
-        grad_clip=optim.grad_clip,
-        loss_scale=optim.loss_scale,
-        mu_dtype=optim.mu_dtype,
-    )
-    fields.update(overrides)
-    return OptimConfig(**fields)
-
-
 class LossScaleState(NamedTuple):
     scale: jax.Array  # float32 scalar: the loss multiplier for the next step's gradients
     good_steps: jax.Array  # int32: finite steps since the scale last changed

@@ -252,10 +252,11 @@ def test_cudnn_path_runs_cudnn_only_on_single_segment_rows(monkeypatch):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU block cap of 'auto'")
-def test_auto_on_cpu_caps_blocks_and_equals_dense():
-    # T = 2 * CPU_BLOCK + 4: "auto" runs three blocks of 88 (not one of 260), as "blockwise" with
-    # CPU_BLOCK blocks does, bit for bit; both equal "dense".
-    q, k, v, ct, seg = _packed(b=2, t=2 * attention.CPU_BLOCK + 4, n=2, k=1, h=4)
+@pytest.mark.parametrize("extra", [4, attention.CPU_BLOCK + 4])
+def test_auto_on_cpu_caps_blocks_and_equals_dense(extra):
+    # T = CPU_BLOCK + 4 / 2 * CPU_BLOCK + 4: "auto" runs two blocks of 72 / three of 88 (not one
+    # of T), as "blockwise" with CPU_BLOCK blocks does, bit for bit; both equal "dense".
+    q, k, v, ct, seg = _packed(b=2, t=attention.CPU_BLOCK + extra, n=2, k=1, h=4)
     out_a, grads_a = _fwd_and_grads(q, k, v, ct, seg, impl="auto", block_q=512, block_kv=512)
     cap = attention.CPU_BLOCK
     out_b, grads_b = _fwd_and_grads(q, k, v, ct, seg, impl="blockwise", block_q=cap, block_kv=cap)
