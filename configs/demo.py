@@ -24,7 +24,15 @@ from cleaner_jax.runtime.config import parse_arg
 
 MODES = {
     "quick": dict(
-        study=dict(seeds=(0,), n_sft=48, sft_copies=2, n_rl_train=32, n_test=8),
+        study=dict(
+            seeds=(0,),
+            n_sft=48,
+            sft_copies=2,
+            n_rl_train=32,
+            n_test=8,
+            premise_prompts=4,
+            premise_n=4,
+        ),
         total_steps=2,
         prompts_per_step=4,
         n=4,
@@ -32,7 +40,15 @@ MODES = {
         val_every=2,
     ),
     "full": dict(
-        study=dict(seeds=(0, 1, 2), n_sft=176, sft_copies=5, n_rl_train=64, n_test=16),
+        study=dict(
+            seeds=(0, 1, 2),
+            n_sft=176,
+            sft_copies=5,
+            n_rl_train=64,
+            n_test=16,
+            premise_prompts=64,
+            premise_n=8,
+        ),
         total_steps=6,
         prompts_per_step=4,
         n=8,
@@ -54,8 +70,15 @@ def get_config(arg=None):
     c.seed = args["seed"]
     c.total_steps = mode["total_steps"]
     # The study around the GRPO runs: its seeds, the synthetic problems (SFT / RL-train /
-    # held-out, disjoint) and how many corpus conversations each SFT problem yields.
+    # held-out, disjoint), how many corpus conversations each SFT problem yields, and the premise
+    # check's size (the SFT model without SAAR on premise_prompts RL-train prompts x premise_n).
     c.study = dict(mode=mode_name, **mode["study"])
+    # The SFT corpus's kinds (`data/sft_corpus.py`): share of first calls that fail, share of
+    # those fixed shallowly, share of deep failures given up (a guess after the error), and share
+    # of tool-free guesses. give_up_share / guess_rate stay 0: with 0.5 / 0.2 the premise check
+    # gave E[A | recovered] +0.064 (95% CI -0.050 to 0.190; default corpus -0.046, -0.134 to
+    # 0.036) at accuracy 0.18 instead of 0.32 (96 prompts x 16; see data/sft_corpus.py).
+    c.study.corpus = dict(error_rate=1 / 3, shallow_share=0.5, give_up_share=0.0, guess_rate=0.0)
     c.model = dict(
         preset="tiny",
         hf_path="",

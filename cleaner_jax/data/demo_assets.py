@@ -49,8 +49,11 @@ def prepare_assets(
     seed: int = 0,
     error_rate: float = 1 / 3,
     shallow_share: float = 0.5,
+    give_up_share: float = 0.0,
+    guess_rate: float = 0.0,
 ) -> dict[str, str]:
-    """Problems, SFT corpus (run through the sandbox) and tokenizer; skipped if already there."""
+    """Problems, SFT corpus (run through the sandbox) and tokenizer; skipped if already there.
+    The corpus knobs (`error_rate` ... `guess_rate`) are `sft_corpus.make_sft_corpus`'s."""
     paths = asset_paths(assets_dir)
     if all(os.path.exists(p) for p in paths.values()):
         return paths
@@ -69,6 +72,8 @@ def prepare_assets(
                 seed=seed + copy,
                 error_rate=error_rate,
                 shallow_share=shallow_share,
+                give_up_share=give_up_share,
+                guess_rate=guess_rate,
             )
         ]
     sft_corpus.write_sft_jsonl(corpus, paths["sft"])

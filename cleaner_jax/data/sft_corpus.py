@@ -2,13 +2,21 @@
 
 Every example is a chat in the real configs' format (`synthetic_task.problem_messages` + the
 `code_interpreter` tool): an assistant turn with one sentence of reasoning and a tool call, the
-tool's response, and the final answer ``The answer is \\boxed{N}.``. Three kinds:
+tool's response, and the final answer ``The answer is \\boxed{N}.``. Five kinds (the last two
+off by default):
 
-  direct       reasoning + correct call → success → answer                 (1 - error_rate)
+  direct       reasoning + correct call → success → answer     (1 - error_rate - guess_rate)
   shallow_fix  reasoning + call with a typo-level bug → the sandbox's error → the SAME reasoning
                + the corrected call → success → answer       (error_rate * shallow_share)
   deep_fix     reasoning + a call with a wrong approach → error → the reasoning of a different
-               approach + rewritten code → success → answer  (error_rate * (1 - shallow_share))
+               approach + rewritten code → success → answer
+                                      (error_rate * (1 - shallow_share) * (1 - give_up_share))
+  give_up      a deep bug's call → error → "I will estimate the answer instead" + a boxed guess,
+               no second call: an unrecovered failure       (error_rate * (1 - shallow_share)
+                                                              * give_up_share)
+  guess        one sentence + a boxed guess, no tool call                        (guess_rate)
+
+A guess is a number of the answer range other than the answer (the model may still hit it).
 
 Shallow bugs: ``name_typo`` (NameError: a misspelt identifier such as ``prnt`` or ``rr``),
 ``missing_paren`` (SyntaxError), ``missing_import`` (NameError: ``operator``, ``factorial`` or
@@ -20,7 +28,8 @@ sympy as modules, so dropping ``import math`` would not fail). Deep bugs (per te
 modulus or divisor). Every tool text is
 `ExecResult.to_tool_response_text()` of really running the call in the `SandboxPool`; the corpus
 builder checks that each buggy call failed with the intended exception and each other call
-succeeded and printed the ground truth, and raises otherwise.
+succeeded and printed the ground truth, and raises otherwise (a shallow bug whose code ran, a typo
+on a branch the input never reaches, is first drawn again, up to 3 times).
 
 Design goal — a fair miniature of the CLEANER comparison. After SFT on this corpus the tiny model
 should (a) solve most problems with the tool (every example calls it and copies the printed
@@ -53,8 +62,32 @@ recover from them, so that GRPO + SAAR has successful corrections to splice in:
   group is right): keep the task below saturation with `TaskRanges` (more digits → more copy
   errors) and the SFT budget.
 
-Knobs: `error_rate`, `shallow_share`, `shallow_bug_weights`, the number of problems passed in,
-and `synthetic_task.TaskRanges` for the numbers.
+Knobs: `error_rate`, `shallow_share`, `shallow_bug_weights`, `give_up_share`, `guess_rate`, the
+number of problems passed in, and `synthetic_task.TaskRanges` for the numbers.
+
+Why `give_up` and `guess` exist, and what they did (issue #17, measured Dec 2026 on a 2-core CPU;
+premise check `study/premise.py` of the full-mode SFT model, 8 epochs, on 96 RL-train prompts x 8 or
+16 samples, no SAAR; one SFT run each unless said). SAAR can only beat GRPO if recovered
+trajectories beat their group's mean, E[A | recovered] > 0. With the default corpus it is not:
+-0.011 (95% CI -0.114 to 0.084) at x8, -0.046 (-0.134 to 0.036) at x16; accuracy 0.31-0.32, recovery
+0.67, and a recovered trajectory is right less often than a clean one (0.24 vs 0.40 at x16). Another
+SFT seed: accuracy 0.45, recovery 0.90, recovered 0.42 vs clean 0.47, E[A | rec] -0.155 (-0.243 to
+-0.066), reliably below 0. Of the wrong recovered trajectories (48 prompts x 8) 57 of 69 had a
+miscopied question number in their last call (clean: 104 of 176): the tiny model's failed calls come
+with miscopied numbers, which the fix keeps. The two knobs add what the paper's premise needs around
+the recovered trajectories, groupmates that are wrong because the tool was not used (`guess`) or a
+deep failure was not recovered (`give_up`): both were always wrong in the rollouts (accuracy of
+tool-free trajectories 0.00-0.04, of unrecovered ones 0.00-0.02). With give_up_share 0.5 and
+guess_rate 0.2, E[A | recovered] was +0.137 (-0.005 to 0.292) at x8, +0.144 (-0.020 to 0.332) with
+another SFT seed, but +0.064 (-0.050 to 0.190) at x16: not shown > 0. The guesses also cost the copy
+circuit (fewer direct examples): accuracy fell to 0.16-0.18, tool-free answers rose to 0.22-0.50 of
+the rollouts (0.2 in the corpus), and recovered trajectories stayed less accurate than clean
+tool-using ones (0.18 vs ~0.30 at x16). guess_rate 0.3: accuracy 0.08, E[A | rec] -0.009;
+give_up_share 1.0 with guess_rate 0.1 (no deep fix taught): recovered accuracy 0.10 vs 0.37 clean,
+E[A | rec] -0.087; give_up_share 0.5 alone (x16): accuracy 0.29, recovered 0.23 vs clean 0.36, E[A |
+rec] -0.019 (-0.108 to 0.073). Hence both stay off by default. SFT runs differ a lot: the same
+default corpus trained with a numerically different (same maths) model code gave accuracy 0.08
+instead of 0.31 -- compare regimes over several SFT seeds.
 """
 
 from __future__ import annotations
@@ -85,7 +118,7 @@ from cleaner_jax.saar.similarity import token_similarity
 
 logger = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("direct", "shallow_fix", "deep_fix")
+KINDS: tuple[str, ...] = ("direct", "shallow_fix", "deep_fix", "give_up", "guess")
 SHALLOW_BUGS: tuple[str, ...] = ("name_typo", "missing_paren", "missing_import")
 DEFAULT_SHALLOW_BUG_WEIGHTS: Mapping[str, float] = {
     "name_typo": 0.45,
@@ -93,6 +126,11 @@ DEFAULT_SHALLOW_BUG_WEIGHTS: Mapping[str, float] = {
     "missing_import": 0.2,
 }
 _GAMMA = 0.5  # SAAR's default shallow/deep threshold; the corpus's fixes must fall on its sides
+# Tool-free guesses are drawn from 0..GUESS_MAX (the demo's answers are below 127).
+GUESS_MAX = 126
+GUESS_REASONING = "This looks small enough to work out without running code."
+GIVE_UP_TEXT = "The code does not run; I will estimate the answer instead."
+_REPLANS = 3  # redraws of a shallow bug whose code ran without error
 
 # Names bound in the warm sandbox without an import (worker prelude) plus builtins/keywords: a
 # typo must not land on one of them or it would not raise NameError.
@@ -167,6 +205,7 @@ class ExamplePlan:
     fix_approach: str | None = None
     fix_reasoning: str | None = None
     fix_code: str | None = None
+    guess: str | None = None  # the boxed number of a "guess" or "give_up" example
 
 
 def _approach(template: str, name: str) -> Approach:
@@ -211,13 +250,33 @@ def _shallow_bug(approach: Approach, bug: str, code: str, rng: random.Random) ->
     raise ValueError(f"unknown shallow bug {bug!r}; use one of {SHALLOW_BUGS}")
 
 
-def _assign_kinds(n: int, error_rate: float, shallow_share: float, rng: random.Random) -> list:
+def _assign_kinds(
+    n: int,
+    error_rate: float,
+    shallow_share: float,
+    give_up_share: float,
+    guess_rate: float,
+    rng: random.Random,
+) -> list:
     n_error = round(n * error_rate)
+    n_guess = round(n * guess_rate)
+    if n_error + n_guess > n:
+        raise ValueError(
+            f"error_rate {error_rate} + guess_rate {guess_rate} exceed 1: lower one of them"
+        )
     n_shallow = round(n_error * shallow_share)
-    kinds = ["shallow_fix"] * n_shallow + ["deep_fix"] * (n_error - n_shallow)
-    kinds += ["direct"] * (n - n_error)
+    n_give_up = round((n_error - n_shallow) * give_up_share)
+    # With give_up_share = guess_rate = 0 the list (and so the shuffle) is the original one.
+    kinds = ["shallow_fix"] * n_shallow + ["deep_fix"] * (n_error - n_shallow - n_give_up)
+    kinds += ["give_up"] * n_give_up + ["direct"] * (n - n_error - n_guess) + ["guess"] * n_guess
     rng.shuffle(kinds)
     return kinds
+
+
+def _guess(problem: Problem, rng: random.Random) -> str:
+    """A tool-free guess: a number of the answer range (0..`GUESS_MAX`) other than the answer."""
+    answer = int(problem.answer)
+    return str(rng.choice([g for g in range(GUESS_MAX + 1) if g != answer]))
 
 
 def plan_corpus(
@@ -227,19 +286,27 @@ def plan_corpus(
     shallow_share: float = 0.5,
     shallow_bug_weights: Mapping[str, float] = DEFAULT_SHALLOW_BUG_WEIGHTS,
     seed: int = 0,
+    give_up_share: float = 0.0,
+    guess_rate: float = 0.0,
 ) -> list[ExamplePlan]:
     """Decides, without running anything, each example's kind, bug and code (deterministic)."""
-    if not 0.0 <= error_rate <= 1.0:
-        raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
-    if not 0.0 <= shallow_share <= 1.0:
-        raise ValueError(f"shallow_share must be in [0, 1], got {shallow_share}")
+    for name, value in (
+        ("error_rate", error_rate),
+        ("shallow_share", shallow_share),
+        ("give_up_share", give_up_share),
+        ("guess_rate", guess_rate),
+    ):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
     bad = set(shallow_bug_weights) - set(SHALLOW_BUGS)
     if bad or any(w < 0 for w in shallow_bug_weights.values()):
         raise ValueError(
             f"shallow_bug_weights {dict(shallow_bug_weights)} must map {SHALLOW_BUGS} to "
             "non-negative weights"
         )
-    kinds = _assign_kinds(len(problems), error_rate, shallow_share, random.Random(seed))
+    kinds = _assign_kinds(
+        len(problems), error_rate, shallow_share, give_up_share, guess_rate, random.Random(seed)
+    )
     plans = []
     for problem, kind in zip(problems, kinds, strict=True):
         rng = random.Random(f"sft_corpus/{seed}/{problem.id}")
@@ -255,6 +322,21 @@ def _plan_one(
     if kind == "direct":
         a = rng.choice(approaches)
         return ExamplePlan(problem, kind, a.name, a.reasoning, a.code(p))
+    if kind == "guess":
+        return ExamplePlan(problem, kind, "none", GUESS_REASONING, "", guess=_guess(problem, rng))
+    if kind == "give_up":
+        bug = rng.choice(DEEP_BUGS[problem.template])
+        a = _approach(problem.template, bug.approach)
+        return ExamplePlan(
+            problem,
+            kind,
+            a.name,
+            a.reasoning,
+            bug.code(p),
+            bug=bug.name,
+            expected_error=bug.error_type,
+            guess=_guess(problem, rng),
+        )
     if kind == "deep_fix":
         bug = rng.choice(DEEP_BUGS[problem.template])
         a, fix = _approach(problem.template, bug.approach), _approach(problem.template, bug.fix)
@@ -334,11 +416,26 @@ def _assemble(
     plan: ExamplePlan, results: Mapping[str, Any], system_prompt: str | None
 ) -> SftExample:
     messages = problem_messages(plan.problem, system_prompt=system_prompt)
+    if plan.kind == "guess":
+        text = f"{plan.first_reasoning} The answer is \\boxed{{{plan.guess}}}."
+        messages.append({"role": "assistant", "content": text})
+        return SftExample(plan.problem.id, plan.kind, messages, plan.approach)
     first = results[plan.first_code]
     _check_run(plan, plan.first_code, first, plan.expected_error)
     messages.append(_assistant_call(plan.first_reasoning, plan.first_code))
     messages.append({"role": "tool", "content": first.to_tool_response_text()})
     similarity = None
+    if plan.kind == "give_up":
+        text = f"{GIVE_UP_TEXT} The answer is \\boxed{{{plan.guess}}}."
+        messages.append({"role": "assistant", "content": text})
+        return SftExample(
+            plan.problem.id,
+            plan.kind,
+            messages,
+            plan.approach,
+            bug=plan.bug,
+            error_type=plan.expected_error,
+        )
     if plan.kind != "direct":
         fixed = results[plan.fix_code]
         _check_run(plan, plan.fix_code, fixed, None)
@@ -374,6 +471,8 @@ async def make_sft_corpus_async(
     shallow_bug_weights: Mapping[str, float] = DEFAULT_SHALLOW_BUG_WEIGHTS,
     seed: int = 0,
     system_prompt: str | None = None,
+    give_up_share: float = 0.0,
+    guess_rate: float = 0.0,
 ) -> list[SftExample]:
     """Builds one SFT example per problem, running every call in `pool` (concurrently).
 
@@ -386,6 +485,10 @@ async def make_sft_corpus_async(
         approach spreads missing_import's weight over the others.
       seed: decides which examples fail, their approaches and bugs.
       system_prompt: optional system text, as in `synthetic_task.problem_messages`.
+      give_up_share: share of the deep failures (rounded to a count) that are not fixed: after
+        the error the assistant gives up and boxes a guess ("give_up" examples). Default 0.
+      guess_rate: share of all examples (rounded to a count) answered without the tool, with a
+        guess ("guess" examples; on top of `error_rate`'s share). Default 0.
 
     Raises:
       RuntimeError: a call did not behave as planned in the sandbox (a buggy call that ran, a
@@ -398,10 +501,28 @@ async def make_sft_corpus_async(
         shallow_share=shallow_share,
         shallow_bug_weights=shallow_bug_weights,
         seed=seed,
+        give_up_share=give_up_share,
+        guess_rate=guess_rate,
     )
-    codes = sorted({c for plan in plans for c in (plan.first_code, plan.fix_code) if c})
-    outputs = await asyncio.gather(*(pool.run(code) for code in codes))
-    results = dict(zip(codes, outputs, strict=True))
+    results: dict[str, Any] = {}
+    for attempt in range(_REPLANS + 1):
+        codes = sorted(
+            {c for plan in plans for c in (plan.first_code, plan.fix_code) if c} - set(results)
+        )
+        outputs = await asyncio.gather(*(pool.run(code) for code in codes))
+        results.update(zip(codes, outputs, strict=True))
+        # A typo on a line the input never reaches (collatz's odd branch for n = 16) runs fine:
+        # such a shallow bug is drawn again; every other plan (and corpus) stays as it was.
+        unreached = [
+            i
+            for i, plan in enumerate(plans)
+            if plan.kind == "shallow_fix" and results[plan.first_code].ok
+        ]
+        if not unreached or attempt == _REPLANS:
+            break
+        for i in unreached:
+            rng = random.Random(f"sft_corpus/{seed}/{plans[i].problem.id}/replan{attempt}")
+            plans[i] = _plan_one(plans[i].problem, "shallow_fix", shallow_bug_weights, rng)
     examples = [_assemble(plan, results, system_prompt) for plan in plans]
     counts = {k: sum(e.kind == k for e in examples) for k in KINDS}
     logger.info("SFT corpus: %d examples %s, %d sandbox runs", len(examples), counts, len(codes))
@@ -417,6 +538,8 @@ def make_sft_corpus(
     shallow_bug_weights: Mapping[str, float] = DEFAULT_SHALLOW_BUG_WEIGHTS,
     seed: int = 0,
     system_prompt: str | None = None,
+    give_up_share: float = 0.0,
+    guess_rate: float = 0.0,
 ) -> list[SftExample]:
     """`make_sft_corpus_async` for synchronous callers (not from inside a running event loop)."""
     return asyncio.run(
@@ -428,6 +551,8 @@ def make_sft_corpus(
             shallow_bug_weights=shallow_bug_weights,
             seed=seed,
             system_prompt=system_prompt,
+            give_up_share=give_up_share,
+            guess_rate=guess_rate,
         )
     )
 

@@ -4,9 +4,12 @@
    whose tool outputs come from the real sandbox, and a byte-level BPE tokenizer with Qwen's
    control tokens and chat template, trained on the rendered corpus;
 2. cold-start SFT of a tiny Qwen3-shaped model (`runtime/sft.py`, the real SFT path), HF export;
-3. GRPO from that checkpoint with SAAR off (baseline) and on (cleaner), same seeds, through the
+3. the premise check (`study/premise.py`): the SFT model rolled out without SAAR on the first
+   `study.premise_prompts` RL-train prompts, `study.premise_n` samples each; E[A | recovered]
+   with its interval, recovery rate and accuracies in `premise.json`;
+4. GRPO from that checkpoint with SAAR off (baseline) and on (cleaner), same seeds, through the
    real trainer (`runtime/trainer.py`) — one run per (arm, seed);
-4. `report.md` + PNG plots (`study/report.py`).
+5. `report.md` + PNG plots (`study/report.py`).
 Everything lands in one workdir; a finished stage is not redone when the command is re-run.
 
 How the miniature was made to learn (measured Nov 2026 on a 2-core CPU; per-token copy
@@ -46,6 +49,16 @@ the credit-assignment claim in this regime, and it predicts no difference in the
 which is what the runs show (3 seeds x 6 steps: first-attempt failure rate 0.250 +- 0.035 with
 SAAR, 0.255 +- 0.041 without, paired difference -0.005); SAAR does remove the failures from the
 trained trajectories (0.002 vs 0.32 per trajectory).
+
+The premise check (stage 3, `study/premise.py`) measures that before RL, with a bootstrap interval
+over prompt groups. Measured Dec 2026 (full-mode SFT, 96 RL-train prompts, no SAAR): E[A |
+recovered] = -0.011 (95% CI -0.114 to 0.084) with 8 samples a prompt, -0.046 (-0.134 to 0.036) with
+16; accuracy 0.31, recovery 0.67, recovered right 0.24 vs clean 0.40 (another SFT seed: -0.155,
+-0.243 to -0.066, recovered 0.42 vs clean 0.47). The premise does not hold here; the corpus knobs
+tried to make it hold (tool-free guesses, given-up deep failures; `data/sft_corpus.py` says what
+each did): guesses 0.2 with half the deep failures given up moved it to +0.06..+0.14, never with an
+interval above 0, and cost accuracy (0.16-0.18), so they stay off. 96 prompts x 8 rollouts took
+80-180 s on the shared 2-core CPU.
 """
 
 from __future__ import annotations
@@ -60,7 +73,7 @@ import ml_collections
 
 from cleaner_jax.data import demo_assets
 from cleaner_jax.runtime import sft, trainer
-from cleaner_jax.study import report
+from cleaner_jax.study import premise, report
 
 ARMS = ("baseline", "cleaner")
 
@@ -90,13 +103,14 @@ def run_demo(
     timings: dict[str, float] = {}
 
     t0 = time.time()
-    say("1/4 preparing the synthetic task, SFT corpus (real sandbox runs) and tokenizer")
+    say("1/5 preparing the synthetic task, SFT corpus (real sandbox runs) and tokenizer")
     paths = demo_assets.prepare_assets(
         os.path.join(workdir, "assets"),
         n_sft=study.n_sft,
         n_rl_train=study.n_rl_train,
         n_test=study.n_test,
         sft_copies=study.sft_copies,
+        **study.corpus,
     )
     timings["assets"] = time.time() - t0
 
@@ -104,9 +118,36 @@ def run_demo(
     sft_dir = os.path.join(workdir, "sft")
     sft_export = os.path.join(sft_dir, "hf_export", "final")
     if not os.path.exists(os.path.join(sft_export, "config.json")):
-        say("2/4 cold-start SFT of the tiny model")
+        say("2/5 cold-start SFT of the tiny model")
         sft.run(_with_assets(get_config(mode), paths, None), sft_dir)
     timings["sft"] = time.time() - t0
+
+    premise_path = os.path.join(workdir, "premise.json")
+    if not os.path.exists(premise_path):
+        say(
+            f"3/5 premise check: the SFT model without SAAR on {study.premise_prompts} prompts "
+            f"x {study.premise_n} samples"
+        )
+        t0 = time.time()
+        result = premise.run_premise_check(
+            _with_assets(get_config(mode), paths, None),
+            sft_export,
+            [paths["rl_train"]],
+            premise_path,
+            prompts=study.premise_prompts,
+            n=study.premise_n,
+        )
+        timings["premise"] = time.time() - t0
+        ci = result["adv_recovered_ci"]
+        say(
+            "   E[A | recovered] = "
+            + (
+                f"{ci['estimate']:.3f} (95% CI {ci['low']:.3f} to {ci['high']:.3f})"
+                if ci
+                else "n/a"
+            )
+            + f", premise {'holds' if result['premise_holds'] else 'does not hold'}"
+        )
 
     runs = {}
     for seed in study.seeds:
@@ -117,13 +158,13 @@ def run_demo(
             if os.path.exists(os.path.join(run_dir, "DONE")):
                 continue
             c = _with_assets(get_config(f"{mode},arm={arm},seed={seed}"), paths, sft_export)
-            say(f"3/4 GRPO {arm} seed {seed}: {c.total_steps} steps")
+            say(f"4/5 GRPO {arm} seed {seed}: {c.total_steps} steps")
             t0 = time.time()
             trainer.run(c, run_dir)
             timings[f"grpo/{name}"] = time.time() - t0
             with open(os.path.join(run_dir, "DONE"), "w") as f:
                 f.write(f"{time.time() - t0:.1f}\n")
-    say("4/4 writing the report")
+    say("5/5 writing the report")
     with open(paths["stats"]) as f:
         corpus_stats = json.load(f)
     return report.write_report(workdir, runs, timings=timings, corpus_stats=corpus_stats, mode=mode)

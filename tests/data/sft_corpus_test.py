@@ -8,6 +8,7 @@ import pytest
 from cleaner_jax.agent.chat import ChatFormat
 from cleaner_jax.agent.sandbox import SandboxConfig, SandboxPool
 from cleaner_jax.agent.tokenizer import build_tokenizer
+from cleaner_jax.data import demo_assets
 from cleaner_jax.data import sft_corpus as sft
 from cleaner_jax.data import synthetic_task as task
 from cleaner_jax.rl.rewards_math import verify_math
@@ -36,6 +37,17 @@ def error_corpus(pool):
     weights = {"name_typo": 1.0, "missing_paren": 1.0, "missing_import": 3.0}
     corpus = sft.make_sft_corpus(
         problems, pool, error_rate=1.0, shallow_share=0.5, shallow_bug_weights=weights, seed=1
+    )
+    return problems, corpus
+
+
+@pytest.fixture(scope="module")
+def guess_corpus(pool):
+    """The knobs on: a quarter of the examples guess without the tool; of the deep failures,
+    half give up and guess."""
+    problems = task.make_problems("train", 24, seed=2)
+    corpus = sft.make_sft_corpus(
+        problems, pool, error_rate=0.5, shallow_share=0.5, give_up_share=0.5, guess_rate=0.25
     )
     return problems, corpus
 
@@ -81,6 +93,81 @@ def test_plan_shares_and_bug_mix_at_scale():
     assert 0.3 < bugs["name_typo"] / 120 < 0.7
     approaches = collections.Counter(p.approach for p in plans if p.kind == "direct")
     assert len(approaches) >= 6  # every template's approaches are used, not only the first
+
+
+def test_guess_and_give_up_are_off_by_default():
+    problems = task.make_problems("train", 60, seed=0)
+    plans = sft.plan_corpus(problems, seed=3)
+    assert plans == sft.plan_corpus(problems, seed=3, give_up_share=0.0, guess_rate=0.0)
+    assert {p.kind for p in plans} == {"direct", "shallow_fix", "deep_fix"}
+
+
+def test_guess_and_give_up_shares_at_scale():
+    problems = task.make_problems("train", 600, seed=0)
+    plans = sft.plan_corpus(
+        problems, error_rate=0.3, shallow_share=0.5, give_up_share=0.4, guess_rate=0.2, seed=0
+    )
+    kinds = collections.Counter(p.kind for p in plans)
+    # 180 failures: 90 shallow, 90 deep of which 36 give up; 120 guesses; the rest direct.
+    assert kinds == {"direct": 300, "shallow_fix": 90, "deep_fix": 54, "give_up": 36, "guess": 120}
+    assert all(p.guess is not None and p.guess != p.problem.answer for p in plans if p.guess)
+    assert all(
+        p.bug in {b.name for b in task.DEEP_BUGS[p.problem.template]}
+        for p in plans
+        if p.kind == "give_up"
+    )
+
+
+def test_guess_and_give_up_conversations(pool, guess_corpus):
+    problems, corpus = guess_corpus
+    answers = {p.id: p.answer for p in problems}
+    kinds = collections.Counter(e.kind for e in corpus)
+    assert kinds == {"direct": 6, "shallow_fix": 6, "deep_fix": 3, "give_up": 3, "guess": 6}
+    for e in corpus:
+        roles = [m["role"] for m in e.messages]
+        final = e.messages[-1]["content"]
+        if e.kind == "guess":
+            assert roles == ["user", "assistant"] and "tool_calls" not in e.messages[1]
+            assert final.startswith(sft.GUESS_REASONING)
+        elif e.kind == "give_up":
+            assert roles == ["user", "assistant", "tool", "assistant"]
+            assert "tool_calls" not in e.messages[-1]
+            assert final.startswith(sft.GIVE_UP_TEXT)
+            result = pool.run_sync(_call_code(e.messages[1]))
+            assert not result.ok and result.error_type == e.error_type
+            assert e.messages[2]["content"] == result.to_tool_response_text()
+        else:
+            assert verify_math(final, answers[e.problem_id], "strict").correct
+            continue
+        # A guess is a number of the answer range, never the answer (the model may still hit it).
+        guess = final.rsplit("\\boxed{", 1)[1].rstrip("}.")
+        assert 0 <= int(guess) <= sft.GUESS_MAX and guess != answers[e.problem_id]
+        assert not verify_math(final, answers[e.problem_id], "strict").correct
+
+
+def test_a_typo_on_an_unreached_line_is_drawn_again(pool):
+    """Seed 5 of the demo's SFT problems puts a name typo on collatz's odd branch for n = 16,
+    which 16 -> 8 -> 4 -> 2 -> 1 never reaches: that bug is drawn again, all else is as planned."""
+    problems = task.make_problems(
+        "train", 176, 0, ranges=demo_assets.TASK_RANGES, templates=demo_assets.TEMPLATES
+    )
+    plans = sft.plan_corpus(problems, seed=5)
+    [stuck] = [
+        p
+        for p in plans
+        if p.problem.template == "collatz" and p.problem.params["n"] == 16 and p.bug == "name_typo"
+    ]
+    assert "3 * n + 1" not in stuck.first_code
+    corpus = sft.make_sft_corpus(problems, pool, seed=5)
+    for plan, example in zip(plans, corpus, strict=True):
+        assert example.kind == plan.kind
+        if plan is stuck:
+            assert example.error_type in ("NameError", "SyntaxError")
+            assert _call_code(example.messages[1]) != stuck.first_code
+        else:
+            assert (example.bug, example.error_type) == (plan.bug, plan.expected_error)
+            if plan.kind != "guess":
+                assert _call_code(example.messages[1]) == plan.first_code
 
 
 def test_conversation_structure_and_answers(default_corpus, error_corpus):
@@ -210,6 +297,10 @@ def test_bad_arguments_raise():
         sft.plan_corpus(problems, error_rate=1.5)
     with pytest.raises(ValueError, match="shallow_bug_weights"):
         sft.plan_corpus(problems, shallow_bug_weights={"off_by_one": 1.0})
+    with pytest.raises(ValueError, match="give_up_share"):
+        sft.plan_corpus(problems, give_up_share=-0.1)
+    with pytest.raises(ValueError, match="exceed 1"):
+        sft.plan_corpus(problems, error_rate=0.75, guess_rate=0.5)
     with pytest.raises(ValueError, match="no shallow bug applies"):
         sft.plan_corpus(
             problems, error_rate=1.0, shallow_share=1.0, shallow_bug_weights={"missing_import": 1}

@@ -64,7 +64,8 @@ PLANS: dict[str, Plan] = {
     "python launch/sft.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner --workdir=/runs/sft "
     "--config.model.hf_path=/ckpt/Qwen3-4B-Instruct-2507 "
     "--config.sft.train_files='(\"/data/sft.jsonl\",)'": Plan(RUN),
-    "python launch/train.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner --workdir=/runs/cleaner "
+    "python launch/train.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner "
+    "--workdir=/runs/cleaner "
     "--config.model.hf_path=/ckpt/Qwen3-4B-RA-SFT "
     "--config.data.train_files='(\"/data/open_agentrl_30k.parquet\",)'": Plan(RUN),
     "python launch/train.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner,runlocal "
@@ -79,7 +80,8 @@ PLANS: dict[str, Plan] = {
     ),
     "python launch/memory_plan.py --row_len=8192 --tokens_per_device=8192 --kv_seqs=16 "
     "--kv_seq_len=8192": Plan(SKIP, "as above, at other budgets"),
-    "CUDA_VISIBLE_DEVICES=0 python launch/train.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner "
+    "CUDA_VISIBLE_DEVICES=0 python launch/train.py "
+    "--config=configs/paper.py:model=qwen3_4b,arm=cleaner "
     "--workdir=/runs/q3 --config.model.hf_path=/ckpt/Qwen3-1.7B-RA-SFT --config.mesh.fsdp=1 "
     "--config.data.train_files='(\"/data/open_agentrl_30k.parquet\",)'": Plan(
         CHECK,
@@ -306,8 +308,8 @@ def test_every_documented_command_is_reviewed():
 def assets(tmp_path_factory):
     """Tiny stand-ins for every /data and /ckpt path the docs name, and the dirs they expect."""
     from cleaner_jax.agent.tokenizer import load_tokenizer
-    from cleaner_jax.models.testing import save_tiny_checkpoint, tiny_variant
     from cleaner_jax.data import demo_assets
+    from cleaner_jax.models.testing import save_tiny_checkpoint, tiny_variant
 
     root = tmp_path_factory.mktemp("documented")
     synth = demo_assets.prepare_assets(str(root / "synthetic"), n_sft=8, n_rl_train=8, n_test=4)

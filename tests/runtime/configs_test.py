@@ -75,8 +75,9 @@ def test_demo_modes_are_variants():
     differ = {k for (k, a), (_, b) in zip(_flat(quick), _flat(full), strict=True) if a != b}
     assert differ <= {
         "seed", "total_steps", "study.mode", "study.seeds", "study.n_sft", "study.sft_copies",
-        "study.n_rl_train", "study.n_test", "rollout.n", "data.shuffle_seed", "saar.enabled",
-        "validation.every", "validation.max_prompts", "sft.epochs",
+        "study.n_rl_train", "study.n_test", "study.premise_prompts", "study.premise_n",
+        "rollout.n", "data.shuffle_seed", "saar.enabled", "validation.every",
+        "validation.max_prompts", "sft.epochs",
     }  # fmt: skip
 
 

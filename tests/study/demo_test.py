@@ -1,5 +1,6 @@
 """The embedded default's quick mode end to end: assets, SFT, both GRPO arms, the report."""
 
+import json
 import os
 import re
 import subprocess
@@ -44,7 +45,7 @@ def _run_quick(workdir) -> list[str]:
 @pytest.mark.slow
 def test_quick_mode_produces_the_report(tmp_path):
     stages = _run_quick(tmp_path)
-    assert stages == ["1/4", "2/4", "3/4", "3/4", "4/4"]
+    assert stages == ["1/5", "2/5", "3/5", "4/5", "4/5", "5/5"]
     text = open(tmp_path / "report.md").read()
     for run in ("baseline_seed0", "cleaner_seed0"):
         assert f"| {run} |" in text
@@ -59,9 +60,12 @@ def test_quick_mode_produces_the_report(tmp_path):
     assert first[0]["val/tool_calls_per_traj"] == first[1]["val/tool_calls_per_traj"]
     assert os.path.exists(tmp_path / "saar_first_attempt_failure_rate.png")
     assert os.path.exists(tmp_path / "sft" / "hf_export" / "final" / "model.safetensors")
+    with open(tmp_path / "premise.json") as f:
+        checked = json.load(f)
+    assert checked["prompts"] == 4 and checked["n"] == 4 and checked["trajectories"] == 16
     assert os.listdir(tmp_path / "jax_cache")  # compiled programs are cached in the workdir
     # Re-running skips every finished stage.
-    assert _run_quick(tmp_path) == ["1/4", "4/4"]
+    assert _run_quick(tmp_path) == ["1/5", "5/5"]
 
 
 @pytest.mark.parametrize("mode", ["quick", "full"])
@@ -72,5 +76,6 @@ def test_task_sizes_fit_the_demo_ranges(mode):
     task = dict(ranges=demo_assets.TASK_RANGES, templates=demo_assets.TEMPLATES)
     train = synthetic_task.make_problems("train", m.n_sft + m.n_rl_train, 0, **task)
     test = synthetic_task.make_problems("test", m.n_test, 1, **task)
+    assert 0 < m.premise_prompts <= m.n_rl_train and m.premise_n >= 2
     for p in train + test:
         assert int(p.answer) < 1000 and all(v < 1000 for v in p.params.values()), p
