@@ -48,7 +48,10 @@ _OUT = flags.DEFINE_string("out", "/tmp/bench_train.json", "JSON output path")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions per arm (>= 5 for the reported median)")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "skip the HF torch arm")
 _SETTLE_S = flags.DEFINE_float(
-    "settle_s", 0.5, "idle seconds before each timed call of an alternating arm (0: none)"
+    "settle_s",
+    0.0,
+    "idle seconds before each timed call of an alternating arm (Dec 2026, 2-core EPYC: 0.5 gave "
+    "ours/torch 0.55, 0 gave 0.87 in back-to-back runs; a training loop runs steps back to back)",
 )
 
 
@@ -77,9 +80,9 @@ def _timed(fn, reps):
 def _alternate(arms, reps):
     """Seconds per rep of each arm, the arms run in turn within each rep (after one warm-up).
 
-    Each timed call starts after `--settle_s` of idle time: a thread pool that has just finished
-    (torch's OpenMP/MKL workers, XLA's) keeps spinning for a while, and without the pause that
-    spinning competes with the next arm for the 2 cores and is billed to it.
+    With `--settle_s`, each timed call starts after that much idle time: a thread pool that has
+    just finished (torch's OpenMP/MKL workers, XLA's) keeps spinning for a while and competes with
+    the next arm; but a pause also lets the pools sleep, and waking them is billed to the arm.
     """
     for fn in arms.values():
         fn()
