@@ -167,4 +167,13 @@ def run_demo(
     say("5/5 writing the report")
     with open(paths["stats"]) as f:
         corpus_stats = json.load(f)
-    return report.write_report(workdir, runs, timings=timings, corpus_stats=corpus_stats, mode=mode)
+    with open(premise_path) as f:
+        premise_result = json.load(f)
+    return report.write_report(
+        workdir,
+        runs,
+        timings=timings,
+        corpus_stats=corpus_stats,
+        mode=mode,
+        premise=premise_result,
+    )

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from cleaner_jax.runtime.metrics import read_metrics  # noqa: E402
+from cleaner_jax.study import stats  # noqa: E402
 
 _PLOTS = (
     ("saar/first_attempt_failure_rate", "first-attempt tool failure rate"),
@@ -139,9 +140,9 @@ def _credit_section(runs: Mapping[str, list[dict]]) -> list[str]:
     return lines
 
 
-def _paired_diff(runs: Mapping[str, list[dict]], key: str) -> dict[str, float]:
-    """Per seed: mean over steps > 0 of cleaner - baseline in `key`. The arms of a seed train
-    on the same prompts at every step, so the difference removes the prompt-batch noise."""
+def _paired_steps(runs: Mapping[str, list[dict]], key: str) -> dict[str, list[float]]:
+    """Per seed: cleaner - baseline in `key` at each step > 0 both logged. The arms of a seed
+    train on the same prompts at every step, so the difference removes the prompt-batch noise."""
     out = {}
     for name, rows in runs.items():
         if _arm_of(name) != "baseline":
@@ -154,7 +155,7 @@ def _paired_diff(runs: Mapping[str, list[dict]], key: str) -> dict[str, float]:
         b = {r["step"]: r[key] for r in other if key in r and r["step"] > 0}
         common = sorted(set(a) & set(b))
         if common:
-            out[seed.lstrip("_")] = float(np.mean([b[st] - a[st] for st in common]))
+            out[seed.lstrip("_")] = [b[st] - a[st] for st in common]
     return out
 
 
@@ -186,8 +187,9 @@ def _arms_section(runs: Mapping[str, list[dict]], target: float) -> list[str]:
             f"{_spread([_mean_over(r, 'saar/final_tool_failures_per_traj') for r in arm_runs])} | "
             f"{_spread([_last(r, 'val/reward/acc') for r in arm_runs])} | {reached} |"
         )
-    diff = _paired_diff(runs, "saar/first_attempt_failure_rate")
-    if diff:
+    steps = _paired_steps(runs, "saar/first_attempt_failure_rate")
+    if steps:
+        diff = {k: float(np.mean(v)) for k, v in steps.items()}
         per_seed = ", ".join(f"{k}: {v:+.3f}" for k, v in diff.items())
         lines += [
             "",
@@ -195,7 +197,36 @@ def _arms_section(runs: Mapping[str, list[dict]], target: float) -> list[str]:
             f"prompts): mean {np.mean(list(diff.values())):+.3f} ({per_seed}). Negative means "
             "SAAR's arm writes fewer failing calls.",
         ]
+        if len(steps) > 1:  # the interval treats seeds, not steps, as the independent units
+            effect = stats.paired_difference_by_cluster(
+                [d for v in steps.values() for d in v],
+                [k for k, v in steps.items() for _ in v],
+            )
+            lines += ["", stats.describe(effect, "first-attempt failure rate") + " (over seeds)"]
     return lines
+
+
+def _premise_section(premise: Mapping) -> list[str]:
+    """The premise check before RL (`study/premise.py`): E[A | recovered] with its interval."""
+    ci = premise.get("adv_recovered_ci") or {}
+    held = "holds" if premise.get("premise_holds") else "does not hold"
+    estimate = (
+        f"{ci['estimate']:.3f} (95% CI {ci['low']:.3f} to {ci['high']:.3f}, {ci['groups']} "
+        "prompt groups)"
+        if ci
+        else "n/a (no recovered trajectory)"
+    )
+    return [
+        "",
+        "## Premise check (SFT model, no SAAR, before RL)",
+        "",
+        f"E[A | recovered] = {estimate}: the premise {held} (it needs an interval above 0). "
+        f"{premise['prompts']} prompts x {premise['n']} samples; accuracy "
+        f"{premise['accuracy']:.3f}, first call fails {premise['first_call_failure_rate']:.3f}, "
+        f"recovery {premise['recovery_rate']:.3f}, accuracy clean / recovered / unrecovered "
+        f"{premise['acc_clean']:.3f} / {premise['acc_recovered']:.3f} / "
+        f"{premise['acc_unrecovered']:.3f}.",
+    ]
 
 
 def write_report(
@@ -205,6 +236,7 @@ def write_report(
     timings: Mapping[str, float],
     corpus_stats: Mapping,
     mode: str,
+    premise: Mapping | None = None,
 ) -> str:
     runs = {name: read_metrics(d) for name, d in run_dirs.items()}
     plots = []
@@ -241,6 +273,7 @@ def write_report(
             f"{_steps_to(rows, 'val/reward/acc', target)} | {shallow:.0f} | {deep:.0f} | "
             f"{rec:.0f} / {trig:.0f} |"
         )
+    lines += _premise_section(premise) if premise else []
     lines += _arms_section(runs, target)
     lines += _credit_section(runs)
     lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
