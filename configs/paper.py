@@ -122,6 +122,8 @@ def get_config(arg=None):
     )
     c.saar = dict(
         enabled=args["arm"] == "cleaner",
+        # The train step (0-based) from which SAAR is applied; 0 = from the start.
+        start_step=0,
         gamma=0.5,
         max_retries=3,
         rollback_probability=m["rollback_probability"],

@@ -2,6 +2,7 @@ r"""The embedded default: the miniature CLEANER study on a CPU (README Quick sta
 
   python launch/demo.py --mode=full --workdir=/tmp/cleaner_demo   # ~15 min on 2 cores
   python launch/demo.py --mode=quick --workdir=/tmp/cleaner_quick # ~3 min, one seed
+  python launch/demo.py --mode=long --workdir=/tmp/cleaner_long   # more seeds/steps, <= 60 min
 The study is `configs/demo.py:<mode>` (its `study.*` fields) and, per arm and seed, the variant
 `configs/demo.py:<mode>,arm=...,seed=...`; print one with
   python launch/train.py --config=configs/demo.py:full,arm=baseline --print_config
@@ -24,7 +25,7 @@ _DEMO_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"
 )
 _MODE = flags.DEFINE_enum(
-    "mode", "full", ["quick", "full"], "Study size (a configs/demo.py variant)."
+    "mode", "full", ["quick", "full", "long"], "Study size (a configs/demo.py variant)."
 )
 _CONFIG_FILE = flags.DEFINE_string("config_file", _DEMO_CONFIG, "The study's config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output dir (report.md lands here).", required=True)

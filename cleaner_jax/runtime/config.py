@@ -54,12 +54,19 @@ def check_config(config: ml_collections.ConfigDict, mode: str, model_dir: str = 
 
     `mode`: "train" (launch/train.py), "sft" (launch/sft.py) or "eval" (launch/evaluate.py);
     `model_dir`: an HF checkpoint dir that replaces `model.hf_path` (evaluate's --checkpoint).
-    Checks that the checkpoint, tokenizer and data paths exist and that the token budgets fit
-    the sampler's sequence length, the packed training row and the model's context.
+    Checks that `saar.start_step` is a step index, that the checkpoint, tokenizer and data paths
+    exist and that the token budgets fit the sampler's sequence length, the packed training row
+    and the model's context.
     Raises `ConfigError` naming the field.
     """
     if mode not in _CHECK_MODES:
         raise ValueError(f"mode={mode!r}: use one of {_CHECK_MODES}")
+    start = config.saar.start_step
+    if not isinstance(start, int) or start < 0:
+        raise ConfigError(
+            f"saar.start_step={start!r}: use a step index >= 0 (0 = SAAR from the first step; "
+            "k = switched on at train step k, counted from 0)"
+        )
     hf = config.model.hf_path
     if hf and not os.path.isfile(os.path.join(hf, "config.json")):
         state = "has no config.json" if os.path.isdir(hf) else "does not exist"
@@ -162,6 +169,7 @@ class TrainSettings:
     prompts_per_step: int
     n: int
     saar_enabled: bool
+    saar_start_step: int  # SAAR from this train step on (0-based); 0 = from the start
     temperature: float
     estimator: str
     dynamic_sampling: bool  # DAPO: refill groups whose rewards are all equal
@@ -177,6 +185,11 @@ class TrainSettings:
     validation: ValidationSettings
     export_hf: bool
 
+    def saar_active(self, step: int) -> bool:
+        """Whether SAAR purifies the rollouts of train step `step` (0-based, the number of
+        updates done so far); validation's test-time SAAR (`validation.saar`) follows it too."""
+        return self.saar_enabled and step >= self.saar_start_step
+
 
 def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
     c = config
@@ -189,6 +202,7 @@ def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
         prompts_per_step=c.rollout.prompts_per_step,
         n=c.rollout.n,
         saar_enabled=c.saar.enabled,
+        saar_start_step=c.saar.start_step,
         temperature=c.rollout.temperature,
         estimator=c.advantage.estimator,
         dynamic_sampling=c.advantage.dynamic_sampling,

@@ -212,9 +212,10 @@ def engine_config_from(config: ml_collections.ConfigDict) -> EngineConfig:
 
 
 def saar_config_from(config: ml_collections.ConfigDict) -> SaarConfig:
-    """`saar` without `enabled` (whether a rollout uses SAAR is the collector's choice)."""
+    """`saar` without `enabled` and `start_step` (whether a rollout uses SAAR is the collector's
+    caller's choice: the trainer's `TrainSettings.saar_active`, the evaluator's mode)."""
     fields = dict(config.saar)
-    del fields["enabled"]
+    del fields["enabled"], fields["start_step"]
     return SaarConfig(**fields)
 
 

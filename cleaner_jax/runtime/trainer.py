@@ -2,7 +2,8 @@
 
 `run(config, workdir)` is what `launch/train.py` calls. Each step:
 1. roll out `rollout.n` trajectories for each of `rollout.prompts_per_step` prompts (agent loop with
-   SAAR on or off, `runtime/collect.py`);
+   SAAR on or off, `runtime/collect.py`; with `saar.start_step` = k SAAR is switched on at train
+   step k, counted from 0, and `saar/active` logs whether it was on);
 2. score them (`rl/rewards.py`; a failing reward is an error result, never a dead step) and
    compute group advantages;
 3. old log-probs: from the sampler (spliced segments re-scored under the purified context) or
@@ -173,7 +174,7 @@ class Trainer:
             self.val_examples,
             v.n,
             tag=("val", self.step),
-            saar_enabled=v.saar and self.settings.saar_enabled,
+            saar_enabled=v.saar and self.settings.saar_active(self.step),
             temperature=v.temperature,
             top_p=v.top_p,
         )
@@ -199,7 +200,9 @@ class Trainer:
             examples = self.iterator.next_batch(c.prompts_per_step)
             with timer("rollout"):
                 tag = ("train", self.step) if r == 0 else ("train", self.step, r)
-                rollouts = self._collect_share(examples, c.n, tag=tag)
+                rollouts = self._collect_share(
+                    examples, c.n, tag=tag, saar_enabled=c.saar_active(self.step)
+                )
             b.local_tokens += sum(len(x.trajectory.tokens) for x in rollouts)
             with timer("reward"):
                 results = self._score(rollouts)
@@ -229,6 +232,7 @@ class Trainer:
         batch = self._sample_batch(timer)
         rollouts, results, sampled = batch.rollouts, batch.results, batch.sampled
         metrics = batch.metrics
+        metrics["saar/active"] = float(c.saar_active(self.step))
         # What the policy did this step (every sampled rollout), then what it trains on.
         metrics.update(reward_metrics(batch.sampled_results))
         stats = aggregate_stats([r.trajectory.stats for r in sampled])

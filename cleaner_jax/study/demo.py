@@ -7,10 +7,17 @@
 3. the premise check (`study/premise.py`): the SFT model rolled out without SAAR on the first
    `study.premise_prompts` RL-train prompts, `study.premise_n` samples each; E[A | recovered]
    with its interval, recovery rate and accuracies in `premise.json`;
-4. GRPO from that checkpoint with SAAR off (baseline) and on (cleaner), same seeds, through the
-   real trainer (`runtime/trainer.py`) — one run per (arm, seed);
-5. `report.md` + PNG plots (`study/report.py`).
-Everything lands in one workdir; a finished stage is not redone when the command is re-run.
+4. the design's power, stated before any GRPO run (`study/design.py`): the smallest change in
+   the first-attempt failure rate (cleaner - baseline) the seeds can detect, in `design.json`;
+5. GRPO from that checkpoint for each arm of `study.arms` — SAAR off (baseline), on (cleaner),
+   or on from step total_steps // 2 (switch) — same seeds, through the real trainer
+   (`runtime/trainer.py`): one run per (arm, seed);
+6. held-out evaluation (`runtime/evaluation.py`) of the SFT model and of each arm's final
+   checkpoint of the first seed, with and without test-time SAAR: pass@k and SAAR's latency
+   overhead in `eval/<name>/summary.json`;
+7. `report.md` + PNG plots (`study/report.py`).
+Everything lands in one workdir; a finished stage is not redone when the command is re-run
+(the design is stated once: a re-run keeps the design.json written before the runs).
 
 How the miniature was made to learn (measured Nov 2026 on a 2-core CPU; per-token copy
 accuracy of the SFT model on 45 held-out corpus conversations, question number into the code /
@@ -72,10 +79,10 @@ from collections.abc import Callable
 import ml_collections
 
 from cleaner_jax.data import demo_assets
-from cleaner_jax.runtime import sft, trainer
+from cleaner_jax.rl.passk import DEFAULT_KS, valid_ks
+from cleaner_jax.runtime import evaluation, sft, trainer
+from cleaner_jax.study import design as design_lib
 from cleaner_jax.study import premise, report
-
-ARMS = ("baseline", "cleaner")
 
 
 def _with_assets(c: ml_collections.ConfigDict, paths: dict, sft_export: str | None):
@@ -97,13 +104,14 @@ def run_demo(
     """Runs the study of `get_config(mode)` (configs/demo.py) in `workdir`; returns the path of
     report.md. SFT runs with the mode's config; each GRPO run with its `arm=...,seed=...`
     variant. `progress(msg)` is told each stage."""
-    study = get_config(mode).study
+    config = get_config(mode)
+    study = config.study
     say = progress or logging.info
     os.makedirs(workdir, exist_ok=True)
     timings: dict[str, float] = {}
 
     t0 = time.time()
-    say("1/5 preparing the synthetic task, SFT corpus (real sandbox runs) and tokenizer")
+    say("1/7 preparing the synthetic task, SFT corpus (real sandbox runs) and tokenizer")
     paths = demo_assets.prepare_assets(
         os.path.join(workdir, "assets"),
         n_sft=study.n_sft,
@@ -118,14 +126,14 @@ def run_demo(
     sft_dir = os.path.join(workdir, "sft")
     sft_export = os.path.join(sft_dir, "hf_export", "final")
     if not os.path.exists(os.path.join(sft_export, "config.json")):
-        say("2/5 cold-start SFT of the tiny model")
+        say("2/7 cold-start SFT of the tiny model")
         sft.run(_with_assets(get_config(mode), paths, None), sft_dir)
     timings["sft"] = time.time() - t0
 
     premise_path = os.path.join(workdir, "premise.json")
     if not os.path.exists(premise_path):
         say(
-            f"3/5 premise check: the SFT model without SAAR on {study.premise_prompts} prompts "
+            f"3/7 premise check: the SFT model without SAAR on {study.premise_prompts} prompts "
             f"x {study.premise_n} samples"
         )
         t0 = time.time()
@@ -148,27 +156,61 @@ def run_demo(
             )
             + f", premise {'holds' if result['premise_holds'] else 'does not hold'}"
         )
+    with open(premise_path) as f:
+        premise_result = json.load(f)
+
+    design_path = os.path.join(workdir, "design.json")
+    if not os.path.exists(design_path):
+        design = design_lib.plan(
+            premise_result["first_call_failure_rate"],
+            m=config.rollout.prompts_per_step * config.rollout.n,
+            steps=config.total_steps,
+            seeds=len(study.seeds),
+        )
+        with open(design_path, "w") as f:
+            json.dump(design, f, indent=1)
+        say("4/7 " + design_lib.describe(design))
+    with open(design_path) as f:
+        design = json.load(f)
 
     runs = {}
     for seed in study.seeds:
-        for arm in ARMS:
+        for arm in study.arms:
             name = f"{arm}_seed{seed}"
             run_dir = os.path.join(workdir, name)
             runs[name] = run_dir
             if os.path.exists(os.path.join(run_dir, "DONE")):
                 continue
             c = _with_assets(get_config(f"{mode},arm={arm},seed={seed}"), paths, sft_export)
-            say(f"4/5 GRPO {arm} seed {seed}: {c.total_steps} steps")
+            say(f"5/7 GRPO {arm} seed {seed}: {c.total_steps} steps")
             t0 = time.time()
             trainer.run(c, run_dir)
             timings[f"grpo/{name}"] = time.time() - t0
             with open(os.path.join(run_dir, "DONE"), "w") as f:
                 f.write(f"{time.time() - t0:.1f}\n")
-    say("5/5 writing the report")
+
+    checkpoints = {"sft": sft_export}
+    first = study.seeds[0]
+    checkpoints.update({f"{arm}_seed{first}": runs[f"{arm}_seed{first}"] for arm in study.arms})
+    evals = {}
+    for name, checkpoint in checkpoints.items():
+        out_dir = os.path.join(workdir, "eval", name)
+        summary_path = os.path.join(out_dir, "summary.json")
+        if not os.path.exists(summary_path):
+            e = study.eval
+            say(
+                f"6/7 held-out eval of {name}: {e.problems} problems x {e.n} samples, "
+                "test-time SAAR off and on"
+            )
+            t0 = time.time()
+            _evaluate(_with_assets(get_config(mode), paths, sft_export), e, checkpoint, out_dir)
+            timings[f"eval/{name}"] = time.time() - t0
+        with open(summary_path) as f:
+            evals[name] = json.load(f)
+
+    say("7/7 writing the report")
     with open(paths["stats"]) as f:
         corpus_stats = json.load(f)
-    with open(premise_path) as f:
-        premise_result = json.load(f)
     return report.write_report(
         workdir,
         runs,
@@ -176,4 +218,24 @@ def run_demo(
         corpus_stats=corpus_stats,
         mode=mode,
         premise=premise_result,
+        design=design,
+        evals=evals,
     )
+
+
+def _evaluate(config: ml_collections.ConfigDict, sizes, checkpoint: str, out_dir: str) -> dict:
+    """`sizes.n` samples of the first `sizes.problems` held-out problems from `checkpoint` (an HF
+    export or a trainer workdir), test-time SAAR off and on, in one eval runtime."""
+    options = evaluation.EvalOptions(
+        dataset_kind="agentrl",
+        dataset=tuple(config.data.val_files),
+        n=sizes.n,
+        temperature=1.0,
+        top_p=1.0,
+        saar="both",
+        ks=tuple(valid_ks(sizes.n, (*DEFAULT_KS, sizes.n))),
+        problems_per_batch=sizes.problems_per_batch,
+        max_problems=sizes.problems,
+        checkpoint=checkpoint,
+    )
+    return evaluation.evaluate(config, options, out_dir)

@@ -1,208 +1,109 @@
-"""The demo report: `report.md` with PNG plots comparing the GRPO baseline and GRPO + SAAR.
+"""The study report: `report.md` with PNG figures comparing GRPO with and without SAAR.
 
-Reads each run's `metrics.jsonl` (written by the trainer) and plots, per arm (mean over seeds,
-thin lines per seed): first-attempt tool failure rate, tool failures per trajectory (visible in
-the trained trajectory), held-out accuracy, reward, shallow vs deep rollbacks, time per phase.
-The table gives each run's numbers and the steps each arm needs to reach the baseline's final
-held-out accuracy.
+Reads each run's `metrics.jsonl` (runs named `<arm>_seed<s>`; arms baseline, cleaner and, if
+run, switch: SAAR switched on mid-training) and writes: a table per run; the premise check; the
+pre-run power design; per-arm means over seeds and the steps each arm needs to reach the
+baseline's final held-out accuracy (bootstrap interval over seeds); held-out pass@k with and
+without test-time SAAR and its latency overhead; the claims, each an effect with a 95% interval
+and a verdict in plain words; where GRPO's credit on failed calls went; wall times; figures
+(`study/plots.py`). Differences are always treatment - baseline, and the seeds, not the steps,
+are the independent units of a training effect.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
 from collections.abc import Mapping
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from cleaner_jax.runtime.metrics import read_metrics
+from cleaner_jax.study import plots, stats
+from cleaner_jax.study.plots import arm_of, seed_of
 
-from cleaner_jax.runtime.metrics import read_metrics  # noqa: E402
-from cleaner_jax.study import stats  # noqa: E402
-
-_PLOTS = (
-    ("saar/first_attempt_failure_rate", "first-attempt tool failure rate"),
-    ("saar/final_tool_failures_per_traj", "tool failures per trained trajectory"),
-    ("val/reward/acc", "held-out accuracy"),
+FAR = "saar/first_attempt_failure_rate"
+VAL_ACC = "val/reward/acc"
+_ALL_FAILURES = "saar/tool_failures_per_traj"
+_FIGURES = (
+    (FAR, "first-attempt tool failure rate"),
+    ("saar/final_tool_failures_per_traj", "tool failures per trajectory (trained trajectory)"),
+    (_ALL_FAILURES, "tool failures per trajectory (every attempt, rolled back included)"),
+    (VAL_ACC, "held-out accuracy"),
     ("reward/acc", "train accuracy (rollouts)"),
     ("saar/tool_calls_per_traj", "tool calls per trajectory"),
     ("response_length/mean", "response length (tokens)"),
     ("credit/adv_recovered", "E[advantage | recovered failed call]"),
 )
-_COLORS = {"baseline": "tab:blue", "cleaner": "tab:red"}
+_ONE = "one seed, no interval"
+_NO_RECORDS = "per-problem records not given"
 
 
-def _series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(r["step"], r[key]) for r in rows if key in r]
-    if not pts:
-        return np.zeros(0), np.zeros(0)
-    steps, vals = zip(*pts, strict=True)
-    return np.asarray(steps), np.asarray(vals, float)
+def _with_derived(rows: list[dict]) -> list[dict]:
+    """Adds the model's tool errors per trajectory over every attempt (the `failure_type/*`
+    counts over `trajectories`) where the trainer logged the batch statistics."""
+    out = []
+    for r in rows:
+        if _ALL_FAILURES not in r and r.get("saar/trajectories"):
+            errors = sum(v for k, v in r.items() if k.startswith("saar/failure_type/"))
+            r = {**r, _ALL_FAILURES: errors / r["saar/trajectories"]}
+        out.append(r)
+    return out
 
 
-def _arm_of(name: str) -> str:
-    return name.split("_seed")[0]
-
-
-def _arm_mean_curve(runs: Mapping[str, list[dict]], arm: str, key: str) -> dict[int, float]:
-    """Mean over the arm's seeds at each step every seed logged `key`."""
-    curves = [
-        dict(zip(*_series(rows, key), strict=True)) for n, rows in runs.items() if _arm_of(n) == arm
-    ]
-    curves = [c for c in curves if c]
-    if not curves:
-        return {}
-    steps = sorted(set.intersection(*(set(c) for c in curves)))
-    return {int(st): float(np.mean([c[st] for c in curves])) for st in steps}
-
-
-def _plot(runs: Mapping[str, list[dict]], key: str, title: str, path: str) -> None:
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for name, rows in runs.items():
-        steps, vals = _series(rows, key)
-        if len(steps):
-            ax.plot(steps, vals, color=_COLORS.get(_arm_of(name)), alpha=0.3, lw=1)
-    labelled = False
-    for arm in sorted({_arm_of(n) for n in runs}):
-        curve = _arm_mean_curve(runs, arm, key)
-        if curve:
-            ax.plot(
-                list(curve),
-                list(curve.values()),
-                color=_COLORS.get(arm),
-                lw=2.2,
-                label=f"{arm} (mean)",
-            )
-            labelled = True
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-    if labelled:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _f(v: float, digits: int = 3) -> str:
+    return f"{v:.{digits}f}" if v is not None and np.isfinite(v) else "n/a"
 
 
 def _last(rows: list[dict], key: str) -> float:
-    vals = [r[key] for r in rows if key in r]
-    return float(vals[-1]) if vals else float("nan")
+    """The last finite value of `key` (NaN if none)."""
+    vals = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+    return float(vals[-1]) if vals else math.nan
 
 
 def _mean_over(rows: list[dict], key: str) -> float:
     """Mean over the training steps (> 0) that logged a finite `key`."""
-    vals = [r[key] for r in rows if key in r and r["step"] > 0 and np.isfinite(r[key])]
-    return float(np.mean(vals)) if vals else float("nan")
+    vals = [r[key] for r in rows if r.get(key) is not None and r["step"] > 0]
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else math.nan
 
 
 def _steps_to(rows: list[dict], key: str, target: float) -> str:
     for r in rows:
-        if key in r and r[key] >= target:
+        if r.get(key) is not None and r[key] >= target - 1e-9:
             return str(r["step"])
     return "not reached"
-
-
-_CREDIT_COLS = (
-    ("accuracy", "train acc"),
-    ("first_call_failure_rate", "failed first call"),
-    ("recovery_rate", "of which recovered"),
-    ("acc_clean", "acc, clean"),
-    ("acc_recovered", "acc, recovered"),
-    ("adv_recovered", "E[A \\| recovered]"),
-    ("failed_call_credit_baseline", "credit on failed calls, unpurified"),
-    ("failed_call_credit_saar", "credit on failed calls, purified"),
-)
-
-
-def _credit_section(runs: Mapping[str, list[dict]]) -> list[str]:
-    """Where GRPO's credit on failed calls went (`credit/*`, see `rl/credit.py`)."""
-    if not any(k.startswith("credit/") for rows in runs.values() for r in rows for k in r):
-        return []
-    lines = [
-        "",
-        "## Credit on failed calls",
-        "",
-        "Means over training steps of the trainer's `credit/*` metrics (`rl/credit.py`). "
-        '"Recovered": a later call succeeded in context (baseline) or SAAR spliced a successful '
-        "retry in (cleaner). SAAR moves a recovered trajectory's advantage from its failed call "
-        "to the clean correction, so it lowers the first-attempt failure rate faster than the "
-        "baseline only if E[A | recovered] > 0 (recovered trajectories beat their group's "
-        "mean). Negative credit on failed calls means GRPO pushes against them; the baseline "
-        "trains on the unpurified trajectories, the cleaner arm on the purified ones.",
-        "",
-        "| run | " + " | ".join(label for _, label in _CREDIT_COLS) + " |",
-        "|---|" + "---|" * len(_CREDIT_COLS),
-    ]
-    for name, rows in runs.items():
-        vals = [_mean_over(rows, f"credit/{key}") for key, _ in _CREDIT_COLS]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    return lines
-
-
-def _paired_steps(runs: Mapping[str, list[dict]], key: str) -> dict[str, list[float]]:
-    """Per seed: cleaner - baseline in `key` at each step > 0 both logged. The arms of a seed
-    train on the same prompts at every step, so the difference removes the prompt-batch noise."""
-    out = {}
-    for name, rows in runs.items():
-        if _arm_of(name) != "baseline":
-            continue
-        seed = name[len("baseline") :]
-        other = runs.get("cleaner" + seed)
-        if other is None:
-            continue
-        a = {r["step"]: r[key] for r in rows if key in r and r["step"] > 0}
-        b = {r["step"]: r[key] for r in other if key in r and r["step"] > 0}
-        common = sorted(set(a) & set(b))
-        if common:
-            out[seed.lstrip("_")] = [b[st] - a[st] for st in common]
-    return out
 
 
 def _spread(vals: list[float]) -> str:
     vals = [v for v in vals if np.isfinite(v)]
     if not vals:
         return "n/a"
-    return f"{np.mean(vals):.3f} ± {np.std(vals):.3f}"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f} (one seed)"
+    return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}"
 
 
-def _arms_section(runs: Mapping[str, list[dict]], target: float) -> list[str]:
-    """Per arm: mean ± std over seeds; steps to the target on the arm's mean held-out curve;
-    the paired per-seed difference in first-attempt failure rate."""
+def _runs_table(runs: plots.Runs, target: float) -> list[str]:
     lines = [
-        "",
-        "## Arms (mean ± std over seeds)",
-        "",
-        "| arm | seeds | first-attempt failure rate | tool failures / trained traj | "
-        "held-out acc (final) | steps to baseline's final acc (arm mean curve) |",
-        "|---|---|---|---|---|---|",
+        "| run | first-attempt failure rate (mean over steps) | last step | tool failures / "
+        "trained traj (mean) | held-out acc (final) | steps to baseline's final acc "
+        f"({_f(target)}) | shallow | deep | rollbacks recovered / triggered |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for arm in sorted({_arm_of(n) for n in runs}):
-        arm_runs = [rows for n, rows in runs.items() if _arm_of(n) == arm]
-        curve = _arm_mean_curve(runs, arm, "val/reward/acc")
-        reached = next((str(st) for st, v in curve.items() if v >= target), "not reached")
-        lines.append(
-            f"| {arm} | {len(arm_runs)} | "
-            f"{_spread([_mean_over(r, 'saar/first_attempt_failure_rate') for r in arm_runs])} | "
-            f"{_spread([_mean_over(r, 'saar/final_tool_failures_per_traj') for r in arm_runs])} | "
-            f"{_spread([_last(r, 'val/reward/acc') for r in arm_runs])} | {reached} |"
-        )
-    steps = _paired_steps(runs, "saar/first_attempt_failure_rate")
-    if steps:
-        diff = {k: float(np.mean(v)) for k, v in steps.items()}
-        per_seed = ", ".join(f"{k}: {v:+.3f}" for k, v in diff.items())
-        lines += [
-            "",
-            "First-attempt failure rate, cleaner - baseline, paired by seed and step (same "
-            f"prompts): mean {np.mean(list(diff.values())):+.3f} ({per_seed}). Negative means "
-            "SAAR's arm writes fewer failing calls.",
+    for name, rows in runs.items():
+        sums = [
+            sum(r.get(f"saar/{k}_sum", 0) for r in rows)
+            for k in ("shallow", "deep", "rollbacks_recovered", "rollbacks_triggered")
         ]
-        if len(steps) > 1:  # the interval treats seeds, not steps, as the independent units
-            effect = stats.paired_difference_by_cluster(
-                [d for v in steps.values() for d in v],
-                [k for k, v in steps.items() for _ in v],
-            )
-            lines += ["", stats.describe(effect, "first-attempt failure rate") + " (over seeds)"]
+        lines.append(
+            f"| {name} | {_f(_mean_over(rows, FAR))} | {_f(_last(rows, FAR))} | "
+            f"{_f(_mean_over(rows, 'saar/final_tool_failures_per_traj'))} | "
+            f"{_f(_last(rows, VAL_ACC))} | {_steps_to(rows, VAL_ACC, target)} | "
+            f"{sums[0]:.0f} | {sums[1]:.0f} | {sums[2]:.0f} / {sums[3]:.0f} |"
+        )
     return lines
 
 
@@ -229,6 +130,372 @@ def _premise_section(premise: Mapping) -> list[str]:
     ]
 
 
+def _number(v) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return json.dumps(v, default=str) if isinstance(v, Mapping | list | tuple) else str(v)
+    return str(v) if isinstance(v, int) else f"{v:.4g}"
+
+
+def _design_mde(design: Mapping | None) -> float:
+    mde = (design or {}).get("mde")
+    return float(mde) if isinstance(mde, int | float) and np.isfinite(mde) else math.nan
+
+
+def _design_section(design: Mapping) -> list[str]:
+    """The pre-run power design in words, then every number it holds."""
+    mde, power = _design_mde(design), design.get("power")
+    power_text = f"{100 * power:g}% power" if isinstance(power, int | float) else "its power"
+    setup = [
+        f"two-sided alpha = {_number(design['alpha'])}" if "alpha" in design else "",
+        f"{design['seeds']} seeds" if "seeds" in design else "",
+        f"{design['steps']} steps per run" if "steps" in design else "",
+        f"{design['m']} rollouts per arm, seed and step" if "m" in design else "",
+    ]
+    setup_text = ", ".join(s for s in setup if s)
+    if np.isfinite(mde):
+        said = (
+            f"The design can detect a change of {mde:.3f} in the first-attempt failure rate "
+            f"with {power_text}" + (f" ({setup_text})" if setup_text else "") + "."
+        )
+    else:
+        reason = design.get("mde_reason")
+        said = "The design states no minimum detectable effect" + (
+            f": {reason}." if reason else "."
+        )
+    lines = ["", "## Design (written before the runs)", "", said]
+    pairs = design.get("required_pairs")
+    if isinstance(pairs, Mapping) and pairs:
+        lines += [
+            "",
+            "Seeds per arm needed (same power): "
+            + "; ".join(f"a change of {e} needs {n}" for e, n in pairs.items())
+            + ".",
+        ]
+    assumptions = design.get("assumptions")
+    if assumptions:
+        if isinstance(assumptions, Mapping):
+            items = [f"{k}: {v}" for k, v in assumptions.items()]
+        else:
+            items = [assumptions] if isinstance(assumptions, str) else list(assumptions)
+        lines += ["", "Assumptions:", ""] + [f"- {a}" for a in items]
+    rest = {
+        k: v
+        for k, v in design.items()
+        if k not in ("required_pairs", "assumptions", "mde_reason") and v is not None
+    }
+    if rest:
+        lines += ["", "| design quantity | value |", "|---|---|"]
+        lines += [f"| `{k}` | {_number(v)} |" for k, v in rest.items()]
+    return lines
+
+
+def _arms_section(runs: plots.Runs, target: float) -> list[str]:
+    """Per arm: mean ± sd over seeds, then steps to the target with a bootstrap over seeds."""
+    lines = [
+        "",
+        "## Arms (mean ± sd over seeds)",
+        "",
+        "| arm | seeds | first-attempt failure rate | tool failures / trained traj | "
+        "held-out acc (final) | SAAR switched on at step |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm in plots.arms(runs):
+        arm_runs = [rows for n, rows in runs.items() if arm_of(n) == arm]
+        switched = sorted({s for r in arm_runs if (s := plots.switch_step(r)) is not None})
+        lines.append(
+            f"| {arm} | {len(arm_runs)} | "
+            f"{_spread([_mean_over(r, FAR) for r in arm_runs])} | "
+            f"{_spread([_mean_over(r, 'saar/final_tool_failures_per_traj') for r in arm_runs])} "
+            f"| {_spread([_last(r, VAL_ACC) for r in arm_runs])} | "
+            f"{', '.join(map(str, switched)) or '-'} |"
+        )
+    lines += ["", f"## Steps to the baseline's final held-out accuracy ({_f(target)})", ""]
+    if not np.isfinite(target):
+        return lines + ["No baseline held-out accuracy was logged: no target."]
+    lines += [
+        "Steps at which the arm's mean-over-seeds held-out accuracy first reaches the target; "
+        "the interval is a percentile bootstrap over seeds.",
+        "",
+        "| arm | seeds | steps | 95% CI (bootstrap over seeds) |",
+        "|---|---|---|---|",
+    ]
+    for arm in plots.arms(runs):
+        steps, curves, _ = plots.seed_matrix(runs, arm, VAL_ACC)
+        if not curves.size:
+            lines.append(f"| {arm} | 0 | no held-out accuracy logged | - |")
+            continue
+        ci = stats.steps_to_target_ci(curves, target - 1e-9)
+        at = [
+            str(steps[int(i)]) if np.isfinite(i) else "not reached"
+            for i in dataclasses.astuple(ci)[:3]
+        ]
+        interval = _ONE if len(curves) == 1 else f"{at[1]} to {at[2]}"
+        lines.append(f"| {arm} | {len(curves)} | {at[0]} | {interval} |")
+    return lines
+
+
+def _pass1_cell(summary: Mapping | None, records: list[Mapping] | None) -> str:
+    """pass@1 with a bootstrap over problems (samples of one problem are not independent)."""
+    if summary is None:
+        return "n/a"
+    p1 = _f(summary.get("pass@1", summary.get("pass@k", {}).get("1")))
+    if not records:
+        return f"{p1} ({_NO_RECORDS})"
+    ci = stats.bootstrap_ci([r["num_correct"] / _samples(r) for r in records], np.mean)
+    return (
+        f"{p1} (one problem, no interval)" if ci.n == 1 else f"{p1} [{_f(ci.low)}, {_f(ci.high)}]"
+    )
+
+
+def _samples(record: Mapping) -> int:
+    s = record.get("samples", record.get("n"))
+    return len(s) if isinstance(s, list) else int(s)
+
+
+def _evals_section(evals: Mapping[str, Mapping]) -> list[str]:
+    """Held-out pass@k off / on test-time SAAR (`runtime/evaluation.py` summaries)."""
+    modes_of = {name: e.get("modes", {}) for name, e in evals.items()}
+    ks = sorted(
+        {int(k) for ms in modes_of.values() for m in ms.values() for k in m.get("pass@k", ())}
+    )
+    ks = [k for k in ks if k != 1]
+    lines = [
+        "",
+        "## Held-out pass@k with and without test-time SAAR",
+        "",
+        "pass@1 with a 95% percentile bootstrap over problems (the samples of a problem are "
+        "correlated, so the problems are the units). Latency overhead: rollout wall time with "
+        "SAAR / without - 1, total and median per problem.",
+        "",
+        "| model | problems x samples | pass@1 off | pass@1 on | "
+        + "".join(f"pass@{k} off / on | " for k in ks)
+        + "tool failures / final traj off / on | latency overhead |",
+        "|---|---|---|---|" + "---|" * len(ks) + "---|---|",
+    ]
+    for name, e in evals.items():
+        modes, records = modes_of[name], e.get("records") or {}
+        any_mode = next(iter(modes.values()), {})
+        size = f"{any_mode.get('problems', '?')} x {any_mode.get('n', '?')}"
+        cells = [_pass1_cell(modes.get(m), records.get(m)) for m in ("off", "on")]
+        off, on = modes.get("off", {}), modes.get("on", {})
+        for k in ks:
+            cells.append(f"{_f(off.get('pass@k', {}).get(str(k)))} / ")
+            cells[-1] += _f(on.get("pass@k", {}).get(str(k)))
+        fails = [m.get("tool_stats", {}).get("final_tool_failures_per_traj") for m in (off, on)]
+        cells.append(f"{_f(fails[0])} / {_f(fails[1])}")
+        over = e.get("saar_overhead") or {}
+        total, median = over.get("total_overhead"), over.get("per_problem_overhead_median")
+        cells.append(
+            "n/a (needs both modes)"
+            if total is None
+            else f"{100 * total:+.1f}%"
+            + (f" (median per problem {100 * median:+.1f}%)" if median is not None else "")
+        )
+        lines.append(f"| {name} | {size} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _paired_by_step(
+    runs: plots.Runs,
+    key: str,
+    arm: str,
+    since: Mapping[str, int] | None = None,
+    until: Mapping[str, int] | None = None,
+) -> dict[str, list[float]]:
+    """Per seed: `arm` - baseline in `key` at each step > 0 both logged, from the seed's `since`
+    step on and before its `until` step where given. The arms of a seed train on the same
+    prompts at every step, so the difference removes the prompt-batch noise."""
+    out = {}
+    for name, rows in runs.items():
+        other = runs.get(f"{arm}_{seed_of(name)}")
+        if arm_of(name) != "baseline" or other is None:
+            continue
+        first = max(1, (since or {}).get(seed_of(name), 1))
+        stop = (until or {}).get(seed_of(name), math.inf)
+        a = {r["step"]: r[key] for r in rows if r.get(key) is not None and first <= r["step"]}
+        b = {r["step"]: r[key] for r in other if r.get(key) is not None and first <= r["step"]}
+        a = {s: v for s, v in a.items() if s < stop}
+        diffs = [b[s] - a[s] for s in sorted(set(a) & set(b)) if np.isfinite(b[s] - a[s])]
+        if diffs:
+            out[seed_of(name)] = diffs
+    return out
+
+
+def _verdict(
+    diffs: Mapping[str, list[float]], quantity: str, subject: str
+) -> tuple[str, stats.PairedEffect | None]:
+    """The per-seed mean differences, and the effect over seeds in plain words."""
+    means = {k: float(np.mean(v)) for k, v in diffs.items()}
+    text = (
+        "per-seed mean differences "
+        + ", ".join(f"{k}: {v:+.3f}" for k, v in means.items())
+        + f"; mean {np.mean(list(means.values())):+.3f}. "
+    )
+    if len(means) < 2:
+        return text + f"({_ONE}.)", None
+    effect = stats.paired_difference_by_cluster(
+        [d for v in diffs.values() for d in v], [k for k, v in diffs.items() for _ in v]
+    )
+    return text + f"Over {len(means)} seeds: " + stats.describe(effect, quantity, subject), effect
+
+
+def _mde_comparison(effect: stats.PairedEffect | None, design: Mapping | None) -> str:
+    mde = _design_mde(design)
+    if effect is None or not np.isfinite(mde):
+        return ""
+    if effect.significant:
+        return f" The design's minimum detectable effect was {mde:.3f}."
+    if abs(effect.estimate) < mde:
+        return (
+            f" The effect is below what the design can detect (minimum detectable effect "
+            f"{mde:.3f}): this run can neither show nor rule out an effect that small."
+        )
+    return (
+        f" The effect is at least the design's minimum detectable effect ({mde:.3f}) yet not "
+        "significant: the seeds varied more than the design assumed."
+    )
+
+
+def _claims_section(
+    runs: plots.Runs, design: Mapping | None, evals: Mapping[str, Mapping] | None
+) -> list[str]:
+    lines = ["", "## Claims (treatment - baseline, 95% intervals, seeds as the units)", ""]
+    absent = "not tested: no seed ran both arms."
+    diffs = _paired_by_step(runs, FAR, "cleaner")
+    text, effect = (
+        _verdict(diffs, "first-attempt failure rate", "SAAR") if diffs else (absent, None)
+    )
+    lines += [
+        "- **(a) SAAR lowers the first-attempt failure rate** (cleaner - baseline, paired by "
+        f"seed and step): {text}{_mde_comparison(effect, design)}"
+    ]
+    finals = {}
+    for name, rows in runs.items():
+        other = runs.get(f"cleaner_{seed_of(name)}")
+        if arm_of(name) == "baseline" and other is not None:
+            d = _last(other, VAL_ACC) - _last(rows, VAL_ACC)
+            if np.isfinite(d):
+                finals[seed_of(name)] = [d]
+    text = _verdict(finals, "final held-out accuracy", "SAAR")[0] if finals else absent
+    lines += [f"- **(b) Held-out accuracy** (cleaner - baseline, final, paired by seed): {text}"]
+    since = {
+        seed_of(n): s
+        for n, rows in runs.items()
+        if arm_of(n) == "switch" and (s := plots.switch_step(rows)) is not None
+    }
+    if since:
+        after = _paired_by_step(runs, FAR, "switch", since)
+        text = (
+            _verdict(after, "first-attempt failure rate after the switch", "Switching SAAR on")[0]
+            if after
+            else absent
+        )
+        before = _paired_by_step(runs, FAR, "switch", until=since)
+        before = [d for v in before.values() for d in v]
+        check = f" Before the switch: mean {np.mean(before):+.3f}." if before else ""
+        lines += [
+            "- **(c) Switching SAAR on mid-training** (switch - baseline, first-attempt failure "
+            f"rate at the steps from the switch on, paired by seed and step): {text}{check}"
+        ]
+    elif any(arm_of(n) == "switch" for n in runs):
+        lines += ["- **(c) Switching SAAR on mid-training**: no step logged saar/active = 1."]
+    lines += _test_time_claims(evals or {})
+    return lines
+
+
+def _pass1_diffs(off: list[Mapping] | None, on: list[Mapping] | None) -> list[float] | None:
+    """pass@1 on - off per problem, paired by id (by order if the records carry no id)."""
+    if not off or not on:
+        return None
+    if all("id" in r for r in [*off, *on]):
+        on_of = {r["id"]: r for r in on}
+        pairs = [(r, on_of[r["id"]]) for r in off if r["id"] in on_of]
+    elif len(off) == len(on):
+        pairs = list(zip(off, on, strict=True))
+    else:
+        return None
+    p1 = lambda r: r["num_correct"] / _samples(r)
+    return [p1(b) - p1(a) for a, b in pairs]
+
+
+def _test_time_claims(evals: Mapping[str, Mapping]) -> list[str]:
+    """(d) pass@1 on - off per evaluated model, paired by problem where records are given."""
+    lines = []
+    for name, e in evals.items():
+        modes, records = e.get("modes", {}), e.get("records") or {}
+        if not ("off" in modes and "on" in modes):
+            continue
+        label = f"- **(d) Test-time SAAR, {name}** (pass@1 on - off, paired by problem): "
+        d = _pass1_diffs(records.get("off"), records.get("on"))
+        if d is None:
+            diff = modes["on"].get("pass@1", math.nan) - modes["off"].get("pass@1", math.nan)
+            lines.append(label + f"{diff:+.3f}; {_NO_RECORDS}, no interval.")
+        elif len(d) < 2:
+            lines.append(
+                label + f"{_f(np.mean(d)) if d else 'n/a'}; {len(d)} paired problem(s), "
+                "no interval."
+            )
+        else:
+            said = stats.describe(
+                stats.bootstrap_ci(d, np.mean), f"pass@1 ({name})", "Test-time SAAR"
+            )
+            lines.append(label + f"bootstrap over {len(d)} problems: {said}")
+    return lines
+
+
+def _credit_section(runs: plots.Runs) -> list[str]:
+    """Where GRPO's credit on failed calls went (`credit/*`, see `rl/credit.py`)."""
+    cols = (
+        ("accuracy", "train acc"),
+        ("first_call_failure_rate", "failed first call"),
+        ("recovery_rate", "of which recovered"),
+        ("acc_clean", "acc, clean"),
+        ("acc_recovered", "acc, recovered"),
+        ("adv_recovered", "E[A \\| recovered]"),
+        ("failed_call_credit_baseline", "credit on failed calls, unpurified"),
+        ("failed_call_credit_saar", "credit on failed calls, purified"),
+    )
+    if not any(k.startswith("credit/") for rows in runs.values() for r in rows for k in r):
+        return []
+    lines = [
+        "",
+        "## Credit on failed calls",
+        "",
+        "Means over training steps of the trainer's `credit/*` metrics (`rl/credit.py`). "
+        '"Recovered": a later call succeeded in context (baseline) or SAAR spliced a successful '
+        "retry in (cleaner). SAAR moves a recovered trajectory's advantage from its failed call "
+        "to the clean correction, so it lowers the first-attempt failure rate faster than the "
+        "baseline only if E[A | recovered] > 0 (recovered trajectories beat their group's "
+        "mean). Negative credit on failed calls means GRPO pushes against them; the baseline "
+        "trains on the unpurified trajectories, the cleaner arm on the purified ones.",
+        "",
+        "| run | " + " | ".join(label for _, label in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name, rows in runs.items():
+        vals = [_mean_over(rows, f"credit/{key}") for key, _ in cols]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    return lines
+
+
+def _timing_section(runs: plots.Runs, timings: Mapping[str, float]) -> list[str]:
+    lines = ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
+    phases = sorted({k for rows in runs.values() for r in rows for k in r if k.startswith("time/")})
+    if phases:
+        lines += [
+            "",
+            "Mean seconds per step and phase:",
+            "",
+            "| run | " + " | ".join(k[5:] for k in phases) + " |",
+            "|---|" + "---|" * len(phases),
+        ]
+        for name, rows in runs.items():
+            lines.append(f"| {name} | " + " | ".join(_f(_mean_over(rows, k), 2) for k in phases))
+            lines[-1] += " |"
+    return lines
+
+
 def write_report(
     workdir: str,
     run_dirs: Mapping[str, str],
@@ -237,64 +504,60 @@ def write_report(
     corpus_stats: Mapping,
     mode: str,
     premise: Mapping | None = None,
+    design: Mapping | None = None,
+    evals: Mapping[str, Mapping] | None = None,
 ) -> str:
-    runs = {name: read_metrics(d) for name, d in run_dirs.items()}
-    plots = []
-    for key, title in _PLOTS:
-        fname = key.replace("/", "_") + ".png"
-        _plot(runs, key, title, os.path.join(workdir, fname))
-        plots.append((title, fname))
+    """Writes `<workdir>/report.md` and its PNGs; returns the report's path.
 
-    base = [r for n, r in runs.items() if _arm_of(n) == "baseline"]
-    target = float(np.nanmean([_last(r, "val/reward/acc") for r in base])) if base else np.nan
+    design: the pre-run power design (`mde`, `power`, `alpha`, `seeds`, `steps`, `sd_*`,
+      `required_pairs` {effect: pairs}, `assumptions`, ...; whatever is present is printed).
+    evals: model name ("sft" or a run name) -> an `Evaluator.run` summary, optionally with
+      `records` {"off": [...], "on": [...]} per-problem records for intervals over problems.
+    """
+    runs = {name: _with_derived(read_metrics(d)) for name, d in run_dirs.items()}
+    switch_at = [
+        s
+        for n, rows in runs.items()
+        if arm_of(n) == "switch" and (s := plots.switch_step(rows)) is not None
+    ]
+    figures = []
+    for key, title in _FIGURES:
+        fname = key.replace("/", "_") + ".png"
+        if plots.plot_metric(runs, key, title, os.path.join(workdir, fname), switch_at=switch_at):
+            figures.append((title, fname))
+
+    base = [rows for n, rows in runs.items() if arm_of(n) == "baseline"]
+    finals = [v for r in base if np.isfinite(v := _last(r, VAL_ACC))]
+    target = float(np.mean(finals)) if finals else math.nan
+    switch_text = (
+        ", and switched on mid-training (switch)"
+        if any(arm_of(n) == "switch" for n in runs)
+        else ""
+    )
     lines = [
         f"# CLEANER miniature study ({mode} mode)",
         "",
         "Tiny Qwen3-shaped model, synthetic tool-use arithmetic, cold-start SFT then GRPO with "
-        "SAAR off (baseline) and on (cleaner), same SFT checkpoint and seeds.",
+        f"SAAR off (baseline) and on (cleaner){switch_text}, same SFT checkpoint and seeds.",
         "",
         f"SFT corpus: {dict(corpus_stats)}",
         "",
-        "| run | first-attempt failure rate (mean over steps) | last step | tool failures / "
-        "trained traj (mean) | held-out acc (final) | steps to baseline's final acc "
-        f"({target:.3f}) | shallow | deep | rollbacks recovered / triggered |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, rows in runs.items():
-        shallow = sum(r.get("saar/shallow_sum", 0) for r in rows)
-        deep = sum(r.get("saar/deep_sum", 0) for r in rows)
-        rec = sum(r.get("saar/rollbacks_recovered_sum", 0) for r in rows)
-        trig = sum(r.get("saar/rollbacks_triggered_sum", 0) for r in rows)
-        lines.append(
-            f"| {name} | {_mean_over(rows, 'saar/first_attempt_failure_rate'):.3f} | "
-            f"{_last(rows, 'saar/first_attempt_failure_rate'):.3f} | "
-            f"{_mean_over(rows, 'saar/final_tool_failures_per_traj'):.3f} | "
-            f"{_last(rows, 'val/reward/acc'):.3f} | "
-            f"{_steps_to(rows, 'val/reward/acc', target)} | {shallow:.0f} | {deep:.0f} | "
-            f"{rec:.0f} / {trig:.0f} |"
-        )
+    lines += _runs_table(runs, target)
     lines += _premise_section(premise) if premise else []
+    lines += _design_section(design) if design else []
     lines += _arms_section(runs, target)
+    lines += _evals_section(evals) if evals else []
+    lines += _claims_section(runs, design, evals)
     lines += _credit_section(runs)
-    lines += ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
-    phase_keys = sorted(
-        {k for rows in runs.values() for r in rows for k in r if k.startswith("time/")}
-    )
-    if phase_keys:
-        lines += [
-            "",
-            "Mean seconds per step and phase:",
-            "",
-            "| run | " + " | ".join(k[5:] for k in phase_keys) + " |",
-            "|---|" + "---|" * len(phase_keys),
-        ]
-        for name, rows in runs.items():
-            lines.append(
-                f"| {name} | " + " | ".join(f"{_mean_over(rows, k):.2f}" for k in phase_keys) + " |"
-            )
-    lines += ["", "## Plots", ""]
-    lines += [f"![{title}]({fname})" for title, fname in plots]
+    lines += _timing_section(runs, timings)
+    lines += ["", "## Figures", ""]
+    lines += [
+        "Mean over seeds (thick), 95% band over seeds (shaded; none with one seed), each seed "
+        "(thin); dashed: the step where the switch arm turned SAAR on.",
+        "",
+    ]
+    lines += [f"![{title}]({fname})" for title, fname in figures]
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

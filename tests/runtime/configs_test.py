@@ -72,13 +72,51 @@ def test_demo_modes_are_variants():
     assert quick.seed == quick.data.shuffle_seed == 2
     assert full.validation.max_prompts == full.study.n_test
     assert full.train.mini_batch_prompts == full.rollout.prompts_per_step
-    differ = {k for (k, a), (_, b) in zip(_flat(quick), _flat(full), strict=True) if a != b}
-    assert differ <= {
-        "seed", "total_steps", "study.mode", "study.seeds", "study.n_sft", "study.sft_copies",
-        "study.n_rl_train", "study.n_test", "study.premise_prompts", "study.premise_n",
-        "rollout.n", "data.shuffle_seed", "saar.enabled", "validation.every",
-        "validation.max_prompts", "sft.epochs",
+    assert quick.study.arms == ("baseline", "cleaner")
+    assert full.study.arms == ("baseline", "cleaner", "switch")
+    long = _load("demo", "long")
+    assert long.study.mode == "long" and long.study.arms == full.study.arms
+    assert long.validation.max_prompts == long.study.n_test == full.study.n_test
+    assert (full.validation.every, full.validation.n) == (full.total_steps, 1)
+    assert long.train.mini_batch_prompts == long.rollout.prompts_per_step
+    for c in (quick, full, long):
+        assert c.study.eval.problems <= c.study.n_test and c.study.eval.n >= 1
+    sizes = {
+        "seed", "total_steps", "study.mode", "study.seeds", "study.arms", "study.n_sft",
+        "study.sft_copies", "study.n_rl_train", "study.n_test", "study.premise_prompts",
+        "study.premise_n", "study.eval.problems", "study.eval.n", "study.eval.problems_per_batch",
+        "rollout.n", "rollout.prompts_per_step", "train.mini_batch_prompts", "data.shuffle_seed",
+        "saar.enabled", "validation.every", "validation.n", "validation.max_prompts", "sft.epochs",
     }  # fmt: skip
+    for a, b in ((quick, full), (full, long)):
+        differ = {k for (k, x), (_, y) in zip(_flat(a), _flat(b), strict=True) if x != y}
+        assert differ <= sizes
+
+
+@pytest.mark.parametrize("mode,steps", [("quick", 2), ("full", 6), ("long", 16), ("runlocal", 2)])
+def test_the_switch_arm_turns_saar_on_halfway(mode, steps):
+    switch, cleaner = _load("demo", f"{mode},arm=switch"), _load("demo", f"{mode},arm=cleaner")
+    assert switch.total_steps == steps
+    assert switch.saar.enabled and switch.saar.start_step == steps // 2
+    assert cleaner.saar.start_step == _load("demo", f"{mode},arm=baseline").saar.start_step == 0
+    with pytest.raises(ValueError, match="at most one mode"):
+        _load("demo", "quick,long")
+
+
+def test_saar_is_active_from_its_start_step_on():
+    from cleaner_jax.runtime.config import ConfigError, check_config, train_settings
+
+    c = _load("demo", "quick,arm=switch")
+    s = train_settings(c)
+    assert s.saar_start_step == 1
+    assert [s.saar_active(step) for step in range(3)] == [False, True, True]
+    c.saar.enabled = False  # the baseline: never, whatever start_step says
+    assert not any(train_settings(c).saar_active(step) for step in range(3))
+    c.saar.enabled, c.saar.start_step = True, 0  # the cleaner arm: from the first step
+    assert all(train_settings(c).saar_active(step) for step in range(3))
+    c.saar.start_step = -1
+    with pytest.raises(ConfigError, match="saar.start_step=-1"):
+        check_config(c, "train")
 
 
 def test_settings_are_typed_and_checked():

@@ -100,6 +100,22 @@ def test_validation_runs_without_saar_by_default(assets, tmp_path):
     assert rows[1]["saar/saar_enabled_frac"] == 1.0  # training rollouts do use it
 
 
+def test_saar_switched_on_mid_training(assets, tmp_path):
+    """saar.start_step = 1: train step 0 and the validation before it run without SAAR, train
+    step 1 and the validations after step 1 with it (test-time SAAR follows the same rule)."""
+    c = _config(assets, 2, arm="switch")
+    assert c.saar.start_step == 1
+    c.validation.every = 1
+    c.validation.saar = True
+    c.checkpoint.export_hf = False
+    trainer.run(c, str(tmp_path))
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert [r["saar/active"] for r in rows[1:]] == [0.0, 1.0]
+    assert [r["saar/saar_enabled_frac"] for r in rows[1:]] == [0.0, 1.0]
+    assert [r["val/saar_enabled_frac"] for r in rows] == [0.0, 1.0, 1.0]
+
+
 def test_a_batch_whose_every_reward_check_failed_stops_the_run(assets, tmp_path, monkeypatch):
     from cleaner_jax.rl import rewards
 

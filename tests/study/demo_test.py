@@ -1,4 +1,5 @@
-"""The embedded default's quick mode end to end: assets, SFT, both GRPO arms, the report."""
+"""The embedded default's quick mode end to end: assets, SFT, premise, design, both GRPO arms,
+held-out eval, the report."""
 
 import json
 import os
@@ -45,7 +46,7 @@ def _run_quick(workdir) -> list[str]:
 @pytest.mark.slow
 def test_quick_mode_produces_the_report(tmp_path):
     stages = _run_quick(tmp_path)
-    assert stages == ["1/5", "2/5", "3/5", "4/5", "4/5", "5/5"]
+    assert stages == ["1/7", "2/7", "3/7", "4/7", "5/7", "5/7", "6/7", "6/7", "6/7", "7/7"]
     text = open(tmp_path / "report.md").read()
     for run in ("baseline_seed0", "cleaner_seed0"):
         assert f"| {run} |" in text
@@ -63,12 +64,22 @@ def test_quick_mode_produces_the_report(tmp_path):
     with open(tmp_path / "premise.json") as f:
         checked = json.load(f)
     assert checked["prompts"] == 4 and checked["n"] == 4 and checked["trajectories"] == 16
+    with open(tmp_path / "design.json") as f:
+        planned = json.load(f)  # stated before the GRPO runs, from the premise check's rate
+    assert planned["p"] == pytest.approx(checked["first_call_failure_rate"], nan_ok=True)
+    assert (planned["m"], planned["steps"], planned["seeds"]) == (16, 2, 1)
+    assert planned["mde"] is None and "at least 2" in planned["mde_reason"]
+    for name in ("sft", "baseline_seed0", "cleaner_seed0"):
+        with open(tmp_path / "eval" / name / "summary.json") as f:
+            summary = json.load(f)
+        assert set(summary["modes"]) == {"off", "on"} and "saar_overhead" in summary
+        assert summary["modes"]["on"]["problems"] == 4 and summary["modes"]["on"]["n"] == 2
     assert os.listdir(tmp_path / "jax_cache")  # compiled programs are cached in the workdir
     # Re-running skips every finished stage.
-    assert _run_quick(tmp_path) == ["1/5", "5/5"]
+    assert _run_quick(tmp_path) == ["1/7", "7/7"]
 
 
-@pytest.mark.parametrize("mode", ["quick", "full"])
+@pytest.mark.parametrize("mode", ["quick", "full", "long"])
 def test_task_sizes_fit_the_demo_ranges(mode):
     """Every mode's problem counts can be drawn, and every question number and answer is below
     1000, so the demo tokenizer (digit groups of 3) makes each one a single token."""

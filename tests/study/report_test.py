@@ -1,9 +1,12 @@
-"""The demo report from hand-written metrics: table values, credit section, plots."""
+"""The study report from hand-written metrics and summaries: every number checked by hand."""
 
 import json
+import math
 import os
 
-from cleaner_jax.study import report
+import numpy as np
+
+from cleaner_jax.study import report, stats
 
 
 def _write(run_dir, rows):
@@ -36,10 +39,12 @@ def test_report_tables_and_plots(tmp_path):
     assert "| cleaner_seed0 | 0.200 | 0.100 |" in text
     assert "steps to baseline's final acc (0.500)" in text
     assert "| 0.750 | 2 | 2 | 1 |" in text
-    # Arms: mean ± std over seeds, steps to 0.5 on the arm's mean curve, paired difference.
-    assert "| baseline | 1 | 0.300 ± 0.000 | n/a | 0.500 ± 0.000 | 2 |" in text
-    assert "| cleaner | 1 | 0.200 ± 0.000 |" in text
-    assert "mean -0.100 (seed0: -0.100)" in text
+    # Arms with one seed: values without a spread, steps to 0.5 without an interval.
+    assert "| baseline | 1 | 0.300 (one seed) | n/a | 0.500 (one seed) | - |" in text
+    assert "| cleaner | 1 | 0.200 (one seed) |" in text
+    assert "| baseline | 1 | 2 | one seed, no interval |" in text
+    assert "| cleaner | 1 | 2 | one seed, no interval |" in text
+    assert "seed0: -0.100; mean -0.100. (one seed, no interval.)" in text
     # Credit: a step without the metric is skipped, not counted as 0 (E[A | recovered] column).
     section = text.split("## Credit on failed calls")[1].split("## Wall time")[0]
     base_row = next(line for line in section.splitlines() if line.startswith("| baseline_seed0"))
@@ -89,8 +94,191 @@ def test_report_states_the_premise_and_the_effect_interval_over_seeds(tmp_path):
     assert "E[A | recovered] = -0.106 (95% CI -0.241 to 0.016, 64 prompt groups): the premise " \
         "does not hold" in text  # fmt: skip
     assert "accuracy clean / recovered / unrecovered 0.452 / 0.321 / 0.000" in text
-    assert "mean -0.150 (seed0: -0.100, seed1: -0.200)" in text
+    assert "seed0: -0.100, seed1: -0.200; mean -0.150." in text
     assert (
-        "SAAR lowers the first-attempt failure rate by 0.150 (95% CI -0.485 to 0.785, "
-        "p = 0.205): not significant. (over seeds)"
+        "mean -0.150. Over 2 seeds: SAAR lowers the first-attempt failure rate by 0.150 (95% CI "
+        "-0.485 to 0.785, p = 0.205): not significant."
     ) in text
+
+
+def _study(tmp_path):
+    """3 seeds x 3 arms, steps 0-4; held-out accuracy at steps 0, 2, 4; the switch arm turns
+    SAAR on at step 3. First-attempt failure rates (steps 1-4): baseline 0.4 throughout;
+    cleaner - baseline per seed -0.1 (as -0.05, -0.15, -0.05, -0.15), -0.2, -0.3; switch equal
+    to the baseline before step 3, then -0.1, -0.2, -0.15."""
+    cleaner = {0: [0.35, 0.25, 0.35, 0.25], 1: [0.2] * 4, 2: [0.1] * 4}
+    switch = {0: 0.3, 1: 0.2, 2: 0.25}
+    final_acc = {
+        "baseline": [0.4, 0.5, 0.6],
+        "cleaner": [0.5, 0.7, 0.6],
+        "switch": [0.45, 0.55, 0.65],
+    }
+    mid_acc = {"baseline": [0.3] * 3, "cleaner": [0.5, 0.6, 0.7], "switch": [0.3] * 3}
+    runs = {}
+    for seed in range(3):
+        for arm in ("baseline", "cleaner", "switch"):
+            rows = [{"step": 0, "val/reward/acc": 0.2}]
+            for step in range(1, 5):
+                rate = {
+                    "baseline": 0.4,
+                    "cleaner": cleaner[seed][step - 1],
+                    "switch": 0.4 if step < 3 else switch[seed],
+                }[arm]
+                row = {"step": step, "saar/first_attempt_failure_rate": rate}
+                row |= {"saar/trajectories": 4.0, "saar/failure_type/NameError": 2.0 * rate}
+                row["saar/final_tool_failures_per_traj"] = 0.1 * step
+                if arm == "switch":
+                    row["saar/active"] = float(step >= 3)
+                if step in (2, 4):
+                    row["val/reward/acc"] = (mid_acc if step == 2 else final_acc)[arm][seed]
+                rows.append(row)
+            name = f"{arm}_seed{seed}"
+            runs[name] = str(tmp_path / name)
+            _write(runs[name], rows)
+    return runs
+
+
+_DESIGN = {
+    "mde": 0.25,
+    "mde_normal": 0.12,
+    "sd_seed": 0.1,
+    "power": 0.8,
+    "alpha": 0.05,
+    "seeds": 3,
+    "steps": 4,
+    "required_pairs": {"0.1": 9},
+    "assumptions": ["seed means of the paired difference are normal"],
+}
+
+
+def _summary(p_off, p_on, k4_off, k4_on, fails_off, fails_on):
+    mode = lambda p, k4, fails: {
+        "problems": 4,
+        "n": 4,
+        "pass@k": {"1": p, "4": k4},
+        "pass@1": p,
+        "rollout_wall_s": 1.0,
+        "tool_stats": {"final_tool_failures_per_traj": fails},
+    }
+    return {
+        "modes": {"off": mode(p_off, k4_off, fails_off), "on": mode(p_on, k4_on, fails_on)},
+        "saar_overhead": {"total_overhead": 0.25, "per_problem_overhead_median": 0.2},
+    }
+
+
+def _records(correct):
+    return [{"id": f"p{i}", "num_correct": c, "samples": [{}] * 4} for i, c in enumerate(correct)]
+
+
+def test_report_claims_design_and_evals_three_seeds_three_arms(tmp_path):
+    runs = _study(tmp_path)
+    evals = {
+        "sft": _summary(0.25, 0.3125, 0.5, 0.5, 1.0, 0.5),
+        "cleaner_seed0": _summary(0.5, 0.625, 0.75, 0.875, 0.5, 0.25)
+        | {"records": {"off": _records([1, 2, 3, 2]), "on": _records([2, 3, 3, 2])}},
+    }
+    path = report.write_report(
+        str(tmp_path),
+        runs,
+        timings={},
+        corpus_stats={},
+        mode="full",
+        design=_DESIGN,
+        evals=evals,
+    )
+    text = open(path).read()
+    # Per run and per arm.
+    assert "| switch_seed0 | 0.350 | 0.300 |" in text
+    assert "| baseline | 3 | 0.400 ± 0.000 |" in text
+    assert "| switch | 3 | 0.325 ± 0.025 | 0.250 ± 0.000 | 0.550 ± 0.100 | 3 |" in text
+    # Steps to the baseline's final accuracy 0.5: the cleaner mean curve reaches it at step 2 in
+    # every resample (each seed is >= 0.5 there); the baseline's and the switch arm's at step 4,
+    # and resamples of mostly-low seeds never reach it.
+    assert "## Steps to the baseline's final held-out accuracy (0.500)" in text
+    assert "| baseline | 3 | 4 | 4 to not reached |" in text
+    assert "| cleaner | 3 | 2 | 2 to 2 |" in text
+    assert "| switch | 3 | 4 | 4 to not reached |" in text
+    # Design in words.
+    assert (
+        "The design can detect a change of 0.250 in the first-attempt failure rate with 80% "
+        "power (two-sided alpha = 0.05, 3 seeds, 4 steps per run)."
+    ) in text
+    assert "a change of 0.1 needs 9" in text and "| `sd_seed` | 0.1 |" in text
+    # (a) per-seed means -0.1, -0.2, -0.3: mean -0.2, sd 0.1, se 0.0577, t = -3.464 (2 df):
+    # half-width 4.302653 * 0.0577 = 0.248, p = 1 - 3.464 / sqrt(14) = 0.074. Below the MDE.
+    assert "seed0: -0.100, seed1: -0.200, seed2: -0.300; mean -0.200." in text
+    assert (
+        "Over 3 seeds: SAAR lowers the first-attempt failure rate by 0.200 (95% CI -0.048 to "
+        "0.448, p = 0.074): not significant. The effect is below what the design can detect "
+        "(minimum detectable effect 0.250)"
+    ) in text
+    # (b) final accuracy cleaner - baseline 0.1, 0.2, 0.0: t = 1.732, p = 1 - 1.732 / sqrt(5).
+    assert (
+        "SAAR raises the final held-out accuracy by 0.100 (95% CI -0.148 to 0.348, "
+        "p = 0.225): not significant."
+    ) in text
+    # (c) after the switch -0.1, -0.2, -0.15: mean -0.15, se 0.05 / sqrt(3), t = -5.196,
+    # half-width 0.124, p = 1 - 5.196 / sqrt(29) = 0.035; before it the arms are equal.
+    assert (
+        "Switching SAAR on lowers the first-attempt failure rate after the switch by 0.150 "
+        "(95% CI 0.026 to 0.274, p = 0.035): significant. Before the switch: "
+        "mean +0.000."
+    ) in text
+    # (d) pass@1 per problem off 0.25, 0.5, 0.75, 0.5 and on 0.5, 0.75, 0.75, 0.5.
+    off_ci = stats.bootstrap_ci([0.25, 0.5, 0.75, 0.5], np.mean)
+    on_ci = stats.bootstrap_ci([0.5, 0.75, 0.75, 0.5], np.mean)
+    assert (
+        f"| cleaner_seed0 | 4 x 4 | 0.500 [{off_ci.low:.3f}, {off_ci.high:.3f}] | "
+        f"0.625 [{on_ci.low:.3f}, {on_ci.high:.3f}] | 0.750 / 0.875 | 0.500 / 0.250 | "
+        "+25.0% (median per problem +20.0%) |"
+    ) in text
+    assert "| sft | 4 x 4 | 0.250 (per-problem records not given) | 0.312 (per-problem" in text
+    diff_ci = stats.bootstrap_ci([0.25, 0.25, 0.0, 0.0], np.mean)
+    assert (
+        "bootstrap over 4 problems: "
+        f"Test-time SAAR raises the pass@1 (cleaner_seed0) by 0.125 (95% CI "
+        f"{diff_ci.low:.3f} to {diff_ci.high:.3f})"
+    ) in text
+    assert "**(d) Test-time SAAR, sft** (pass@1 on - off, paired by problem): +0.062; " \
+        "per-problem records not given, no interval." in text  # fmt: skip
+    for png in (
+        "saar_first_attempt_failure_rate.png",
+        "saar_final_tool_failures_per_traj.png",
+        "saar_tool_failures_per_traj.png",
+        "val_reward_acc.png",
+    ):
+        assert os.path.getsize(tmp_path / png) > 1000
+        assert f"]({png})" in text
+    assert not os.path.exists(tmp_path / "credit_adv_recovered.png")  # no run logged it
+
+
+def test_report_survives_nan_missing_keys_and_partial_inputs(tmp_path):
+    """NaN held-out accuracy, a switch arm that never switched, a one-mode evaluation and a
+    design with only alpha: every section still renders and says what is missing."""
+    runs = {}
+    for name, acc in (("baseline_seed0", math.nan), ("switch_seed0", 0.5)):
+        runs[name] = str(tmp_path / name)
+        _write(runs[name], [{"step": 0}, {"step": 1, "val/reward/acc": acc}])
+    evals = {"sft": {"modes": {"on": {"pass@k": {"1": 0.5}, "problems": 2, "n": 1}}}}
+    path = report.write_report(
+        str(tmp_path),
+        runs,
+        timings={},
+        corpus_stats={},
+        mode="quick",
+        design={
+            "alpha": 0.05,
+            "mde": None,
+            "mde_reason": "1 seed(s): a paired t-test over seeds needs at least 2",
+        },
+        evals=evals,
+    )
+    text = open(path).read()
+    assert "No baseline held-out accuracy was logged: no target." in text
+    assert "The design states no minimum detectable effect: 1 seed(s): a paired t-test" in text
+    assert "| sft | 2 x 1 | n/a | 0.500 (per-problem records not given) |" in text
+    assert "n/a (needs both modes)" in text
+    assert "(c) Switching SAAR on mid-training**: no step logged saar/active = 1." in text
+    assert "(a) SAAR lowers the first-attempt failure rate** (cleaner - baseline, paired by " \
+        "seed and step): not tested" in text  # fmt: skip
+    assert os.path.getsize(tmp_path / "val_reward_acc.png") > 1000
