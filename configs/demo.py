@@ -48,40 +48,40 @@ MODES = {
         study=dict(
             seeds=(0, 1, 2),
             arms=("baseline", "cleaner", "switch"),
-            n_sft=176,
-            sft_copies=5,
-            n_rl_train=64,
-            # Every held-out problem the task's ranges hold (19 per template; issue #17 asks for
-            # >= 128, which needs wider ranges in data/demo_assets.py).
-            n_test=57,
+            # 880 distinct SFT problems, each once: with 176 problems x 5 copies the model
+            # memorised them (data/demo_assets.py, TASK_RANGES).
+            n_sft=880,
+            sft_copies=1,
+            n_rl_train=256,
+            n_test=128,
             premise_prompts=64,
             premise_n=8,
-            eval=dict(problems=57, n=2, problems_per_batch=8),
+            eval=dict(problems=64, n=2, problems_per_batch=8),
         ),
         total_steps=6,
         prompts_per_step=4,
         n=8,
-        # 8 epochs (~1000 updates), not 5: after 5 a recovered trajectory was right less often
-        # than a clean one (0.30 vs 0.39), after 8 as often (0.47 vs 0.48); see study/demo.py.
+        # 8 epochs (~1000 updates of 2 rows): the copy circuit forms as a phase change after
+        # ~200 updates at the full rate; see study/demo.py.
         sft_epochs=8,
         # Every held-out problem x 1 sample, before and after training only (val_every =
         # total_steps): a held-out set large enough to tell the arms apart, at a bearable cost.
         val_every=6,
         val_n=1,
     ),
-    # Sizes not yet timed end to end; meant to fit in 60 min on 2 cores. 16 steps x 8 prompts
-    # use 128 RL-train prompts (1.2 epochs of 104: 176 + 104 is about all the train split holds).
+    # Meant to fit in 60 min on 2 cores (not yet timed end to end): 6 seeds x 3 arms x 16 steps of
+    # 8 prompts x 4 samples (128 RL-train prompts a run).
     "long": dict(
         study=dict(
             seeds=(0, 1, 2, 3, 4, 5),
             arms=("baseline", "cleaner", "switch"),
-            n_sft=176,
-            sft_copies=5,
-            n_rl_train=104,
-            n_test=57,
-            premise_prompts=64,
+            n_sft=880,
+            sft_copies=1,
+            n_rl_train=256,
+            n_test=128,
+            premise_prompts=128,
             premise_n=8,
-            eval=dict(problems=57, n=8, problems_per_batch=8),
+            eval=dict(problems=128, n=4, problems_per_batch=8),
         ),
         total_steps=16,
         prompts_per_step=8,
@@ -138,6 +138,8 @@ def get_config(arg=None):
             num_layers=2,
             num_heads=4,
             num_kv_heads=2,
+            # Input and output embeddings tied, as in Qwen3 0.6B-4B.
+            tie_word_embeddings=True,
             # 4 x 48 > hidden_size on purpose: with head_dim 24 the copy circuit (question number
             # into the code, tool output into \boxed{}) formed ~100 steps later in the same drills.
             head_dim=48,

@@ -22,18 +22,22 @@ TOKENIZER_VOCAB = 2048
 # size did not learn to copy digit strings within the CPU budget: after 900 SFT steps the loss on
 # digit tokens was still 2.1 nats (chance: 2.3) while every other token was at 0.06.
 DIGITS_PER_TOKEN = 3
-# One number per question, below 127, and an answer below 127 (mod the prime 127): a single
-# token each for the demo tokenizer (numbers in groups of up to three digits). The code copies
-# the question's one varying number; the box copies the one number of the last tool output.
-# Measured on this 2-layer d=96 model: with numbers up to 999 (a thousand distinct tokens) it did
-# not learn to copy within the CPU budget (held-out copy accuracy 0 after 430 SFT steps, also with
-# copy drills mixed in), while a copy task over ~190 values is learned in ~150 steps and over
-# ~1000 values still has 2 nats of loss after 350.
+# One number per question, 10..499, and an answer below 503: a single token each for the demo
+# tokenizer (numbers in groups of up to three digits). The code copies the question's one varying
+# number; the box copies the one number of the last tool output. Measured Dec 2026 (2-core CPU):
+# with numbers below 127 (351 problems in all) and 176 SFT problems seen 5 x 8 times each, the
+# SFT model memorised them instead of learning to copy: accuracy 0.89 on the SFT problems against
+# 0.42 on unseen RL-train problems (3-layer model; 0.40 at 2 layers). With 10..499 (1470 problems)
+# and each SFT problem used once (and tied embeddings, as in Qwen3 <= 4B) there is little to
+# memorise: 0.27-0.30 on unseen problems at
+# temperature 1 (0.51-0.57 at 0.7), and 75-77% of the rollout groups have mixed rewards (48%
+# before), which is GRPO's signal. Earlier, a 2-layer model with a cosine schedule had not learned
+# to copy numbers up to 999 at all in 430 steps (see study/demo.py for what changed since).
 TASK_RANGES = synthetic_task.TaskRanges(
-    collatz_n=(10, 126),
-    factmod_n=(10, 126),
-    factmod_modulus=(127, 127),
-    selfpow_n=(10, 126),
+    collatz_n=(10, 499),
+    factmod_n=(10, 499),
+    factmod_modulus=(503, 503),  # a prime above n keeps n! mod m nonzero
+    selfpow_n=(10, 499),
     selfpow_modulus=(127, 127),
 )
 TEMPLATES = ("collatz", "factmod", "selfpow")
