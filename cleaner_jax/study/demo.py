@@ -66,6 +66,30 @@ tried to make it hold (tool-free guesses, given-up deep failures; `data/sft_corp
 each did): guesses 0.2 with half the deep failures given up moved it to +0.06..+0.14, never with an
 interval above 0, and cost accuracy (0.16-0.18), so they stay off. 96 prompts x 8 rollouts took
 80-180 s on the shared 2-core CPU.
+
+The regime search of Dec 5 2026 (premise check on 64 RL-train prompts x 8 samples at temperature
+1, SFT 8 epochs, one SFT run each; accuracy, first call fails, recovery, accuracy clean /
+recovered, E[A | recovered] with its 95% CI):
+
+  numbers < 127, 176 x 5, 2 layers d=96     0.40  0.26  0.79  0.45/0.32  -0.106 (-0.241, 0.016)
+  the same, 3 layers d=128                  0.42  0.23  0.85  0.44/0.41  +0.015 (-0.125, 0.166)
+  3 layers, error 0.4, give_up 0.5          0.22  0.35  0.65  0.26/0.23  +0.015 (-0.121, 0.147)
+  numbers 10..499, 880 x 1, tied, 2 layers  0.30  0.31  0.79  0.35/0.27  -0.063 (-0.213, 0.091)
+  the same, warmup-stable-decay schedule    0.27  0.25  0.88  0.30/0.19  -0.088 (-0.201, 0.031)
+  the same, 3 layers d=128                  0.37  0.29  0.67  0.49/0.12  -0.399 (-0.532, -0.270)
+  2 layers, guess 0.2, give_up 0.5          0.01  (the copy circuit did not form)
+  2 layers, error 0.6, give_up 0.8          0.02  (the copy circuit did not form)
+
+At temperature 0.7 accuracy rises (0.46-0.64) and first calls fail half as often, but the
+recovered trajectories fall further behind (e.g. 0.29 vs 0.69). The first row's model was right
+on 0.89 of its own SFT problems and 0.42 of unseen ones: it had memorised them, hence the wider
+numbers, each SFT problem used once (the default since). In no configuration was a recovered
+trajectory more often right than a clean one: a tiny model's fix is a worse copy than its first
+try (3-layer model, numbers to 499: of 100 recovered trajectories 50 had miscopied the question's
+number in the failed call already and 38 of the other 50 miscopied it in the fix; after a fix the
+boxed number disagreed with the printed one far more often than after a clean call). With
+recovered trajectories less accurate than clean ones, E[A | recovered] > 0 needs most failures to
+go unrecovered, and corpora that taught that left too few clean examples for the copy circuit.
 """
 
 from __future__ import annotations
