@@ -103,6 +103,7 @@ from collections.abc import Callable
 import ml_collections
 
 from cleaner_jax.data import demo_assets
+from cleaner_jax.data.readers import read_records
 from cleaner_jax.rl.passk import DEFAULT_KS, valid_ks
 from cleaner_jax.runtime import evaluation, sft, trainer
 from cleaner_jax.study import design as design_lib
@@ -231,6 +232,10 @@ def run_demo(
             timings[f"eval/{name}"] = time.time() - t0
         with open(summary_path) as f:
             evals[name] = json.load(f)
+        # The per-problem records give the report its pass@1 intervals (problems as the units).
+        evals[name]["records"] = {
+            m: read_records([os.path.join(out_dir, f"{m}.jsonl")]) for m in evals[name]["modes"]
+        }
 
     say("7/7 writing the report")
     with open(paths["stats"]) as f:
