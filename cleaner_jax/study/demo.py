@@ -68,8 +68,8 @@ interval above 0, and cost accuracy (0.16-0.18), so they stay off. 96 prompts x 
 80-180 s on the shared 2-core CPU.
 
 The regime search of Dec 5 2026 (premise check on 64 RL-train prompts x 8 samples at temperature
-1, SFT 8 epochs, one SFT run each; accuracy, first call fails, recovery, accuracy clean /
-recovered, E[A | recovered] with its 95% CI):
+1, SFT 8 epochs unless said, one SFT run each; accuracy, first call fails, recovery, accuracy
+clean / recovered, E[A | recovered] with its 95% CI):
 
   numbers < 127, 176 x 5, 2 layers d=96     0.40  0.26  0.79  0.45/0.32  -0.106 (-0.241, 0.016)
   the same, 3 layers d=128                  0.42  0.23  0.85  0.44/0.41  +0.015 (-0.125, 0.166)
@@ -79,6 +79,8 @@ recovered, E[A | recovered] with its 95% CI):
   the same, 3 layers d=128                  0.37  0.29  0.67  0.49/0.12  -0.399 (-0.532, -0.270)
   2 layers, guess 0.2, give_up 0.5          0.01  (the copy circuit did not form)
   2 layers, error 0.6, give_up 0.8          0.02  (the copy circuit did not form)
+  numbers 10..499, 880 x 1, tied, 8 epochs  0.14  0.39  0.32  0.23/0.02  -0.063 (-0.245, 0.100)
+  the same corpus, 12 epochs (the default)  0.58  0.27  0.53  0.74/0.30  -0.272 (-0.455, -0.093)
 
 At temperature 0.7 accuracy rises (0.46-0.64) and first calls fail half as often, but the
 recovered trajectories fall further behind (e.g. 0.29 vs 0.69). The first row's model was right
@@ -90,6 +92,9 @@ number in the failed call already and 38 of the other 50 miscopied it in the fix
 boxed number disagreed with the printed one far more often than after a clean call). With
 recovered trajectories less accurate than clean ones, E[A | recovered] > 0 needs most failures to
 go unrecovered, and corpora that taught that left too few clean examples for the copy circuit.
+The last two rows are one corpus (the full mode's, 256 RL-train problems); 8 epochs left its SFT
+loss still falling (0.09). After 12 the model sits in the band GRPO needs (accuracy 0.58, 83% of
+the groups mixed) and the premise is reliably false: E[A | recovered] < 0 with its interval.
 """
 
 from __future__ import annotations
