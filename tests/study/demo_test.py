@@ -74,6 +74,8 @@ def test_quick_mode_produces_the_report(tmp_path):
             summary = json.load(f)
         assert set(summary["modes"]) == {"off", "on"} and "saar_overhead" in summary
         assert summary["modes"]["on"]["problems"] == 4 and summary["modes"]["on"]["n"] == 2
+    # The report gets the per-problem records: pass@1 with an interval over problems.
+    assert "## Held-out pass@k" in text and "records not given" not in text
     assert os.listdir(tmp_path / "jax_cache")  # compiled programs are cached in the workdir
     # Re-running skips every finished stage.
     assert _run_quick(tmp_path) == ["1/7", "7/7"]
