@@ -14,13 +14,27 @@ r"""Trainer benchmarks, side by side in one run (prints a table, writes JSON).
    (`_grad_step`) and the optimizer program (`_apply`). Each with FLOPs from XLA's compiled
    cost analysis and the fraction of a matmul peak (a 1024^2 float32 matmul) timed in the same
    loop.
+   The table ends with the host's minor page faults and kernel (sys) CPU time per step.
 Warm-up (compilation) is excluded; the arms of each comparison (and the phases) alternate rep by
 rep. Tables print the median and min-max; the JSON holds every rep, the machine (CPU model,
 cores, jax/torch versions) and the load average before and after.
+
+`--host_malloc=reuse` (both arms: one process) sets glibc's malloc, before jax starts its
+threads, to keep freed memory for reuse instead of returning it to the kernel. XLA on CPU
+allocates each call's temporaries as one block (402 MB for this step): glibc serves a block that
+large with a fresh mmap and unmaps it on free, so every step page-faults all of it in again
+(~103k minor faults, ~0.25 s of kernel CPU per step on the 2-core EPYC, #19). With it the
+step's faults fall to ~0 and, in this bench (Dec 2026, load ~1.5), the step from 753 to 565 ms
+and ours/torch from 0.84 to 1.02 (torch gains little); a single-core step, 1213-1301 -> 981-996
+ms (medians of 9, two runs each). A training process gets the same from
+`GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=`
+`2147483647` in its environment; set later, in a running process, it changes nothing.
 """
 
+import ctypes
 import json
 import os
+import resource
 import statistics
 import time
 
@@ -47,12 +61,40 @@ from cleaner_jax.rl.update import (
 _OUT = flags.DEFINE_string("out", "/tmp/bench_train.json", "JSON output path")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions per arm (>= 5 for the reported median)")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "skip the HF torch arm")
+_HOST_MALLOC = flags.DEFINE_enum(
+    "host_malloc",
+    "default",
+    ["default", "reuse"],
+    "glibc malloc as it comes, or set to reuse freed memory (see the module docstring)",
+)
 _SETTLE_S = flags.DEFINE_float(
     "settle_s",
     0.0,
     "idle seconds before each timed call of an alternating arm (Dec 2026, 2-core EPYC: 0.5 gave "
     "ours/torch 0.55, 0 gave 0.87 in back-to-back runs; a training loop runs steps back to back)",
 )
+
+
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def _reuse_host_memory():
+    """glibc malloc: one arena for all threads, no mmap for large blocks, no trimming.
+
+    Must run before jax starts its CPU client's threads: a thread keeps the arena it got first,
+    and a non-main arena maps a block over 64 MB with mmap whatever the settings.
+    """
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = all(libc.mallopt(option, value) == 1 for option, value in settings)
+    except (OSError, AttributeError) as e:
+        raise app.UsageError(
+            f"--host_malloc=reuse needs glibc ({e}); use --host_malloc=default"
+        ) from e
+    if not ok:
+        raise app.UsageError("glibc refused mallopt; use --host_malloc=default")
 
 
 def _cfg(layers=6):
@@ -175,8 +217,10 @@ def _phase_table(reps):
         "apply": (jax.tree.map(jnp.copy, state), updater.init(state)),
     }
     rec = {k: [] for k in ("arrays", "dispatch", "device", "to_host", "grad", "apply", "matmul")}
+    host = {"minor_faults": [], "sys_s": []}
 
     def step():
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         arr = updater._device_arrays(packed)
         nt = jnp.float32(max(_token_count([packed]), 1.0))
@@ -189,6 +233,9 @@ def _phase_table(reps):
         t3 = time.perf_counter()
         jax.device_get(out)
         t4 = time.perf_counter()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        host["minor_faults"].append(r1.ru_minflt - r0.ru_minflt)
+        host["sys_s"].append(r1.ru_stime - r0.ru_stime)
         rec["arrays"].append(t1 - t0)
         rec["dispatch"].append(t2 - t1)
         rec["device"].append(t3 - t1)
@@ -213,7 +260,7 @@ def _phase_table(reps):
 
     for fn in (step, grad, apply, mm):  # warm-up, not recorded
         fn()
-    for v in rec.values():
+    for v in (*rec.values(), *host.values()):
         v.clear()
     for _ in range(reps):
         for fn in (step, grad, apply, mm):
@@ -236,7 +283,11 @@ def _phase_table(reps):
             row["gflop_per_s"] = fl / row["median_s"] / 1e9
             row["fraction_of_matmul_peak"] = fl / row["median_s"] / peak
         table[name] = row
-    return {"matmul_peak_gflop_per_s": peak / 1e9, "phases": table}
+    return {
+        "matmul_peak_gflop_per_s": peak / 1e9,
+        "phases": table,
+        "step_host": {k: {"median": statistics.median(v), "reps": v} for k, v in host.items()},
+    }
 
 
 def _print_phases(phases):
@@ -253,6 +304,10 @@ def _print_phases(phases):
             else ""
         )
         print(f"  {name:42s} {r['median_s'] * 1e3:8.2f} {span:>15s} {fl}")
+    faults, sys_s = (phases["step_host"][k]["median"] for k in ("minor_faults", "sys_s"))
+    print(
+        f"  step, host: {faults:.0f} minor page faults, {sys_s * 1e3:.0f} ms kernel CPU (medians)"
+    )
 
 
 def _prefix_arms(reps):
@@ -275,6 +330,8 @@ def _prefix_arms(reps):
 
 def main(argv):
     del argv
+    if _HOST_MALLOC.value == "reuse":
+        _reuse_host_memory()
     if _REPS.value < 5:
         raise app.UsageError(f"--reps={_REPS.value}: use at least 5 (the median of fewer is noise)")
     load_start = os.getloadavg()
@@ -307,6 +364,7 @@ def main(argv):
         "machine": machine_facts(torch=True),
         "reps": _REPS.value,
         "settle_s": _SETTLE_S.value,
+        "host_malloc": _HOST_MALLOC.value,
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),
         "gpu_train_mfu": None,  # no GPU in the session that wrote this

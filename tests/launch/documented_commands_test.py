@@ -166,6 +166,11 @@ PLANS: dict[str, Plan] = {
     "python launch/demo.py --mode=quick --workdir=/tmp/cleaner_quick": Plan(
         SKIP, "~3 min; this exact command (another workdir) is tests/study/demo_test.py"
     ),
+    "python launch/demo.py --mode=long --workdir=/tmp/cleaner_long": Plan(
+        SKIP,
+        "the long study (est. ~45 min); the same stages run in quick mode in "
+        "tests/study/demo_test.py, its sizes are checked in test_task_sizes_fit_the_demo_ranges",
+    ),
     "python launch/evaluate.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner "
     "--checkpoint=/runs/qwen3_4b_cleaner/hf_export/step_750 --dataset_kind=aime "
     "--dataset=/data/aime24.parquet --out=/runs/eval/aime24": Plan(
