@@ -146,10 +146,18 @@ def test_guess_and_give_up_conversations(pool, guess_corpus):
 
 
 def test_a_typo_on_an_unreached_line_is_drawn_again(pool):
-    """Seed 5 of the demo's SFT problems puts a name typo on collatz's odd branch for n = 16,
-    which 16 -> 8 -> 4 -> 2 -> 1 never reaches: that bug is drawn again, all else is as planned."""
+    """Seed 5 of the demo's former SFT problems (numbers below 127) puts a name typo on collatz's
+    odd branch for n = 16, which 16 -> 8 -> 4 -> 2 -> 1 never reaches: that bug is drawn again,
+    all else is as planned."""
+    below_127 = task.TaskRanges(
+        collatz_n=(10, 126),
+        factmod_n=(10, 126),
+        factmod_modulus=(127, 127),
+        selfpow_n=(10, 126),
+        selfpow_modulus=(127, 127),
+    )
     problems = task.make_problems(
-        "train", 176, 0, ranges=demo_assets.TASK_RANGES, templates=demo_assets.TEMPLATES
+        "train", 176, 0, ranges=below_127, templates=demo_assets.TEMPLATES
     )
     plans = sft.plan_corpus(problems, seed=5)
     [stuck] = [
