@@ -109,7 +109,7 @@ def get_config(arg=None):
     mode = MODES[mode_name]
     c = ml_collections.ConfigDict()
     c.seed = args["seed"]
-    c.total_steps = mode["total_steps"]
+    c.total_steps = 2 if args["runlocal"] else mode["total_steps"]
     # The study around the GRPO runs: its seeds, the synthetic problems (SFT / RL-train /
     # held-out, disjoint), how many corpus conversations each SFT problem yields, and the premise
     # check's size (the SFT model without SAAR on premise_prompts RL-train prompts x premise_n).
@@ -249,10 +249,8 @@ def get_config(arg=None):
     )
     if args["runlocal"]:
         c.prepare_synthetic = True
-        c.total_steps = 2
         c.rollout.update(prompts_per_step=2, n=2)
         c.train.mini_batch_prompts = 2
         c.validation.every = 0
         c.checkpoint.every = 1
-        c.saar.start_step = c.total_steps // 2 if args["arm"] == "switch" else 0
     return c

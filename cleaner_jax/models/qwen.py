@@ -91,8 +91,12 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d_out,), cfg.jnp_param_dtype)) if bias else None
         self.dtype = cfg.jnp_dtype
 
+    def compute_kernel(self) -> jax.Array:
+        """The kernel in the compute dtype."""
+        return self.kernel[...].astype(self.dtype)
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel[...].astype(self.dtype)
+        kernel = self.compute_kernel()
         # As one [tokens, in] @ [in, out] matmul: the kernel gradient is then a contraction over
         # one dimension, for which XLA on CPU transposes the small input instead of writing a
         # transposed copy of the [tokens, out] cotangent (the MLP's forward + backward ran 1.3x
@@ -199,7 +203,7 @@ class MLP(nnx.Module):
     def __call__(self, x_BTD):
         gate_BTF, up_BTF = self.gate_proj(x_BTD), self.up_proj(x_BTD)
         f = gate_BTF.shape[-1]
-        kernel_FD = self.down_proj.kernel[...].astype(self.down_proj.dtype)
+        kernel_FD = self.down_proj.compute_kernel()
         y_XD = swiglu_down(gate_BTF.reshape(-1, f), up_BTF.reshape(-1, f), kernel_FD)
         return y_XD.reshape(*x_BTD.shape[:-1], y_XD.shape[-1])
 

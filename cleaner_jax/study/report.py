@@ -23,6 +23,8 @@ import numpy as np
 from cleaner_jax.runtime.metrics import read_metrics
 from cleaner_jax.study import plots, stats
 from cleaner_jax.study.plots import arm_of, seed_of
+from cleaner_jax.study.report_evals import evals_section, test_time_claims
+from cleaner_jax.study.report_evals import fmt as _f
 
 FAR = "saar/first_attempt_failure_rate"
 VAL_ACC = "val/reward/acc"
@@ -38,7 +40,6 @@ _FIGURES = (
     ("credit/adv_recovered", "E[advantage | recovered failed call]"),
 )
 _ONE = "one seed, no interval"
-_NO_RECORDS = "per-problem records not given"
 
 
 def _with_derived(rows: list[dict]) -> list[dict]:
@@ -51,10 +52,6 @@ def _with_derived(rows: list[dict]) -> list[dict]:
             r = {**r, _ALL_FAILURES: errors / r["saar/trajectories"]}
         out.append(r)
     return out
-
-
-def _f(v: float, digits: int = 3) -> str:
-    return f"{v:.{digits}f}" if v is not None and np.isfinite(v) else "n/a"
 
 
 def _last(rows: list[dict], key: str) -> float:
@@ -234,67 +231,6 @@ def _arms_section(runs: plots.Runs, target: float) -> list[str]:
     return lines
 
 
-def _pass1_cell(summary: Mapping | None, records: list[Mapping] | None) -> str:
-    """pass@1 with a bootstrap over problems (samples of one problem are not independent)."""
-    if summary is None:
-        return "n/a"
-    p1 = _f(summary.get("pass@1", summary.get("pass@k", {}).get("1")))
-    if not records:
-        return f"{p1} ({_NO_RECORDS})"
-    ci = stats.bootstrap_ci([r["num_correct"] / _samples(r) for r in records], np.mean)
-    return (
-        f"{p1} (one problem, no interval)" if ci.n == 1 else f"{p1} [{_f(ci.low)}, {_f(ci.high)}]"
-    )
-
-
-def _samples(record: Mapping) -> int:
-    s = record.get("samples", record.get("n"))
-    return len(s) if isinstance(s, list) else int(s)
-
-
-def _evals_section(evals: Mapping[str, Mapping]) -> list[str]:
-    """Held-out pass@k off / on test-time SAAR (`runtime/evaluation.py` summaries)."""
-    modes_of = {name: e.get("modes", {}) for name, e in evals.items()}
-    ks = sorted(
-        {int(k) for ms in modes_of.values() for m in ms.values() for k in m.get("pass@k", ())}
-    )
-    ks = [k for k in ks if k != 1]
-    lines = [
-        "",
-        "## Held-out pass@k with and without test-time SAAR",
-        "",
-        "pass@1 with a 95% percentile bootstrap over problems (the samples of a problem are "
-        "correlated, so the problems are the units). Latency overhead: rollout wall time with "
-        "SAAR / without - 1, total and median per problem.",
-        "",
-        "| model | problems x samples | pass@1 off | pass@1 on | "
-        + "".join(f"pass@{k} off / on | " for k in ks)
-        + "tool failures / final traj off / on | latency overhead |",
-        "|---|---|---|---|" + "---|" * len(ks) + "---|---|",
-    ]
-    for name, e in evals.items():
-        modes, records = modes_of[name], e.get("records") or {}
-        any_mode = next(iter(modes.values()), {})
-        size = f"{any_mode.get('problems', '?')} x {any_mode.get('n', '?')}"
-        cells = [_pass1_cell(modes.get(m), records.get(m)) for m in ("off", "on")]
-        off, on = modes.get("off", {}), modes.get("on", {})
-        for k in ks:
-            cells.append(f"{_f(off.get('pass@k', {}).get(str(k)))} / ")
-            cells[-1] += _f(on.get("pass@k", {}).get(str(k)))
-        fails = [m.get("tool_stats", {}).get("final_tool_failures_per_traj") for m in (off, on)]
-        cells.append(f"{_f(fails[0])} / {_f(fails[1])}")
-        over = e.get("saar_overhead") or {}
-        total, median = over.get("total_overhead"), over.get("per_problem_overhead_median")
-        cells.append(
-            "n/a (needs both modes)"
-            if total is None
-            else f"{100 * total:+.1f}%"
-            + (f" (median per problem {100 * median:+.1f}%)" if median is not None else "")
-        )
-        lines.append(f"| {name} | {size} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def _paired_by_step(
     runs: plots.Runs,
     key: str,
@@ -399,47 +335,7 @@ def _claims_section(
         ]
     elif any(arm_of(n) == "switch" for n in runs):
         lines += ["- **(c) Switching SAAR on mid-training**: no step logged saar/active = 1."]
-    lines += _test_time_claims(evals or {})
-    return lines
-
-
-def _pass1_diffs(off: list[Mapping] | None, on: list[Mapping] | None) -> list[float] | None:
-    """pass@1 on - off per problem, paired by id (by order if the records carry no id)."""
-    if not off or not on:
-        return None
-    if all("id" in r for r in [*off, *on]):
-        on_of = {r["id"]: r for r in on}
-        pairs = [(r, on_of[r["id"]]) for r in off if r["id"] in on_of]
-    elif len(off) == len(on):
-        pairs = list(zip(off, on, strict=True))
-    else:
-        return None
-    p1 = lambda r: r["num_correct"] / _samples(r)
-    return [p1(b) - p1(a) for a, b in pairs]
-
-
-def _test_time_claims(evals: Mapping[str, Mapping]) -> list[str]:
-    """(d) pass@1 on - off per evaluated model, paired by problem where records are given."""
-    lines = []
-    for name, e in evals.items():
-        modes, records = e.get("modes", {}), e.get("records") or {}
-        if not ("off" in modes and "on" in modes):
-            continue
-        label = f"- **(d) Test-time SAAR, {name}** (pass@1 on - off, paired by problem): "
-        d = _pass1_diffs(records.get("off"), records.get("on"))
-        if d is None:
-            diff = modes["on"].get("pass@1", math.nan) - modes["off"].get("pass@1", math.nan)
-            lines.append(label + f"{diff:+.3f}; {_NO_RECORDS}, no interval.")
-        elif len(d) < 2:
-            lines.append(
-                label + f"{_f(np.mean(d)) if d else 'n/a'}; {len(d)} paired problem(s), "
-                "no interval."
-            )
-        else:
-            said = stats.describe(
-                stats.bootstrap_ci(d, np.mean), f"pass@1 ({name})", "Test-time SAAR"
-            )
-            lines.append(label + f"bootstrap over {len(d)} problems: {said}")
+    lines += test_time_claims(evals or {})
     return lines
 
 
@@ -547,7 +443,7 @@ def write_report(
     lines += _premise_section(premise) if premise else []
     lines += _design_section(design) if design else []
     lines += _arms_section(runs, target)
-    lines += _evals_section(evals) if evals else []
+    lines += evals_section(evals) if evals else []
     lines += _claims_section(runs, design, evals)
     lines += _credit_section(runs)
     lines += _timing_section(runs, timings)
