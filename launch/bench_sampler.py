@@ -49,6 +49,7 @@ from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.kv_cache import DenseKVCache
 from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams, sample_tokens
+from cleaner_jax.runtime import host_malloc
 from cleaner_jax.sampling.engine_types import SamplingRows
 
 _OUT = flags.DEFINE_string("out", "/tmp/bench_sampler.json", "JSON output path")
@@ -468,6 +469,7 @@ def _multiturn(model, prefix_cache: bool):
 
 def main(argv):
     del argv
+    malloc_mode = host_malloc.configure(host_malloc.HOST_MALLOC.value)  # before jax starts
     model = Qwen(CFG, rngs=nnx.Rngs(0))
     out: dict = {
         "machine": machine_facts(torch=True),
@@ -482,6 +484,7 @@ def main(argv):
             "new_tokens": _NEW.value,
             "reps": _REPS.value,
         },
+        "host_malloc": malloc_mode,
     }
     m = out["machine"]
     print(f"{m['cpu']}, {m['cpu_count']} cores, jax {m['jax']}, torch {m['torch']}")

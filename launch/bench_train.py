@@ -19,19 +19,15 @@ Warm-up (compilation) is excluded; the arms of each comparison (and the phases) 
 rep. Tables print the median and min-max; the JSON holds every rep, the machine (CPU model,
 cores, jax/torch versions) and the load average before and after.
 
-`--host_malloc=reuse` (both arms: one process) sets glibc's malloc, before jax starts its
-threads, to keep freed memory for reuse instead of returning it to the kernel. XLA on CPU
-allocates each call's temporaries as one block (402 MB for this step): glibc serves a block that
-large with a fresh mmap and unmaps it on free, so every step page-faults all of it in again
-(~103k minor faults, ~0.25 s of kernel CPU per step on the 2-core EPYC, #19). With it the
-step's faults fall to ~0 and, in this bench (Dec 2026, load ~1.5), the step from 753 to 565 ms
-and ours/torch from 0.84 to 1.02 (torch gains little); a single-core step, 1213-1301 -> 981-996
-ms (medians of 9, two runs each). A training process gets the same from
-`GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=`
-`2147483647` in its environment; set later, in a running process, it changes nothing.
+`--host_malloc` (`runtime/host_malloc.py`; both arms: one process) is the launchers' flag with
+their default, `auto`: on a CPU host glibc keeps freed memory for reuse instead of returning it
+to the kernel. XLA on CPU allocates each call's temporaries as one block (402 MB for this step):
+as glibc comes (`--host_malloc=default`), a block that large is a fresh mmap, unmapped on free,
+so every step page-faults all of it in again (~103k minor faults, ~0.25 s of kernel CPU per step
+on the 2-core EPYC, #19); with `reuse` the faults fall to ~0. The JSON's `host_malloc` is what
+was in effect.
 """
 
-import ctypes
 import json
 import os
 import resource
@@ -49,6 +45,7 @@ from cleaner_jax.models import testing
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.rl.logprobs import packed_logprobs, prefix_shared_logprobs
 from cleaner_jax.rl.packing import TrainSample, pack
+from cleaner_jax.runtime import host_malloc
 from cleaner_jax.rl.update import (
     LossConfig,
     OptimConfig,
@@ -61,40 +58,12 @@ from cleaner_jax.rl.update import (
 _OUT = flags.DEFINE_string("out", "/tmp/bench_train.json", "JSON output path")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions per arm (>= 5 for the reported median)")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "skip the HF torch arm")
-_HOST_MALLOC = flags.DEFINE_enum(
-    "host_malloc",
-    "default",
-    ["default", "reuse"],
-    "glibc malloc as it comes, or set to reuse freed memory (see the module docstring)",
-)
 _SETTLE_S = flags.DEFINE_float(
     "settle_s",
     0.0,
     "idle seconds before each timed call of an alternating arm (Dec 2026, 2-core EPYC: 0.5 gave "
     "ours/torch 0.55, 0 gave 0.87 in back-to-back runs; a training loop runs steps back to back)",
 )
-
-
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-
-
-def _reuse_host_memory():
-    """glibc malloc: one arena for all threads, no mmap for large blocks, no trimming.
-
-    Must run before jax starts its CPU client's threads: a thread keeps the arena it got first,
-    and a non-main arena maps a block over 64 MB with mmap whatever the settings.
-    """
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        ok = all(libc.mallopt(option, value) == 1 for option, value in settings)
-    except (OSError, AttributeError) as e:
-        raise app.UsageError(
-            f"--host_malloc=reuse needs glibc ({e}); use --host_malloc=default"
-        ) from e
-    if not ok:
-        raise app.UsageError("glibc refused mallopt; use --host_malloc=default")
 
 
 def _cfg(layers=6):
@@ -330,8 +299,7 @@ def _prefix_arms(reps):
 
 def main(argv):
     del argv
-    if _HOST_MALLOC.value == "reuse":
-        _reuse_host_memory()
+    malloc_mode = host_malloc.configure(host_malloc.HOST_MALLOC.value)
     if _REPS.value < 5:
         raise app.UsageError(f"--reps={_REPS.value}: use at least 5 (the median of fewer is noise)")
     load_start = os.getloadavg()
@@ -364,7 +332,7 @@ def main(argv):
         "machine": machine_facts(torch=True),
         "reps": _REPS.value,
         "settle_s": _SETTLE_S.value,
-        "host_malloc": _HOST_MALLOC.value,
+        "host_malloc": malloc_mode,
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),
         "gpu_train_mfu": None,  # no GPU in the session that wrote this

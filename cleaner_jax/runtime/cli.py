@@ -5,7 +5,8 @@ missing file, checkpoint or tokenizer, a budget that does not fit: `UserError`, 
 `FileNotFoundError`) ends in one line on stderr, `error: ...`, naming the flag, field or path and
 what to do, with exit status 2. `--verbose` shows the traceback instead. Any other exception is
 a bug and keeps its traceback. `--check_only`: the launchers stop after their checks;
-`--print_config`: they print the config and stop (`start`).
+`--print_config`: they print the config and stop (`start`). `--host_malloc` (default auto) is
+applied before `main` runs (`runtime/host_malloc.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 from absl import app, flags
 
+from cleaner_jax.runtime import host_malloc
 from cleaner_jax.runtime.config import ConfigError
 
 flags.DEFINE_bool("verbose", False, "Show the traceback of a command-line or config error.")
@@ -69,6 +71,8 @@ def run(main: Callable[[list[str]], None]) -> None:
 
     def guarded(argv: list[str]) -> None:
         try:
+            # Before main starts jax's CPU client (see runtime/host_malloc.py).
+            host_malloc.configure(host_malloc.HOST_MALLOC.value)
             main(argv)
         except USER_ERRORS as e:
             if verbose:
