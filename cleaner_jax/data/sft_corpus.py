@@ -126,8 +126,8 @@ DEFAULT_SHALLOW_BUG_WEIGHTS: Mapping[str, float] = {
     "missing_import": 0.2,
 }
 _GAMMA = 0.5  # SAAR's default shallow/deep threshold; the corpus's fixes must fall on its sides
-# Tool-free guesses are drawn from 0..GUESS_MAX (the demo's answers are below 127).
-GUESS_MAX = 126
+# Tool-free guesses are drawn from 0..GUESS_MAX (the demo's answers are below 503).
+GUESS_MAX = 502
 GUESS_REASONING = "This looks small enough to work out without running code."
 GIVE_UP_TEXT = "The code does not run; I will estimate the answer instead."
 _REPLANS = 3  # redraws of a shallow bug whose code ran without error
