@@ -48,8 +48,8 @@ from cleaner_jax.benchmarking import compiled_flops, machine_facts
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.kv_cache import DenseKVCache
 from cleaner_jax.models.qwen import Qwen
-from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams, sample_tokens
 from cleaner_jax.runtime import host_malloc
+from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams, sample_tokens
 from cleaner_jax.sampling.engine_types import SamplingRows
 
 _OUT = flags.DEFINE_string("out", "/tmp/bench_sampler.json", "JSON output path")

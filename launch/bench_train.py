@@ -45,7 +45,6 @@ from cleaner_jax.models import testing
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.rl.logprobs import packed_logprobs, prefix_shared_logprobs
 from cleaner_jax.rl.packing import TrainSample, pack
-from cleaner_jax.runtime import host_malloc
 from cleaner_jax.rl.update import (
     LossConfig,
     OptimConfig,
@@ -54,6 +53,7 @@ from cleaner_jax.rl.update import (
     _token_count,
     make_optimizer,
 )
+from cleaner_jax.runtime import host_malloc
 
 _OUT = flags.DEFINE_string("out", "/tmp/bench_train.json", "JSON output path")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions per arm (>= 5 for the reported median)")

@@ -64,8 +64,8 @@ recovered] = -0.011 (95% CI -0.114 to 0.084) with 8 samples a prompt, -0.046 (-0
 -0.243 to -0.066, recovered 0.42 vs clean 0.47). The premise does not hold here; the corpus knobs
 tried to make it hold (tool-free guesses, given-up deep failures; `data/sft_corpus.py` says what
 each did): guesses 0.2 with half the deep failures given up moved it to +0.06..+0.14, never with an
-interval above 0, and cost accuracy (0.16-0.18), so they stay off. 96 prompts x 8 rollouts took
-80-180 s on the shared 2-core CPU.
+interval above 0, and cost accuracy (0.16-0.18), so they stayed off until the 20-epoch runs
+below. 96 prompts x 8 rollouts took 80-180 s on the shared 2-core CPU.
 
 The regime search of Dec 5 2026 (premise check on 64 RL-train prompts x 8 samples at temperature
 1, SFT 8 epochs unless said, one SFT run each; accuracy, first call fails, recovery, accuracy
@@ -80,7 +80,11 @@ clean / recovered, E[A | recovered] with its 95% CI):
   2 layers, guess 0.2, give_up 0.5          0.01  (the copy circuit did not form)
   2 layers, error 0.6, give_up 0.8          0.02  (the copy circuit did not form)
   numbers 10..499, 880 x 1, tied, 8 epochs  0.14  0.39  0.32  0.23/0.02  -0.063 (-0.245, 0.100)
-  the same corpus, 12 epochs (the default)  0.58  0.27  0.53  0.74/0.30  -0.272 (-0.455, -0.093)
+  the same corpus, 12 epochs                0.58  0.27  0.53  0.74/0.30  -0.272 (-0.455, -0.093)
+  the same corpus, 20 epochs                0.83  0.20  0.85  0.89/0.67  -0.173 (-0.412, 0.022)
+  error 0.5, 16 epochs                      0.79  0.30  0.91  0.85/0.69  -0.084 (-0.230, 0.043)
+  give_up 0.5, guess 0.1, 12 epochs         0.31  0.19  0.40  0.37/0.13  -0.295 (-0.473, -0.119)
+  give_up 0.5, guess 0.1, 20 epochs         0.47  0.27  0.69  0.49/0.59  +0.228 (+0.071, +0.388)
 
 At temperature 0.7 accuracy rises (0.46-0.64) and first calls fail half as often, but the
 recovered trajectories fall further behind (e.g. 0.29 vs 0.69). The first row's model was right
@@ -92,9 +96,17 @@ number in the failed call already and 38 of the other 50 miscopied it in the fix
 boxed number disagreed with the printed one far more often than after a clean call). With
 recovered trajectories less accurate than clean ones, E[A | recovered] > 0 needs most failures to
 go unrecovered, and corpora that taught that left too few clean examples for the copy circuit.
-The last two rows are one corpus (the full mode's, 256 RL-train problems); 8 epochs left its SFT
-loss still falling (0.09). After 12 the model sits in the band GRPO needs (accuracy 0.58, 83% of
-the groups mixed) and the premise is reliably false: E[A | recovered] < 0 with its interval.
+The rows from "numbers 10..499 ... 8 epochs" on use the full mode's 880 SFT / 256 RL-train
+problems; 8 epochs left the SFT loss still falling (0.09). Training longer mends the
+self-corrections (recovered 0.30 -> 0.67 from 12 to 20 epochs: the fix's copy of the question's
+number is the longer-range copy, which forms later), but a recovered trajectory stays below a clean
+one, so with every groupmate a tool user it stays below its group's mean. The paper's premise
+needs what real rollouts have around the recovered ones: answers given without the tool and
+errors never fixed, both wrong. The last row (the default since, configs/demo.py) has both, and
+enough training for the copy to survive the thinner corpus: clean rollouts are right 0.49 of the
+time (0.72 of those that used the tool; the tool-free 0.24 of all rollouts never), recovered ones
+0.59, unrecovered ones never, so E[A | recovered] > 0 with its interval and SAAR's extra push
+against failed calls is positive (credit of a failed call -0.013 without SAAR, -0.055 with).
 """
 
 from __future__ import annotations
