@@ -89,7 +89,9 @@ MODES = {
         prompts_per_step=8,
         n=4,
         sft_epochs=20,
-        val_every=16,
+        # Held-out accuracy at steps 0, 4, 8, 12 and 16: a curve, and steps to the baseline's
+        # final accuracy at a resolution of 4 steps.
+        val_every=4,
         val_n=1,
     ),
 }

@@ -72,7 +72,10 @@ def run(main: Callable[[list[str]], None]) -> None:
     def guarded(argv: list[str]) -> None:
         try:
             # Before main starts jax's CPU client (see runtime/host_malloc.py).
-            host_malloc.configure(host_malloc.HOST_MALLOC.value)
+            try:
+                host_malloc.configure(host_malloc.HOST_MALLOC.value)
+            except RuntimeError as e:  # an explicit --host_malloc=reuse that cannot take effect
+                raise UserError(f"{e}; use --host_malloc=auto or default") from e
             main(argv)
         except USER_ERRORS as e:
             if verbose:
