@@ -1,7 +1,7 @@
 r"""The embedded miniature CLEANER study (DESIGN §4): a tiny Qwen3-shaped model, synthetic task.
 
 Variants: a mode, `quick` (a smoke run of every stage, CI), `full` (the default; 12 min on a
-2-core CPU) or `long` (more seeds, steps and prompts; 27 min), `arm=cleaner|baseline|switch`
+2-core CPU) or `long` (more seeds, steps and prompts; 31 min), `arm=cleaner|baseline|switch`
 (SAAR from the start, never, or from step total_steps // 2 on), `seed=N`, and `runlocal`
 (a 2-step smoke run of the real train path on a random tiny model, assets prepared in the
 workdir). `study.*` sizes the whole study (`launch/demo.py` runs SFT once, then `study.arms` for
@@ -70,7 +70,7 @@ MODES = {
         val_every=6,
         val_n=1,
     ),
-    # 6 seeds x 3 arms x 16 steps of 8 prompts x 4 samples (128 RL-train prompts a run): 27 min
+    # 6 seeds x 3 arms x 16 steps of 8 prompts x 4 samples (128 RL-train prompts a run): 31 min
     # from a fresh clone on a 2-core EPYC (Dec 5 2026), the budget is 60. Its design detects a
     # change of 0.039 in the first-attempt failure rate; SAAR's was 0.038 (p = 0.008).
     "long": dict(

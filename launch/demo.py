@@ -2,7 +2,7 @@ r"""The embedded default: the miniature CLEANER study on a CPU (README Quick sta
 
   python launch/demo.py --mode=full --workdir=/tmp/cleaner_demo   # ~12 min on 2 cores
   python launch/demo.py --mode=quick --workdir=/tmp/cleaner_quick # ~3 min, one seed
-  python launch/demo.py --mode=long --workdir=/tmp/cleaner_long   # more seeds/steps, 27 min
+  python launch/demo.py --mode=long --workdir=/tmp/cleaner_long   # more seeds/steps, 31 min
 The study is `configs/demo.py:<mode>` (its `study.*` fields) and, per arm and seed, the variant
 `configs/demo.py:<mode>,arm=...,seed=...`; print one with
   python launch/train.py --config=configs/demo.py:full,arm=baseline --print_config
