@@ -16,8 +16,11 @@ r"""Trainer benchmarks, side by side in one run (prints a table, writes JSON).
    loop.
    The table ends with the host's minor page faults and kernel (sys) CPU time per step.
 Warm-up (compilation) is excluded; the arms of each comparison (and the phases) alternate rep by
-rep. Tables print the median and min-max; the JSON holds every rep, the machine (CPU model,
-cores, jax/torch versions) and the load average before and after.
+rep. In items 1 and 2 each rep runs an arm `--block` times back to back, as a training loop
+would, and the first call after a switch is kept apart (`_alternate` says why). Tables print the
+median and min-max; the JSON holds every call, the minor page faults of each, the ratio of the
+medians, of the means and of the after-switch calls, the machine (CPU model, cores, jax/torch
+versions) and the load average before and after.
 
 `--host_malloc` (`runtime/host_malloc.py`; both arms: one process) is the launchers' flag with
 their default, `auto`: on a CPU host glibc keeps freed memory for reuse instead of returning it
@@ -58,10 +61,17 @@ from cleaner_jax.runtime import host_malloc
 _OUT = flags.DEFINE_string("out", "/tmp/bench_train.json", "JSON output path")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions per arm (>= 5 for the reported median)")
 _SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "skip the HF torch arm")
+_BLOCK = flags.DEFINE_integer(
+    "block",
+    3,
+    "calls of one arm back to back per rep (>= 2): the first after switching arms is recorded "
+    "apart ('after_switch'), the rest are the arm's timed reps. 1: single calls alternating, each "
+    "timed (the older method)",
+)
 _SETTLE_S = flags.DEFINE_float(
     "settle_s",
     0.0,
-    "idle seconds before each timed call of an alternating arm (Dec 2026, 2-core EPYC: 0.5 gave "
+    "idle seconds before each call of an alternating arm (Dec 2026, 2-core EPYC: 0.5 gave "
     "ours/torch 0.55, 0 gave 0.87 in back-to-back runs; a training loop runs steps back to back)",
 )
 
@@ -89,20 +99,50 @@ def _timed(fn, reps):
 
 
 def _alternate(arms, reps):
-    """Seconds per rep of each arm, the arms run in turn within each rep (after one warm-up).
+    """Per arm: seconds and minor page faults of its timed calls, and of its calls just after a
+    switch. One warm-up call per arm first; then each rep runs every arm `--block` times in turn.
 
-    With `--settle_s`, each timed call starts after that much idle time: a thread pool that has
-    just finished (torch's OpenMP/MKL workers, XLA's) keeps spinning for a while and competes with
-    the next arm; but a pause also lets the pools sleep, and waking them is billed to the arm.
+    A training loop runs one framework's steps back to back. Alternating single calls bills each
+    arm for what the other left behind (Dec 2026, 2-core EPYC, ours after torch: most calls a
+    few percent slower, and some page-fault storms: glibc's one heap is shared, so torch's freed
+    tensors fragment the space XLA's 402 MB block of temporaries would reuse; with
+    `--host_malloc=reuse` a fault here costs ~15-50 us, likely the VM's host). So with
+    `--block` >= 2 the first call after a switch is recorded apart (`after_switch`) and the rest
+    of the block are the arm's timed reps. `--settle_s` adds idle time before every call: a pool
+    that has just finished keeps spinning for a while, but waking a sleeping one is billed too.
     """
     for fn in arms.values():
         fn()
-    times = {n: [] for n in arms}
+    block = max(1, _BLOCK.value)
+    rec = {
+        n: {"timed": [], "after_switch": [], "faults": [], "after_switch_faults": []} for n in arms
+    }
     for _ in range(reps):
         for n, fn in arms.items():
-            time.sleep(_SETTLE_S.value)
-            times[n] += _timed(fn, 1)
-    return times
+            for i in range(block):
+                time.sleep(_SETTLE_S.value)
+                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                (seconds,) = _timed(fn, 1)
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+                kind = "after_switch" if block > 1 and i == 0 else "timed"
+                rec[n][kind].append(seconds)
+                rec[n]["faults" if kind == "timed" else "after_switch_faults"].append(faults)
+    return rec
+
+
+def _arm_summary(r):
+    """`_summary` of an arm's timed calls, with its faults and its after-switch calls."""
+    out = {
+        **_summary(r["timed"]),
+        "minor_faults": r["faults"],
+        "mean_s": statistics.mean(r["timed"]),
+    }
+    if r["after_switch"]:
+        out["after_switch"] = {
+            **_summary(r["after_switch"]),
+            "minor_faults": r["after_switch_faults"],
+        }
+    return out
 
 
 def _summary(seconds):
@@ -154,10 +194,9 @@ def _train_arms(reps):
             topt.step()
 
         arms[f"HF torch {torch.__version__} (fp32)"] = theirs
-    times = _alternate(arms, reps)
     return {
-        n: {"tokens_per_s": num_tokens / statistics.median(t), **_summary(t)}
-        for n, t in times.items()
+        n: {"tokens_per_s": num_tokens / statistics.median(r["timed"]), **_arm_summary(r)}
+        for n, r in _alternate(arms, reps).items()
     }
 
 
@@ -294,7 +333,7 @@ def _prefix_arms(reps):
             graphdef, state, prompt, responses, bucket=256
         ),
     }
-    return {n: _summary(t) for n, t in _alternate(arms, reps).items()}
+    return {n: _arm_summary(r) for n, r in _alternate(arms, reps).items()}
 
 
 def main(argv):
@@ -306,13 +345,24 @@ def main(argv):
     train = _train_arms(_REPS.value)
     names = list(train)
     print(
-        "\ntraining step, 6 layers d=256 vocab 4096, batch 8 x seq 256 (tokens/s of the median,"
-        " [min-max])"
+        f"\ntraining step, 6 layers d=256 vocab 4096, batch 8 x seq 256; {_REPS.value} reps of "
+        f"{_BLOCK.value} calls per arm (tokens/s of the median [min-max], of the mean; calls "
+        "just after a switch apart; calls with > 1000 page faults)"
     )
     for n in names:
         r = train[n]
-        lo, hi = (r["tokens_per_s"] * r["median_s"] / r[k] for k in ("max_s", "min_s"))
-        print(f"  {n:40s} {r['tokens_per_s']:10.0f}  [{lo:.0f}-{hi:.0f}]")
+        tps = r["tokens_per_s"] * r["median_s"]  # tokens per step
+        lo, hi = (tps / r[k] for k in ("max_s", "min_s"))
+        storms = sum(f > 1000 for f in r["minor_faults"])
+        line = (
+            f"  {n:36s} {r['tokens_per_s']:7.0f} [{lo:.0f}-{hi:.0f}] mean {tps / r['mean_s']:.0f}"
+        )
+        if "after_switch" in r:
+            a = r["after_switch"]
+            lo, hi = (tps / a[k] for k in ("max_s", "min_s"))
+            line += f"; after a switch {tps / a['median_s']:.0f} [{lo:.0f}-{hi:.0f}]"
+            storms = f"{storms}+{sum(f > 1000 for f in a['minor_faults'])}"
+        print(f"{line}; fault storms {storms}")
     phases = _phase_table(_REPS.value)
     _print_phases(phases)
     pre = _prefix_arms(_REPS.value)
@@ -332,6 +382,7 @@ def main(argv):
         "machine": machine_facts(torch=True),
         "reps": _REPS.value,
         "settle_s": _SETTLE_S.value,
+        "block": _BLOCK.value,
         "host_malloc": malloc_mode,
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),
@@ -345,8 +396,18 @@ def main(argv):
             theirs["min_s"] / ours["max_s"],
             theirs["max_s"] / ours["min_s"],
         ]
+        result["train_tokens_per_s_ratio_vs_torch_of_means"] = theirs["mean_s"] / ours["mean_s"]
+        if "after_switch" in ours:
+            result["train_tokens_per_s_ratio_vs_torch_after_switch"] = (
+                theirs["after_switch"]["median_s"] / ours["after_switch"]["median_s"]
+            )
         ratio = result["train_tokens_per_s_ratio_vs_torch"]
-        print(f"\ntrain_tokens_per_s_ratio_vs_torch = {ratio:.2f}")
+        others = ", ".join(
+            f"{k.removeprefix('train_tokens_per_s_ratio_vs_torch_')} {result[k]:.2f}"
+            for k in result
+            if k.startswith("train_tokens_per_s_ratio_vs_torch_") and not k.endswith("min_max")
+        )
+        print(f"\ntrain_tokens_per_s_ratio_vs_torch = {ratio:.2f} ({others})")
     print(f"prefix_recompute_time_ratio = {result['prefix_recompute_time_ratio']:.3f}")
     print(f"machine: {result['machine']}; load {load_start} -> {result['load_average_at_end']}")
     with open(_OUT.value, "w") as f:
