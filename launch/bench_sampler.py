@@ -15,8 +15,10 @@ mlp 768, vocab 8192; prompts of 16 tokens + 112 new, greedy.
    from the engine's stats). A plain jitted dense-cache greedy loop at the same batch, context and
    steps per call gives `paged_over_dense_decode_time`.
 2. Side by side with HF `generate` (transformers, torch CPU) at each of `--batches`: end to end
-   (prefill included) tokens/s, arms alternating rep by rep (the first arm swaps each rep), median
-   and min-max over `--reps`, and whether the greedy tokens are identical.
+   (prefill included) tokens/s, and whether the greedy tokens are identical. Per rep each arm
+   runs `--block` calls back to back, as a rollout loop would; the first after a switch is kept
+   apart (`benchmarking.alternate_in_blocks` says why; the JSON has both, with page faults).
+   Median and min-max over `--reps` of the rest, and of the per-rep ratio.
 3. `--extras`: the prefix-cache multi-turn workload and the RL demo model's decode step, as before.
 `--profile_dir`: a JAX profiler trace of a few decode calls; the table of its device ops (summed
 per fusion kind and per op name) is printed and saved in the JSON.
@@ -44,7 +46,12 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from cleaner_jax.benchmarking import compiled_flops, machine_facts
+from cleaner_jax.benchmarking import (
+    alternate_in_blocks,
+    block_summary,
+    compiled_flops,
+    machine_facts,
+)
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.kv_cache import DenseKVCache
 from cleaner_jax.models.qwen import Qwen
@@ -61,6 +68,12 @@ _CHUNK = flags.DEFINE_integer("prefill_chunk", 128, "prefill tokens per call")
 _BATCHES = flags.DEFINE_list("batches", ["1", "8", "32", "64"], "batches for the HF comparison")
 _PHASE_BATCH = flags.DEFINE_integer("phase_batch", 32, "batch of the phase table")
 _REPS = flags.DEFINE_integer("reps", 5, "repetitions (median, min-max)")
+_BLOCK = flags.DEFINE_integer(
+    "block",
+    2,
+    "HF comparison: calls of one arm back to back per rep; the first after a switch is kept "
+    "apart (benchmarking.alternate_in_blocks). 1: single calls alternating, each timed",
+)
 _SKIP_HF = flags.DEFINE_bool("skip_hf", False, "skip the HF torch comparison")
 _EXTRAS = flags.DEFINE_bool("extras", True, "also the multi-turn and demo-model sections")
 _PROFILE = flags.DEFINE_string("profile_dir", "", "write a JAX profiler trace of decode here")
@@ -315,50 +328,53 @@ def _hf_model(model):
 
 
 def _compare_batch(model, hf, b: int) -> dict:
-    """Ours vs HF `generate` at batch `b`, arms alternating rep by rep."""
+    """Ours vs HF `generate` at batch `b`, arms alternating in blocks (`--block`) rep by rep."""
     import torch
 
     kw = dict(max_new_tokens=_NEW.value, min_new_tokens=_NEW.value, do_sample=False)
     eng = _engine(model, b)
     prompts = _prompts(b)
     pt = torch.tensor(prompts)
-    times = {"ours": [], "hf": []}
 
     def ours():
-        res, t = _engine_run(eng, prompts)
-        times["ours"].append(t)
-        return [r.tokens for r in res]
+        return [r.tokens for r in _engine_run(eng, prompts)[0]]
 
     def theirs():
         with torch.no_grad():
-            t0 = time.perf_counter()
             o = hf.generate(pt, attention_mask=torch.ones_like(pt), **kw)
-            times["hf"].append(time.perf_counter() - t0)
         return o[:, _PROMPT.value :].tolist()
 
-    toks_ours, toks_hf = ours(), theirs()  # compile / warm both
-    same = sum(a == h for a, h in zip(toks_ours, toks_hf, strict=True))
-    times["ours"].clear()
-    times["hf"].clear()
-    for rep in range(_REPS.value):
-        for arm in (ours, theirs) if rep % 2 == 0 else (theirs, ours):
-            arm()
-    tps = {n: _stats([b * _NEW.value / t for t in ts]) for n, ts in times.items()}
-    ratio = _stats([h / o for o, h in zip(times["ours"], times["hf"], strict=True)])
-    load = os.getloadavg()
-    print(
-        f"batch {b:3d}: ours {_fmt(tps['ours'], 1, 0):>22} tok/s | "
-        f"HF {_fmt(tps['hf'], 1, 0):>22} tok/s | ours/HF {_fmt(ratio)} | "
-        f"identical {same}/{b} | load {load[0]:.1f}"
-    )
-    return {
+    same = sum(a == h for a, h in zip(ours(), theirs(), strict=True))
+    rec = alternate_in_blocks({"ours": ours, "hf": theirs}, _REPS.value, max(1, _BLOCK.value))
+    tps = {n: _stats([b * _NEW.value / t for t in r["timed"]]) for n, r in rec.items()}
+    # Per rep, the arms' timed calls in the same order: their ratio, and the ratio of medians.
+    pairs = zip(rec["ours"]["timed"], rec["hf"]["timed"], strict=True)
+    ratio = _stats([h / o for o, h in pairs])
+    out = {
         "ours_tokens_per_s": tps["ours"],
         "hf_tokens_per_s": tps["hf"],
         "speedup_vs_hf": ratio,
+        "speedup_vs_hf_of_medians": float(
+            np.median(rec["hf"]["timed"]) / np.median(rec["ours"]["timed"])
+        ),
         "identical_rows": same,
         "rows": b,
-        "loadavg": load,
+        "block": _BLOCK.value,
+        "calls": {n: block_summary(r) for n, r in rec.items()},
+        "loadavg": os.getloadavg(),
     }
+    after = ""
+    if rec["ours"]["after_switch"]:
+        out["speedup_vs_hf_after_switch"] = float(
+            np.median(rec["hf"]["after_switch"]) / np.median(rec["ours"]["after_switch"])
+        )
+        after = f" (after a switch {out['speedup_vs_hf_after_switch']:.2f})"
+    print(
+        f"batch {b:3d}: ours {_fmt(tps['ours'], 1, 0):>22} tok/s | "
+        f"HF {_fmt(tps['hf'], 1, 0):>22} tok/s | ours/HF {_fmt(ratio)}{after} | "
+        f"identical {same}/{b} | load {out['loadavg'][0]:.1f}"
+    )
+    return out
 
 
 def _side_by_side(model, batches: list[int]) -> dict:

@@ -17,10 +17,10 @@ r"""Trainer benchmarks, side by side in one run (prints a table, writes JSON).
    The table ends with the host's minor page faults and kernel (sys) CPU time per step.
 Warm-up (compilation) is excluded; the arms of each comparison (and the phases) alternate rep by
 rep. In items 1 and 2 each rep runs an arm `--block` times back to back, as a training loop
-would, and the first call after a switch is kept apart (`_alternate` says why). Tables print the
-median and min-max; the JSON holds every call, the minor page faults of each, the ratio of the
-medians, of the means and of the after-switch calls, the machine (CPU model, cores, jax/torch
-versions) and the load average before and after.
+would, and the first call after a switch is kept apart (`benchmarking.alternate_in_blocks` says
+why). Tables print the median and min-max; the JSON holds every call, the minor page faults of
+each, the ratio of the medians, of the means and of the after-switch calls, the machine (CPU
+model, cores, jax/torch versions) and the load average before and after.
 
 `--host_malloc` (`runtime/host_malloc.py`; both arms: one process) is the launchers' flag with
 their default, `auto`: on a CPU host glibc keeps freed memory for reuse instead of returning it
@@ -43,7 +43,13 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from cleaner_jax.benchmarking import compiled_flops, machine_facts
+from cleaner_jax.benchmarking import (
+    alternate_in_blocks,
+    block_summary,
+    compiled_flops,
+    machine_facts,
+    summary,
+)
 from cleaner_jax.models import testing
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.rl.logprobs import packed_logprobs, prefix_shared_logprobs
@@ -89,69 +95,9 @@ def _cfg(layers=6):
     )
 
 
-def _timed(fn, reps):
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def _alternate(arms, reps):
-    """Per arm: seconds and minor page faults of its timed calls, and of its calls just after a
-    switch. One warm-up call per arm first; then each rep runs every arm `--block` times in turn.
-
-    A training loop runs one framework's steps back to back. Alternating single calls bills each
-    arm for what the other left behind (Dec 2026, 2-core EPYC, ours after torch: most calls a
-    few percent slower, and some page-fault storms: glibc's one heap is shared, so torch's freed
-    tensors fragment the space XLA's 402 MB block of temporaries would reuse; with
-    `--host_malloc=reuse` a fault here costs ~15-50 us, likely the VM's host). So with
-    `--block` >= 2 the first call after a switch is recorded apart (`after_switch`) and the rest
-    of the block are the arm's timed reps. `--settle_s` adds idle time before every call: a pool
-    that has just finished keeps spinning for a while, but waking a sleeping one is billed too.
-    """
-    for fn in arms.values():
-        fn()
-    block = max(1, _BLOCK.value)
-    rec = {
-        n: {"timed": [], "after_switch": [], "faults": [], "after_switch_faults": []} for n in arms
-    }
-    for _ in range(reps):
-        for n, fn in arms.items():
-            for i in range(block):
-                time.sleep(_SETTLE_S.value)
-                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                (seconds,) = _timed(fn, 1)
-                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-                kind = "after_switch" if block > 1 and i == 0 else "timed"
-                rec[n][kind].append(seconds)
-                rec[n]["faults" if kind == "timed" else "after_switch_faults"].append(faults)
-    return rec
-
-
-def _arm_summary(r):
-    """`_summary` of an arm's timed calls, with its faults and its after-switch calls."""
-    out = {
-        **_summary(r["timed"]),
-        "minor_faults": r["faults"],
-        "mean_s": statistics.mean(r["timed"]),
-    }
-    if r["after_switch"]:
-        out["after_switch"] = {
-            **_summary(r["after_switch"]),
-            "minor_faults": r["after_switch_faults"],
-        }
-    return out
-
-
-def _summary(seconds):
-    return {
-        "median_s": statistics.median(seconds),
-        "min_s": min(seconds),
-        "max_s": max(seconds),
-        "reps_s": seconds,
-    }
+    """`benchmarking.alternate_in_blocks` with this script's `--block` and `--settle_s`."""
+    return alternate_in_blocks(arms, reps, max(1, _BLOCK.value), _SETTLE_S.value)
 
 
 def _train_setup():
@@ -195,7 +141,7 @@ def _train_arms(reps):
 
         arms[f"HF torch {torch.__version__} (fp32)"] = theirs
     return {
-        n: {"tokens_per_s": num_tokens / statistics.median(r["timed"]), **_arm_summary(r)}
+        n: {"tokens_per_s": num_tokens / statistics.median(r["timed"]), **block_summary(r)}
         for n, r in _alternate(arms, reps).items()
     }
 
@@ -285,7 +231,7 @@ def _phase_table(reps):
     }
     table = {}
     for name, (seconds, fl) in rows.items():
-        row = _summary(seconds)
+        row = summary(seconds)
         if fl is not None:
             row["gflop"] = fl / 1e9
             row["gflop_per_s"] = fl / row["median_s"] / 1e9
@@ -333,7 +279,7 @@ def _prefix_arms(reps):
             graphdef, state, prompt, responses, bucket=256
         ),
     }
-    return {n: _arm_summary(r) for n, r in _alternate(arms, reps).items()}
+    return {n: block_summary(r) for n, r in _alternate(arms, reps).items()}
 
 
 def main(argv):
