@@ -46,6 +46,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from cleaner_jax import phase_tables
 from cleaner_jax.benchmarking import (
     alternate_in_blocks,
     block_summary,
@@ -113,14 +114,6 @@ def _fmt(st: dict, scale: float = 1.0, digits: int = 2) -> str:
     )
 
 
-def _matmul_call():
-    """A zero-arg 1024^2 fp32 matmul (2 * 1024^3 FLOPs), compiled and warm."""
-    a = jax.random.normal(jax.random.key(0), (1024, 1024), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    jax.block_until_ready(f(a, a))
-    return lambda: jax.block_until_ready(f(a, a))
-
-
 def _engine(model, slots: int, prefix_cache: bool = True, max_seq: int = MAX_SEQ) -> Engine:
     eng = Engine(
         model,
@@ -156,132 +149,36 @@ def _engine_run(eng: Engine, prompts) -> tuple[list, float]:
     return res, time.perf_counter() - t0
 
 
-def _time_calls(fn, reps: int) -> list[float]:
-    fn()  # compile / warm
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return ts
-
-
 def _phase_table(model, batch: int) -> dict:
-    """Prefill call, decode call and the dense loop's decode call: wall, FLOPs, peak fraction."""
+    """`phase_tables.sampler_phases` at `batch`, with a dense-cache loop's decode call beside."""
     eng = _engine(model, batch)
-    c = eng.config
-    j, u = c.prefill_blocks, c.prefill_chunk // c.prefill_blocks
-    k = c.decode_steps
+    k = eng.config.decode_steps
     context = _PROMPT.value + _NEW.value
-    steps = eng._steps
-    # Prefill: every block full of real tokens (the best case the packing can reach).
-    pw = next(w for w in eng.decode_widths if w * c.page_size >= u)  # the engine's width bucket
-    table_J = np.arange(1, 1 + j * pw, dtype=np.int32).reshape(j, pw)
-    tokens = np.ones((j, u), np.int32)
-    positions = np.broadcast_to(np.arange(u, dtype=np.int32), (j, u)).copy()
-    greedy = SamplingParams(greedy=True)
-    samp_J = SamplingRows.build(j, ((row, greedy) for row in range(j)))
-    sample_pos, block_row = np.full((j,), u, np.int32), np.arange(j, dtype=np.int32)
-    last = np.arange(j, dtype=np.int32) * u + u - 1
-    pre_args = (eng._state, eng._k, eng._v, table_J, tokens, positions, tokens, last)
-    pre_args += (sample_pos, block_row, samp_J)
-    pre_flops = compiled_flops(steps.prefill.lower(*pre_args).compile())
-
-    def prefill():
-        out = steps.prefill(eng._state, eng._k, eng._v, *pre_args[3:])
-        *_, eng._k, eng._v = out
-        np.asarray(out[0])
-
-    # Decode: all slots at the middle of the run's context, the width bucket that holds it.
-    width = next(w for w in eng.decode_widths if w * c.page_size >= context)
-    table_B = (np.arange(batch * width, dtype=np.int32).reshape(batch, width) % 64) + 1
-    samp_B = SamplingRows.build(batch, ((row, greedy) for row in range(batch)))
-    pos = np.full((batch,), context // 2, np.int32)
-    budget = np.full((batch,), k, np.int32)
-    stop = np.full((batch, c.max_stop_tokens), -1, np.int32)
-    dec_rest = (table_B, np.ones((batch,), np.int32), pos, samp_B, budget, stop)
-    # XLA's cost analysis counts a loop body once: K steps cost K times the scan body.
-    dec_flops = k * compiled_flops(
-        steps.decode.lower(eng._state, eng._k, eng._v, *dec_rest).compile()
-    )
-
-    def decode():
-        out = steps.decode(eng._state, eng._k, eng._v, *dec_rest)
-        *_, eng._k, eng._v = out
-        np.asarray(out[0])
-
     dense_call, dense_flops = _dense_decode(model, batch, context, k)
-    reps = max(_REPS.value, 5)
-    matmul = _matmul_call()
-    t_pre, t_dec, t_dense, t_mm = [], [], [], []
-    for _ in range(reps):  # arms alternate rep by rep, the matmul peak among them
-        t_pre += _time_calls(prefill, 1)
-        t_dec += _time_calls(decode, 1)
-        t_dense += _time_calls(dense_call, 1)
-        t_mm += _time_calls(matmul, 3)
-    peak = 2 * 1024**3 / float(np.median(t_mm))
-    print(f"1024^2 fp32 matmul: {peak / 1e9:.0f} GFLOP/s (load {os.getloadavg()[0]:.1f})")
-    # Host time around the device calls of a real run.
-    res, total = _engine_run(eng, _prompts(batch))
-    s = eng.stats
-    rows = {
-        "prefill_call": {
-            "tokens": j * u,
-            "wall_s": _stats(t_pre),
-            "flops": pre_flops,
-            "host_s_per_call": (s["prefill_time"] - s["prefill_device_time"])
-            / max(s["prefill_calls"], 1),
-        },
-        f"decode_call_{k}_steps": {
-            "tokens": batch * k,
-            "wall_s": _stats(t_dec),
-            "flops": dec_flops,
-            "host_s_per_call": (s["decode_time"] - s["decode_device_time"])
-            / max(s["decode_calls"], 1),
-        },
-        f"dense_loop_decode_call_{k}_steps": {
-            "tokens": batch * k,
-            "wall_s": _stats(t_dense),
-            "flops": dense_flops,
-            "host_s_per_call": float("nan"),
-        },
-    }
-    for row in rows.values():
-        row["tokens_per_s"] = row["tokens"] / row["wall_s"]["median"]
-        row["fraction_of_matmul_peak"] = row["flops"] / row["wall_s"]["median"] / peak
-    real = s["prefill_tokens"]
-    run = {
-        "generate_batch_s": total,
-        "prefill_calls": s["prefill_calls"],
-        "prefill_padding_fraction": s["prefill_padding"] / max(s["prefill_padding"] + real, 1),
-        "prefill_s": s["prefill_time"],
-        "decode_calls": s["decode_calls"],
-        "decode_s": s["decode_time"],
-        "decode_ms_per_token_step": 1e3 * s["decode_time"] / max(s["decode_tokens"] / batch, 1),
-    }
-    print(f"\nphase table, batch {batch}, context {context}, {k} decode steps per call")
-    print(f"{'phase':<28} {'wall ms med (min-max)':>24} {'GFLOP':>7} {'% peak':>7} {'host ms':>8}")
-    for name, row in rows.items():
-        print(
-            f"{name:<28} {_fmt(row['wall_s'], 1e3):>24} {row['flops'] / 1e9:7.3f} "
-            f"{100 * row['fraction_of_matmul_peak']:6.1f}% {1e3 * row['host_s_per_call']:8.3f}"
-        )
+    dense = f"dense_loop_decode_call_{k}_steps"
+    out = phase_tables.sampler_phases(
+        eng,
+        batch,
+        context,
+        max(_REPS.value, 5),
+        run_generate=lambda: _engine_run(eng, _prompts(batch))[1],
+        matmul=phase_tables.matmul_call(),
+        extra={dense: (dense_call, dense_flops, batch * k)},
+    )
+    rows, run = out["rows"], out["generate_run"]
+    print(f"1024^2 fp32 matmul: {out['matmul_peak_flops'] / 1e9:.0f} GFLOP/s")
+    title = f"\nphase table, batch {batch}, context {context}, {k} decode steps per call"
+    print(phase_tables.format_table(title, rows, host_key="host_s_per_call"))
     print(
-        f"generate_batch({batch}) {total:.3f}s: prefill {run['prefill_s']:.3f}s in "
-        f"{run['prefill_calls']} calls ({100 * run['prefill_padding_fraction']:.0f}% padding), "
+        f"generate_batch({batch}) {run['generate_batch_s']:.3f}s: prefill {run['prefill_s']:.3f}s "
+        f"in {run['prefill_calls']} calls ({100 * run['prefill_padding_fraction']:.0f}% padding), "
         f"decode {run['decode_s']:.3f}s in {run['decode_calls']} calls"
     )
-    paged_over_dense = (
-        rows[f"decode_call_{k}_steps"]["wall_s"]["median"]
-        / (rows[f"dense_loop_decode_call_{k}_steps"]["wall_s"]["median"])
+    out["paged_over_dense_decode_time"] = (
+        rows[f"decode_call_{k}_steps"]["median_s"] / rows[dense]["median_s"]
     )
-    print(f"paged / dense decode call time: {paged_over_dense:.2f}")
-    return {
-        "rows": rows,
-        "generate_run": run,
-        "paged_over_dense_decode_time": paged_over_dense,
-        "matmul_peak_flops": peak,
-    }
+    print(f"paged / dense decode call time: {out['paged_over_dense_decode_time']:.2f}")
+    return out
 
 
 def _dense_decode(model, batch: int, cache_len: int, k: int):

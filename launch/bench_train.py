@@ -33,22 +33,17 @@ was in effect.
 
 import json
 import os
-import resource
 import statistics
-import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from cleaner_jax import phase_tables
 from cleaner_jax.benchmarking import (
     alternate_in_blocks,
     block_summary,
-    compiled_flops,
     machine_facts,
-    summary,
 )
 from cleaner_jax.models import testing
 from cleaner_jax.models.config import tiny_config
@@ -58,8 +53,6 @@ from cleaner_jax.rl.update import (
     LossConfig,
     OptimConfig,
     Updater,
-    _grad_step,
-    _token_count,
     make_optimizer,
 )
 from cleaner_jax.runtime import host_malloc
@@ -147,117 +140,16 @@ def _train_arms(reps):
 
 
 def _phase_table(reps):
-    """Where one train step's time goes (see the module docstring, item 3)."""
+    """Where one train step's time goes: `phase_tables.train_phases` at this script's shape."""
     _, _, packed, graphdef, state, updater, _ = _train_setup()
-    opt_state = updater.init(state)
-    loss_cfg = updater.loss_cfg
-    arrays = updater._device_arrays(packed)
-    num_tokens = jnp.float32(_token_count([packed]))
-    grads, _ = _grad_step(state, graphdef, arrays, num_tokens, loss_cfg)
-    fused_args = (graphdef, arrays, num_tokens, loss_cfg)
-    flops = {
-        "step": compiled_flops(updater._fused_step.lower(state, opt_state, *fused_args).compile()),
-        "grad": compiled_flops(
-            _grad_step.lower(state, graphdef, arrays, num_tokens, loss_cfg).compile()
-        ),
-        "apply": compiled_flops(updater._apply.lower(state, opt_state, grads).compile()),
-    }
-    n = 1024
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    matmul = jax.jit(lambda x: x @ x)
-    box = {
-        "state": state,
-        "opt": opt_state,
-        "apply": (jax.tree.map(jnp.copy, state), updater.init(state)),
-    }
-    rec = {k: [] for k in ("arrays", "dispatch", "device", "to_host", "grad", "apply", "matmul")}
-    host = {"minor_faults": [], "sys_s": []}
-
-    def step():
-        r0 = resource.getrusage(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
-        arr = updater._device_arrays(packed)
-        nt = jnp.float32(max(_token_count([packed]), 1.0))
-        t1 = time.perf_counter()
-        box["state"], box["opt"], out = updater._fused_step(
-            box["state"], box["opt"], graphdef, arr, nt, loss_cfg
-        )
-        t2 = time.perf_counter()
-        jax.block_until_ready(out)
-        t3 = time.perf_counter()
-        jax.device_get(out)
-        t4 = time.perf_counter()
-        r1 = resource.getrusage(resource.RUSAGE_SELF)
-        host["minor_faults"].append(r1.ru_minflt - r0.ru_minflt)
-        host["sys_s"].append(r1.ru_stime - r0.ru_stime)
-        rec["arrays"].append(t1 - t0)
-        rec["dispatch"].append(t2 - t1)
-        rec["device"].append(t3 - t1)
-        rec["to_host"].append(t4 - t3)
-
-    def grad():
-        t0 = time.perf_counter()
-        jax.block_until_ready(_grad_step(box["state"], graphdef, arrays, num_tokens, loss_cfg))
-        rec["grad"].append(time.perf_counter() - t0)
-
-    def apply():
-        t0 = time.perf_counter()
-        s, o, *_ = updater._apply(*box["apply"], grads)
-        jax.block_until_ready(s)
-        box["apply"] = (s, o)
-        rec["apply"].append(time.perf_counter() - t0)
-
-    def mm():
-        t0 = time.perf_counter()
-        matmul(a).block_until_ready()
-        rec["matmul"].append(time.perf_counter() - t0)
-
-    for fn in (step, grad, apply, mm):  # warm-up, not recorded
-        fn()
-    for v in (*rec.values(), *host.values()):
-        v.clear()
-    for _ in range(reps):
-        for fn in (step, grad, apply, mm):
-            fn()
-    peak = 2 * n**3 / statistics.median(rec["matmul"])
-    rows = {
-        "host: batch arrays to device": (rec["arrays"], None),
-        "host: dispatch of the step call": (rec["dispatch"], None),
-        "device: step (grad + AdamW), to ready": (rec["device"], flops["step"]),
-        "host: metrics to host (one transfer)": (rec["to_host"], None),
-        "alone: gradient program (_grad_step)": (rec["grad"], flops["grad"]),
-        "alone: optimizer program (_apply)": (rec["apply"], flops["apply"]),
-        f"matmul {n}^2 fp32 (the peak)": (rec["matmul"], 2.0 * n**3),
-    }
-    table = {}
-    for name, (seconds, fl) in rows.items():
-        row = summary(seconds)
-        if fl is not None:
-            row["gflop"] = fl / 1e9
-            row["gflop_per_s"] = fl / row["median_s"] / 1e9
-            row["fraction_of_matmul_peak"] = fl / row["median_s"] / peak
-        table[name] = row
-    return {
-        "matmul_peak_gflop_per_s": peak / 1e9,
-        "phases": table,
-        "step_host": {k: {"median": statistics.median(v), "reps": v} for k, v in host.items()},
-    }
+    return phase_tables.train_phases(
+        updater, graphdef, state, packed, reps, phase_tables.matmul_call()
+    )
 
 
 def _print_phases(phases):
-    print(
-        f"\ntrain step phases (median ms [min-max]); matmul peak "
-        f"{phases['matmul_peak_gflop_per_s']:.0f} GFLOP/s"
-    )
-    print(f"  {'phase':42s} {'ms':>8s} {'min-max':>15s} {'GFLOP':>7s} {'GFLOP/s':>8s} {'peak':>6s}")
-    for name, r in phases["phases"].items():
-        span = f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}"
-        fl = (
-            f"{r['gflop']:7.2f} {r['gflop_per_s']:8.1f} {r['fraction_of_matmul_peak']:6.0%}"
-            if "gflop" in r
-            else ""
-        )
-        print(f"  {name:42s} {r['median_s'] * 1e3:8.2f} {span:>15s} {fl}")
+    title = f"\ntrain step phases; matmul peak {phases['matmul_peak_gflop_per_s']:.0f} GFLOP/s"
+    print(phase_tables.format_table(title, phases["phases"]))
     faults, sys_s = (phases["step_host"][k]["median"] for k in ("minor_faults", "sys_s"))
     print(
         f"  step, host: {faults:.0f} minor page faults, {sys_s * 1e3:.0f} ms kernel CPU (medians)"

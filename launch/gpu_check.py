@@ -17,7 +17,11 @@ Sections (random weights, bf16 compute; `--tiny` shrinks every shape):
    (model FLOPs 6 P T + 6 L N H T^2 (causal attention, forward + backward) over the device's bf16
    peak; P excludes the embedding lookup but includes the output projection);
 4. rollout: one GRPO step of the shipped `configs/paper.py:model=qwen3_4b,arm=cleaner,runlocal`
-   pipeline (real sandbox, agent loop, SAAR on) with a random Qwen3-0.6B-shaped policy.
+   pipeline (real sandbox, agent loop, SAAR on) with a random Qwen3-0.6B-shaped policy;
+5. phases (`--sections=phases`, its own run in gpu_check.sh): the phase tables of issue #19
+   (`cleaner_jax/phase_tables.py`) on the device: the decode engine's prefill and decode calls at
+   batch 64 and one train step at 4,096 tokens, each with wall time, compiled FLOPs, the fraction
+   of a bf16 matmul timed in the same alternation, and the host time around the calls.
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from cleaner_jax.models.config import PRESETS, tiny_config
 
 _OUT = flags.DEFINE_string("out", "/tmp/gpu_check.json", "JSON output path")
 _TINY = flags.DEFINE_bool("tiny", False, "Tiny shapes (the CPU dry run of this script).")
-_SECTIONS = flags.DEFINE_list("sections", ["machine", "decode", "train", "rollout"], "What to run.")
+_SECTIONS = flags.DEFINE_list(
+    "sections", ["machine", "decode", "train", "rollout"], "What to run (also: phases)."
+)
 _REPS = flags.DEFINE_integer("reps", 5, "Timed repetitions (median reported).")
 
 # Dense bf16 peak of the data sheets (FLOP/s), by `device_kind` prefix.
@@ -200,7 +206,73 @@ def _rollout(machine: dict) -> dict:
     }
 
 
-_RUN = {"machine": _machine, "decode": _decode, "train": _train, "rollout": _rollout}
+def _sampler_phases(cfg, matmul, reps: int) -> dict:
+    from cleaner_jax import phase_tables
+    from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams
+
+    tiny = _TINY.value
+    batch, prompt_len, new = (8, 16, 32) if tiny else (64, 128, 512)
+    model = testing.random_model(cfg.replace(param_dtype="bfloat16"), seed=0, scale=0.02)
+    engine = Engine(
+        nnx.split(model),
+        EngineConfig(
+            page_size=16,
+            num_pages=batch * -(-(prompt_len + new) // 16) + 8,
+            max_slots=batch,
+            prefill_chunk=128 if tiny else 512,
+            max_seq_len=prompt_len + new,
+            decode_steps=8,
+        ),
+    )
+    engine.warmup()
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, cfg.vocab_size, prompt_len).tolist() for _ in range(batch)]
+    params = SamplingParams(max_new_tokens=new, greedy=True, temperature=0.0)
+
+    def run_generate():
+        engine.update_params(engine._state)  # an empty prefix cache: every prompt is prefilled
+        engine.stats.clear()
+        t0 = time.perf_counter()
+        engine.generate_batch(prompts, params)
+        return time.perf_counter() - t0
+
+    out = phase_tables.sampler_phases(engine, batch, prompt_len + new, reps, run_generate, matmul)
+    logging.info("%s", phase_tables.format_table("sampler", out["rows"], "host_s_per_call"))
+    return out
+
+
+def _phases(machine: dict) -> dict:
+    """Phase tables on the device (`cleaner_jax/phase_tables.py`, issue #19): prefill and decode
+    calls of the decode section's engine at batch 64, one train step at 4,096 tokens (Qwen3-0.6B
+    shape, bf16 compute), each against a bf16 matmul timed in the same alternation."""
+    from cleaner_jax import phase_tables
+    from cleaner_jax.rl.packing import TrainSample, pack
+    from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
+
+    del machine
+    matmul = phase_tables.matmul_call(512 if _TINY.value else 4096, jnp.bfloat16)
+    cfg = _model_cfg("qwen3_0_6b")
+    reps = max(3, _REPS.value)
+    sampler = _sampler_phases(cfg, matmul, reps)  # its engine is freed on return
+    t = 256 if _TINY.value else 4096
+    graphdef, state = nnx.split(testing.random_model(cfg, seed=0, scale=0.02))
+    updater = Updater(
+        graphdef, make_optimizer(OptimConfig(learning_rate=1e-6)), LossConfig(kind="ppo")
+    )
+    toks = np.random.default_rng(0).integers(0, cfg.vocab_size, t + 1).astype(np.int32)
+    sample = TrainSample(toks, np.ones(t + 1, np.float32), 1.0, np.full(t + 1, -1.0, np.float32))
+    train = phase_tables.train_phases(updater, graphdef, state, pack([sample], t), reps, matmul)
+    logging.info("%s", phase_tables.format_table(f"train step, T={t}", train["phases"]))
+    return {"sampler": sampler, "train": train, "train_tokens": t}
+
+
+_RUN = {
+    "machine": _machine,
+    "decode": _decode,
+    "train": _train,
+    "rollout": _rollout,
+    "phases": _phases,
+}
 
 
 def main(argv):

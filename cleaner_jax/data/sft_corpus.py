@@ -65,35 +65,14 @@ recover from them, so that GRPO + SAAR has successful corrections to splice in:
 Knobs: `error_rate`, `shallow_share`, `shallow_bug_weights`, `give_up_share`, `guess_rate`, the
 number of problems passed in, and `synthetic_task.TaskRanges` for the numbers.
 
-Why `give_up` and `guess` exist, and what they did (issue #17, measured Dec 2026 on a 2-core CPU;
-premise check `study/premise.py` of the full-mode SFT model, 8 epochs, on 96 RL-train prompts x 8 or
-16 samples, no SAAR; one SFT run each unless said). SAAR can only beat GRPO if recovered
-trajectories beat their group's mean, E[A | recovered] > 0. With the default corpus it is not:
--0.011 (95% CI -0.114 to 0.084) at x8, -0.046 (-0.134 to 0.036) at x16; accuracy 0.31-0.32, recovery
-0.67, and a recovered trajectory is right less often than a clean one (0.24 vs 0.40 at x16). Another
-SFT seed: accuracy 0.45, recovery 0.90, recovered 0.42 vs clean 0.47, E[A | rec] -0.155 (-0.243 to
--0.066), reliably below 0. Of the wrong recovered trajectories (48 prompts x 8) 57 of 69 had a
-miscopied question number in their last call (clean: 104 of 176): the tiny model's failed calls come
-with miscopied numbers, which the fix keeps. The two knobs add what the paper's premise needs around
-the recovered trajectories, groupmates that are wrong because the tool was not used (`guess`) or a
-deep failure was not recovered (`give_up`): both were always wrong in the rollouts (accuracy of
-tool-free trajectories 0.00-0.04, of unrecovered ones 0.00-0.02). With give_up_share 0.5 and
-guess_rate 0.2, E[A | recovered] was +0.137 (-0.005 to 0.292) at x8, +0.144 (-0.020 to 0.332) with
-another SFT seed, but +0.064 (-0.050 to 0.190) at x16: not shown > 0. The guesses also cost the copy
-circuit (fewer direct examples): accuracy fell to 0.16-0.18, tool-free answers rose to 0.22-0.50 of
-the rollouts (0.2 in the corpus), and recovered trajectories stayed less accurate than clean
-tool-using ones (0.18 vs ~0.30 at x16). guess_rate 0.3: accuracy 0.08, E[A | rec] -0.009;
-give_up_share 1.0 with guess_rate 0.1 (no deep fix taught): recovered accuracy 0.10 vs 0.37 clean,
-E[A | rec] -0.087; give_up_share 0.5 alone (x16): accuracy 0.29, recovered 0.23 vs clean 0.36, E[A |
-rec] -0.019 (-0.108 to 0.073). SFT runs differ a lot: the same default corpus trained with a
-numerically different (same maths) model code gave accuracy 0.08 instead of 0.31 -- compare
-regimes over several SFT seeds.
-
-Those runs were under-trained for a corpus with fewer direct examples: the copy circuit had not
-formed (or not for the self-corrections, which sit further from the question). With the demo's
-later task (numbers 10..499, 880 problems once each) and 20 SFT epochs, give_up_share 0.5 and
-guess_rate 0.1 put E[A | recovered] at +0.228 (95% CI 0.071 to 0.388; 64 prompts x 8, accuracy
-0.47, tool-free 0.24 of the rollouts, all wrong): the demo's default since (configs/demo.py).
+Why `give_up` and `guess` exist (issue #17): SAAR can only beat GRPO if recovered trajectories
+beat their group's mean, E[A | recovered] > 0 (`study/premise.py`). A tiny model's fix is a worse
+copy than its first try, so recovered trajectories stay less accurate than clean ones; the premise
+needs groupmates that are wrong because the tool was not used (`guess`) or a deep failure was not
+recovered (`give_up`), both always wrong in rollouts. At 8-12 SFT epochs they cost the copy
+circuit; with 20 epochs, give_up_share 0.5 and guess_rate 0.1 put E[A | recovered] at +0.228 (95%
+CI 0.071 to 0.388): the demo's default (configs/demo.py). Every measured setting, with its
+numbers, is in the regime table of `study/demo.py`'s docstring.
 """
 
 from __future__ import annotations

@@ -62,10 +62,26 @@ over prompt groups. Measured Dec 2026 (full-mode SFT, 96 RL-train prompts, no SA
 recovered] = -0.011 (95% CI -0.114 to 0.084) with 8 samples a prompt, -0.046 (-0.134 to 0.036) with
 16; accuracy 0.31, recovery 0.67, recovered right 0.24 vs clean 0.40 (another SFT seed: -0.155,
 -0.243 to -0.066, recovered 0.42 vs clean 0.47). The premise does not hold here; the corpus knobs
-tried to make it hold (tool-free guesses, given-up deep failures; `data/sft_corpus.py` says what
-each did): guesses 0.2 with half the deep failures given up moved it to +0.06..+0.14, never with an
+tried to make it hold (tool-free guesses, given-up deep failures; what each did is below):
+guesses 0.2 with half the deep failures given up moved it to +0.06..+0.14, never with an
 interval above 0, and cost accuracy (0.16-0.18), so they stayed off until the 20-epoch runs
 below. 96 prompts x 8 rollouts took 80-180 s on the shared 2-core CPU.
+
+The corpus knobs (`data/sft_corpus.py`: `guess`, `give_up`) at 8 SFT epochs, 96 RL-train prompts
+x 8 or 16 samples, one SFT run each unless said. Of the wrong recovered trajectories of the default
+corpus's model (48 prompts x 8), 57 of 69 had a miscopied question number in their last call
+(clean: 104 of 176): its failed calls come with miscopied numbers, which the fix keeps. Tool-free
+and unrecovered trajectories were always wrong (accuracy 0.00-0.04 and 0.00-0.02). give_up_share
+0.5 with guess_rate 0.2: E[A | recovered] +0.137 (-0.005 to 0.292) at x8, +0.144 (-0.020 to 0.332)
+with another SFT seed, +0.064 (-0.050 to 0.190) at x16; accuracy fell to 0.16-0.18, tool-free
+answers rose to 0.22-0.50 of the rollouts (0.2 in the corpus), recovered trajectories stayed less
+accurate than clean tool-using ones (0.18 vs ~0.30 at x16). guess_rate 0.3: accuracy 0.08, E[A |
+rec] -0.009. give_up_share 1.0 with guess_rate 0.1 (no deep fix taught): recovered 0.10 vs clean
+0.37, E[A | rec] -0.087. give_up_share 0.5 alone (x16): accuracy 0.29, recovered 0.23 vs clean
+0.36, E[A | rec] -0.019 (-0.108 to 0.073). SFT runs differ a lot: the same default corpus trained
+with a numerically different (same maths) model code gave accuracy 0.08 instead of 0.31, so
+compare regimes over several SFT seeds. These runs were under-trained for a corpus with fewer
+direct examples; the 20-epoch rows of the table below are where the knobs work.
 
 The regime search of Dec 5 2026 (premise check on 64 RL-train prompts x 8 samples at temperature
 1, SFT 8 epochs unless said, one SFT run each; accuracy, first call fails, recovery, accuracy
