@@ -46,7 +46,6 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from cleaner_jax import phase_tables
 from cleaner_jax.benchmarking import (
     alternate_in_blocks,
     block_summary,
@@ -56,7 +55,7 @@ from cleaner_jax.benchmarking import (
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.kv_cache import DenseKVCache
 from cleaner_jax.models.qwen import Qwen
-from cleaner_jax.runtime import host_malloc
+from cleaner_jax.runtime import host_malloc, phase_tables
 from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams, sample_tokens
 from cleaner_jax.sampling.engine_types import SamplingRows
 

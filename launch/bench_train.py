@@ -39,7 +39,6 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from cleaner_jax import phase_tables
 from cleaner_jax.benchmarking import (
     alternate_in_blocks,
     block_summary,
@@ -55,7 +54,7 @@ from cleaner_jax.rl.update import (
     Updater,
     make_optimizer,
 )
-from cleaner_jax.runtime import host_malloc
+from cleaner_jax.runtime import host_malloc, phase_tables
 
 _OUT = flags.DEFINE_string("out", "/tmp/bench_train.json", "JSON output path")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions per arm (>= 5 for the reported median)")

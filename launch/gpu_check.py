@@ -19,9 +19,9 @@ Sections (random weights, bf16 compute; `--tiny` shrinks every shape):
 4. rollout: one GRPO step of the shipped `configs/paper.py:model=qwen3_4b,arm=cleaner,runlocal`
    pipeline (real sandbox, agent loop, SAAR on) with a random Qwen3-0.6B-shaped policy;
 5. phases (`--sections=phases`, its own run in gpu_check.sh): the phase tables of issue #19
-   (`cleaner_jax/phase_tables.py`) on the device: the decode engine's prefill and decode calls at
-   batch 64 and one train step at 4,096 tokens, each with wall time, compiled FLOPs, the fraction
-   of a bf16 matmul timed in the same alternation, and the host time around the calls.
+   (`cleaner_jax/runtime/phase_tables.py`) on the device: the decode engine's prefill and decode
+   calls at batch 64 and one train step at 4,096 tokens, each with wall time, compiled FLOPs, the
+   fraction of a bf16 matmul timed in the same alternation, and the host time around the calls.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def _rollout(machine: dict) -> dict:
 
 
 def _sampler_phases(cfg, matmul, reps: int) -> dict:
-    from cleaner_jax import phase_tables
+    from cleaner_jax.runtime import phase_tables
     from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams
 
     tiny = _TINY.value
@@ -242,12 +242,12 @@ def _sampler_phases(cfg, matmul, reps: int) -> dict:
 
 
 def _phases(machine: dict) -> dict:
-    """Phase tables on the device (`cleaner_jax/phase_tables.py`, issue #19): prefill and decode
-    calls of the decode section's engine at batch 64, one train step at 4,096 tokens (Qwen3-0.6B
-    shape, bf16 compute), each against a bf16 matmul timed in the same alternation."""
-    from cleaner_jax import phase_tables
+    """Phase tables on the device (`runtime/phase_tables.py`, issue #19): prefill and decode calls
+    of the decode section's engine at batch 64, one train step at 4,096 tokens (Qwen3-0.6B shape,
+    bf16 compute), each against a bf16 matmul timed in the same alternation."""
     from cleaner_jax.rl.packing import TrainSample, pack
     from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
+    from cleaner_jax.runtime import phase_tables
 
     del machine
     matmul = phase_tables.matmul_call(512 if _TINY.value else 4096, jnp.bfloat16)

@@ -1,4 +1,4 @@
-"""The phase tables of the benchmarks and the accelerator check (`cleaner_jax/phase_tables.py`)."""
+"""The phase tables of the benchmarks and of the accelerator check (`runtime/phase_tables.py`)."""
 
 import math
 import time
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cleaner_jax import phase_tables
 from cleaner_jax.models import testing
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.rl.packing import TrainSample, pack
 from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
+from cleaner_jax.runtime import phase_tables
 from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams
 
 CFG = tiny_config(vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=1)
