@@ -1,7 +1,8 @@
 """Phase tables: where the sampler's and the train step's time goes (issue #19).
 
-One row per device call: its wall time (median, min-max over reps), its FLOPs from XLA's compiled
-cost analysis, the fraction of a matmul's rate timed in the same alternation (the "peak"), and
+One row per device call: its wall time in steady state (median, min-max over reps of the second
+of two back-to-back calls; the calls alternate rep by rep), its FLOPs from XLA's compiled cost
+analysis, the fraction of a matmul's rate timed in the same alternation (the "peak"), and
 the host time around it. `launch/bench_sampler.py` and `launch/bench_train.py` print these on the
 CPU shapes of #19; `launch/gpu_check.py` ("phases") on the accelerator's.
 
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cleaner_jax.benchmarking import compiled_flops, summary
+from cleaner_jax.benchmarking import alternate_in_blocks, compiled_flops, summary
 
 
 def matmul_call(n: int = 1024, dtype=jnp.float32) -> tuple[Callable[[], None], float]:
@@ -38,16 +39,11 @@ def matmul_call(n: int = 1024, dtype=jnp.float32) -> tuple[Callable[[], None], f
 
 
 def _alternate(calls: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
-    """Seconds of each call, the calls in turn within each rep, after one warm-up call each."""
-    for fn in calls.values():
-        fn()
-    out = {n: [] for n in calls}
-    for _ in range(reps):
-        for n, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            out[n].append(time.perf_counter() - t0)
-    return out
+    """Seconds of each call in steady state: per rep, each call twice back to back, the second
+    timed (`alternate_in_blocks` with blocks of 2). A call right after another program can be
+    much slower (Dec 2026, 2-core EPYC: the dense-cache decode loop 2.5x), which is not what a
+    loop of one kind of call meets."""
+    return {n: r["timed"] for n, r in alternate_in_blocks(calls, reps, block=2).items()}
 
 
 def _row(seconds: list[float], flops: float | None, peak: float, **extra) -> dict:
@@ -231,7 +227,7 @@ def train_phases(updater, graphdef, state, packed, reps: int, matmul) -> dict:
     mm, mm_flops = matmul
     seconds = _alternate({"step": step, "grad": grad, "apply": apply, "matmul": mm}, reps)
     for v in (*rec.values(), *host.values()):
-        del v[0]  # the warm-up call
+        v[:] = v[2::2]  # step()'s calls: a warm-up, then per rep one after a switch, one timed
     peak = mm_flops / statistics.median(seconds["matmul"])
     table = {
         "host: batch arrays to device": _row(rec["arrays"], None, peak),
