@@ -6,9 +6,10 @@
 Model (issue #19's shape, random fp32 weights): Qwen3-shaped, 6 layers, d=256, 8 / 4 heads x 32,
 mlp 768, vocab 8192; prompts of 16 tokens + 112 new, greedy.
 
-1. Phase table (batch `--phase_batch`): one packed prefill call (every block holding prompt
-   tokens) and one decode call (`decode_steps` steps at the prompt + new context), each: wall time
-   (median, min-max over `--reps`), FLOPs from the compiled program's cost analysis (a scan body
+1. Phase table (batch `--phase_batch`, `cleaner_jax/runtime/phase_tables.py`): one packed
+   prefill call (every block holding prompt tokens) and one decode call (`decode_steps` steps at
+   the prompt + new context), each: wall time in steady state (median, min-max over `--reps`),
+   FLOPs from the compiled program's cost analysis (a scan body
    counts once there, so decode's is multiplied by its steps), the fraction of a 1024^2 fp32
    matmul's rate timed in the same alternation, and the host time around the device
    calls of a real `generate_batch` (table building before the call, token bookkeeping after,

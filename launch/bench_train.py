@@ -9,11 +9,11 @@ r"""Trainer benchmarks, side by side in one run (prints a table, writes JSON).
    forward (prompt once, KV cache read by all 16 responses) vs the naive packed forward of 16
    full sequences (`prefix_recompute_time_ratio`, target <= 0.6).
 3. A phase table of our train step (`Updater.step`, one micro-batch: gradient and AdamW update in
-   one program): host time to build the device arrays, host time of the dispatch, the device
-   call to ready, the metrics' one transfer to the host; and, alone, the gradient program
-   (`_grad_step`) and the optimizer program (`_apply`). Each with FLOPs from XLA's compiled
-   cost analysis and the fraction of a matmul peak (a 1024^2 float32 matmul) timed in the same
-   loop.
+   one program; `cleaner_jax/runtime/phase_tables.py`, steady-state calls): host time to build
+   the device arrays, host time of the dispatch, the device call to ready, the metrics' one
+   transfer to the host, the whole call; and, alone, the gradient program (`_grad_step`) and the
+   optimizer program (`_apply`). Each with FLOPs from XLA's compiled cost analysis and the
+   fraction of a matmul peak (a 1024^2 float32 matmul) timed in the same loop.
    The table ends with the host's minor page faults and kernel (sys) CPU time per step.
 Warm-up (compilation) is excluded; the arms of each comparison (and the phases) alternate rep by
 rep. In items 1 and 2 each rep runs an arm `--block` times back to back, as a training loop
