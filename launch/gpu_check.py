@@ -92,8 +92,45 @@ def _model_cfg(preset: str):
     return PRESETS[preset].replace(dtype="bfloat16", remat=True)
 
 
+def _decode_engine(model, batch: int, prompt_len: int, new: int):
+    """A warm `Engine` with `batch` slots for prompts of `prompt_len` + `new` tokens."""
+    from cleaner_jax.sampling import Engine, EngineConfig
+
+    engine = Engine(
+        model,
+        EngineConfig(
+            page_size=16,
+            num_pages=batch * -(-(prompt_len + new) // 16) + 8,
+            max_slots=batch,
+            prefill_chunk=128 if _TINY.value else 512,
+            max_seq_len=prompt_len + new,
+            decode_steps=8,
+        ),
+    )
+    engine.warmup()
+    return engine
+
+
+def _ppo_row(cfg, t: int, rng):
+    """One packed row of `t` random tokens with PPO fields (advantage 1, old log-probs -1)."""
+    from cleaner_jax.rl.packing import TrainSample, pack
+
+    toks = rng.integers(0, cfg.vocab_size, t + 1).astype(np.int32)
+    ones, old = np.ones(t + 1, np.float32), np.full(t + 1, -1.0, np.float32)
+    return pack([TrainSample(toks, ones, 1.0, old)], t)
+
+
+def _ppo_updater(graphdef):
+    """The PPO-loss `Updater` (AdamW, lr 1e-6) both training sections time."""
+    from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
+
+    return Updater(
+        graphdef, make_optimizer(OptimConfig(learning_rate=1e-6)), LossConfig(kind="ppo")
+    )
+
+
 def _decode(machine: dict) -> dict:
-    from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams
+    from cleaner_jax.sampling import SamplingParams
 
     cfg = _model_cfg("qwen3_0_6b")
     model = testing.random_model(cfg.replace(param_dtype="bfloat16"), seed=0, scale=0.02)
@@ -102,18 +139,7 @@ def _decode(machine: dict) -> dict:
     out = {"model": "qwen3_0_6b", "prompt_len": prompt_len, "new_tokens": new}
     rng = np.random.default_rng(0)
     for batch in (1, 64):
-        engine = Engine(
-            (graphdef, state),
-            EngineConfig(
-                page_size=16,
-                num_pages=batch * -(-(prompt_len + new) // 16) + 8,
-                max_slots=batch,
-                prefill_chunk=128 if _TINY.value else 512,
-                max_seq_len=prompt_len + new,
-                decode_steps=8,
-            ),
-        )
-        engine.warmup()
+        engine = _decode_engine((graphdef, state), batch, prompt_len, new)
         prompts = [rng.integers(0, cfg.vocab_size, prompt_len).tolist() for _ in range(batch)]
         sp = SamplingParams(max_new_tokens=new, greedy=True, temperature=0.0)
         t = _median_time(lambda e=engine, p=prompts, q=sp: e.generate_batch(p, q), _REPS.value)
@@ -132,8 +158,6 @@ def _decode(machine: dict) -> dict:
 
 
 def _train(machine: dict) -> dict:
-    from cleaner_jax.rl.packing import TrainSample, pack
-    from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
 
     lengths = (256, 512) if _TINY.value else (8192, 16384)
     peak = machine.get("bf16_peak_flops_datasheet") or machine["measured_bf16_matmul_flops"]
@@ -142,19 +166,13 @@ def _train(machine: dict) -> dict:
         cfg = _model_cfg(preset)
         model = testing.random_model(cfg, seed=0, scale=0.02)
         graphdef, state = nnx.split(model)
-        updater = Updater(
-            graphdef, make_optimizer(OptimConfig(learning_rate=1e-6)), LossConfig(kind="ppo")
-        )
+        updater = _ppo_updater(graphdef)
         box = {"state": state, "opt": updater.init(state)}
         emb = cfg.vocab_size * cfg.hidden_size
         p = cfg.num_params() - emb + (emb if cfg.tie_word_embeddings else 0)
         rng = np.random.default_rng(0)
         for t in lengths:
-            toks = rng.integers(0, cfg.vocab_size, t + 1).astype(np.int32)
-            sample = TrainSample(
-                toks, np.ones(t + 1, np.float32), 1.0, np.full(t + 1, -1.0, np.float32)
-            )
-            micro = pack([sample], t)
+            micro = _ppo_row(cfg, t, rng)
 
             def step(micro=micro, box=box, up=updater):
                 box["state"], box["opt"], m = up.step(box["state"], box["opt"], [micro])
@@ -208,23 +226,12 @@ def _rollout(machine: dict) -> dict:
 
 def _sampler_phases(cfg, matmul, reps: int) -> dict:
     from cleaner_jax.runtime import phase_tables
-    from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams
+    from cleaner_jax.sampling import SamplingParams
 
     tiny = _TINY.value
     batch, prompt_len, new = (8, 16, 32) if tiny else (64, 128, 512)
     model = testing.random_model(cfg.replace(param_dtype="bfloat16"), seed=0, scale=0.02)
-    engine = Engine(
-        nnx.split(model),
-        EngineConfig(
-            page_size=16,
-            num_pages=batch * -(-(prompt_len + new) // 16) + 8,
-            max_slots=batch,
-            prefill_chunk=128 if tiny else 512,
-            max_seq_len=prompt_len + new,
-            decode_steps=8,
-        ),
-    )
-    engine.warmup()
+    engine = _decode_engine(nnx.split(model), batch, prompt_len, new)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, cfg.vocab_size, prompt_len).tolist() for _ in range(batch)]
     params = SamplingParams(max_new_tokens=new, greedy=True, temperature=0.0)
@@ -245,8 +252,6 @@ def _phases(machine: dict) -> dict:
     """Phase tables on the device (`runtime/phase_tables.py`, issue #19): prefill and decode calls
     of the decode section's engine at batch 64, one train step at 4,096 tokens (Qwen3-0.6B shape,
     bf16 compute), each against a bf16 matmul timed in the same alternation."""
-    from cleaner_jax.rl.packing import TrainSample, pack
-    from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
     from cleaner_jax.runtime import phase_tables
 
     del machine
@@ -256,12 +261,9 @@ def _phases(machine: dict) -> dict:
     sampler = _sampler_phases(cfg, matmul, reps)  # its engine is freed on return
     t = 256 if _TINY.value else 4096
     graphdef, state = nnx.split(testing.random_model(cfg, seed=0, scale=0.02))
-    updater = Updater(
-        graphdef, make_optimizer(OptimConfig(learning_rate=1e-6)), LossConfig(kind="ppo")
-    )
-    toks = np.random.default_rng(0).integers(0, cfg.vocab_size, t + 1).astype(np.int32)
-    sample = TrainSample(toks, np.ones(t + 1, np.float32), 1.0, np.full(t + 1, -1.0, np.float32))
-    train = phase_tables.train_phases(updater, graphdef, state, pack([sample], t), reps, matmul)
+    updater = _ppo_updater(graphdef)
+    micro = _ppo_row(cfg, t, np.random.default_rng(0))
+    train = phase_tables.train_phases(updater, graphdef, state, micro, reps, matmul)
     logging.info("%s", phase_tables.format_table(f"train step, T={t}", train["phases"]))
     return {"sampler": sampler, "train": train, "train_tokens": t}
 

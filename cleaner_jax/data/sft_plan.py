@@ -177,9 +177,18 @@ def plan_one(
         return ExamplePlan(problem, kind, a.name, a.reasoning, a.code(p))
     if kind == "guess":
         return ExamplePlan(problem, kind, "none", GUESS_REASONING, "", guess=_guess(problem, rng))
-    if kind == "give_up":
+    if kind in ("give_up", "deep_fix"):
         bug = rng.choice(DEEP_BUGS[problem.template])
         a = _approach(problem.template, bug.approach)
+        if kind == "give_up":  # no second call: a boxed guess after the error
+            rest = {"guess": _guess(problem, rng)}
+        else:
+            fix = _approach(problem.template, bug.fix)
+            rest = {
+                "fix_approach": fix.name,
+                "fix_reasoning": fix.reasoning,
+                "fix_code": fix.code(p),
+            }
         return ExamplePlan(
             problem,
             kind,
@@ -188,22 +197,7 @@ def plan_one(
             bug.code(p),
             bug=bug.name,
             expected_error=bug.error_type,
-            guess=_guess(problem, rng),
-        )
-    if kind == "deep_fix":
-        bug = rng.choice(DEEP_BUGS[problem.template])
-        a, fix = _approach(problem.template, bug.approach), _approach(problem.template, bug.fix)
-        return ExamplePlan(
-            problem,
-            kind,
-            a.name,
-            a.reasoning,
-            bug.code(p),
-            bug=bug.name,
-            expected_error=bug.error_type,
-            fix_approach=fix.name,
-            fix_reasoning=fix.reasoning,
-            fix_code=fix.code(p),
+            **rest,
         )
     usable = [
         b
