@@ -3,8 +3,12 @@ r"""Trainer benchmarks, side by side in one run (prints a table, writes JSON).
   python launch/bench_train.py --out=/tmp/bench_train.json
 
 1. Training tokens/s of the real update path (`rl.update.Updater`: packed rows with segment ids,
-   token-mean loss, AdamW, grad clip) vs the same model in HF transformers torch on CPU
-   (`train_tokens_per_s_ratio_vs_torch`); Qwen3-shaped, 6 layers, d=256, batch 8 x seq 256.
+   token-mean loss, AdamW, grad clip) vs the same model in HF transformers torch on CPU;
+   Qwen3-shaped, 6 layers, d=256, batch 8 x seq 256. One torch arm per `--torch_attention`:
+   `train_tokens_per_s_ratio_vs_torch` is against the first, "sdpa" by default, which is what
+   `transformers` picks when no attention is named (`bench_sampler`'s HF `generate` runs it too);
+   `..._by_attention` has every arm's ratio. Before Dec 2026 this arm ran "eager", which was
+   ~2-4% slower here and flattered the ratio (#19).
 2. Old-log-prob recompute for one GRPO group (G=16, prompt 512, response 256): prefix-shared
    forward (prompt once, KV cache read by all 16 responses) vs the naive packed forward of 16
    full sequences (`prefix_recompute_time_ratio`, target <= 0.6).
@@ -58,7 +62,14 @@ from cleaner_jax.runtime import host_malloc, phase_tables
 
 _OUT = flags.DEFINE_string("out", "/tmp/bench_train.json", "JSON output path")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions per arm (>= 5 for the reported median)")
-_SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "skip the HF torch arm")
+_SKIP_TORCH = flags.DEFINE_bool("skip_torch", False, "skip the HF torch arms")
+_TORCH_ATTENTION = flags.DEFINE_list(
+    "torch_attention",
+    ["sdpa", "eager"],
+    "HF attention implementations, one torch arm each; the headline ratio is against the first "
+    "('sdpa': transformers' default)",
+)
+_TORCH_ATTENTIONS = ("sdpa", "eager")
 _BLOCK = flags.DEFINE_integer(
     "block",
     3,
@@ -120,22 +131,31 @@ def _train_arms(reps):
     if not _SKIP_TORCH.value:
         import torch
 
-        tmodel = testing.torch_model(cfg, seed=0, scale=0.02)
-        topt = torch.optim.AdamW(tmodel.parameters(), lr=1e-4, weight_decay=0.01)
         ttok = torch.tensor(tokens, dtype=torch.long)
-
-        def theirs():
-            out = tmodel(input_ids=ttok[:, :-1], labels=ttok[:, :-1].clone())
-            topt.zero_grad()
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 1.0)
-            topt.step()
-
-        arms[f"HF torch {torch.__version__} (fp32)"] = theirs
+        for attention in _TORCH_ATTENTION.value:
+            arms[f"HF torch {torch.__version__} {attention} (fp32)"] = _torch_step(
+                testing.torch_model(cfg, seed=0, scale=0.02, attn_implementation=attention), ttok
+            )
     return {
         n: {"tokens_per_s": num_tokens / statistics.median(r["timed"]), **block_summary(r)}
         for n, r in _alternate(arms, reps).items()
     }
+
+
+def _torch_step(tmodel, ttok):
+    """One HF training step as a user writes it: loss from labels, backward, clip, AdamW."""
+    import torch
+
+    topt = torch.optim.AdamW(tmodel.parameters(), lr=1e-4, weight_decay=0.01)
+
+    def step():
+        out = tmodel(input_ids=ttok[:, :-1], labels=ttok[:, :-1].clone())
+        topt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(tmodel.parameters(), 1.0)
+        topt.step()
+
+    return step
 
 
 def _phase_table(reps):
@@ -178,6 +198,13 @@ def main(argv):
     malloc_mode = host_malloc.configure(host_malloc.HOST_MALLOC.value)
     if _REPS.value < 5:
         raise app.UsageError(f"--reps={_REPS.value}: use at least 5 (the median of fewer is noise)")
+    bad = [a for a in _TORCH_ATTENTION.value if a not in _TORCH_ATTENTIONS]
+    chosen = _TORCH_ATTENTION.value
+    if bad or not chosen or len(set(chosen)) < len(chosen):
+        raise app.UsageError(
+            f"--torch_attention={','.join(_TORCH_ATTENTION.value)}: name one or more of "
+            f"{', '.join(_TORCH_ATTENTIONS)}, each once"
+        )
     load_start = os.getloadavg()
     train = _train_arms(_REPS.value)
     names = list(train)
@@ -221,6 +248,7 @@ def main(argv):
         "settle_s": _SETTLE_S.value,
         "block": _BLOCK.value,
         "host_malloc": malloc_mode,
+        "torch_attention": None if _SKIP_TORCH.value else _TORCH_ATTENTION.value,
         "load_average_at_start": load_start,
         "load_average_at_end": os.getloadavg(),
         "gpu_train_mfu": None,  # no GPU in the session that wrote this
@@ -238,11 +266,20 @@ def main(argv):
             result["train_tokens_per_s_ratio_vs_torch_after_switch"] = (
                 theirs["after_switch"]["median_s"] / ours["after_switch"]["median_s"]
             )
+        result["train_tokens_per_s_ratio_vs_torch_by_attention"] = {
+            a: train[n]["median_s"] / ours["median_s"]
+            for a, n in zip(_TORCH_ATTENTION.value, names[1:], strict=True)
+        }
         ratio = result["train_tokens_per_s_ratio_vs_torch"]
         others = ", ".join(
             f"{k.removeprefix('train_tokens_per_s_ratio_vs_torch_')} {result[k]:.2f}"
             for k in result
-            if k.startswith("train_tokens_per_s_ratio_vs_torch_") and not k.endswith("min_max")
+            if k.startswith("train_tokens_per_s_ratio_vs_torch_")
+            and not k.endswith(("min_max", "by_attention"))
+        )
+        others += "; " + ", ".join(
+            f"vs {a} {r:.2f}"
+            for a, r in result["train_tokens_per_s_ratio_vs_torch_by_attention"].items()
         )
         print(f"\ntrain_tokens_per_s_ratio_vs_torch = {ratio:.2f} ({others})")
     print(f"prefix_recompute_time_ratio = {result['prefix_recompute_time_ratio']:.3f}")
