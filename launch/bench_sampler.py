@@ -74,6 +74,7 @@ _BLOCK = flags.DEFINE_integer(
     2,
     "HF comparison: calls of one arm back to back per rep; the first after a switch is kept "
     "apart (benchmarking.alternate_in_blocks). 1: single calls alternating, each timed",
+    lower_bound=1,
 )
 _SKIP_HF = flags.DEFINE_bool("skip_hf", False, "skip the HF torch comparison")
 _EXTRAS = flags.DEFINE_bool("extras", True, "also the multi-turn and demo-model sections")
@@ -242,7 +243,7 @@ def _compare_batch(model, hf, b: int) -> dict:
         return o[:, _PROMPT.value :].tolist()
 
     same = sum(a == h for a, h in zip(ours(), theirs(), strict=True))
-    rec = alternate_in_blocks({"ours": ours, "hf": theirs}, _REPS.value, max(1, _BLOCK.value))
+    rec = alternate_in_blocks({"ours": ours, "hf": theirs}, _REPS.value, _BLOCK.value)
     tps = {n: _stats([b * _NEW.value / t for t in r["timed"]]) for n, r in rec.items()}
     # Per rep, the arms' timed calls in the same order: their ratio, and the ratio of medians.
     pairs = zip(rec["ours"]["timed"], rec["hf"]["timed"], strict=True)

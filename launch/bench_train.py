@@ -76,6 +76,7 @@ _BLOCK = flags.DEFINE_integer(
     "calls of one arm back to back per rep (>= 2): the first after switching arms is recorded "
     "apart ('after_switch'), the rest are the arm's timed reps. 1: single calls alternating, each "
     "timed (the older method)",
+    lower_bound=1,
 )
 _SETTLE_S = flags.DEFINE_float(
     "settle_s",
@@ -100,7 +101,7 @@ def _cfg(layers=6):
 
 def _alternate(arms, reps):
     """`benchmarking.alternate_in_blocks` with this script's `--block` and `--settle_s`."""
-    return alternate_in_blocks(arms, reps, max(1, _BLOCK.value), _SETTLE_S.value)
+    return alternate_in_blocks(arms, reps, _BLOCK.value, _SETTLE_S.value)
 
 
 def _train_setup():
