@@ -85,15 +85,20 @@ def alternate_in_blocks(
         for n, fn in arms.items():
             for i in range(block):
                 time.sleep(settle_s)
-                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                t0 = time.perf_counter()
-                fn()
-                seconds = time.perf_counter() - t0
-                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+                seconds, faults = timed_call(fn)
                 kind = "after_switch" if block > 1 and i == 0 else "timed"
                 rec[n][kind].append(seconds)
                 rec[n][f"{kind}_faults"].append(faults)
     return rec
+
+
+def timed_call(fn: Callable[[], object]) -> tuple[float, int]:
+    """(wall seconds, this process's minor page faults) of one call of `fn`."""
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t0 = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - t0
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
 
 def summary(seconds: list[float]) -> dict:

@@ -19,6 +19,12 @@ r"""Trainer benchmarks, side by side in one run (prints a table, writes JSON).
    optimizer program (`_apply`). Each with FLOPs from XLA's compiled cost analysis and the
    fraction of a matmul peak (a 1024^2 float32 matmul) timed in the same loop.
    The table ends with the host's minor page faults and kernel (sys) CPU time per step.
+4. With `--rl_pairs=N` (run first, before torch is imported): the RL loop's host memory. Our
+   sampler (`Engine.generate_batch`, 32 prompts of 16 + 112 greedy tokens, with the current
+   weights) and our train step alternate N times, as `rl/` runs a rollout and an update, in one
+   process. Per call: seconds and minor page faults; a call with > 1000 faults is a "storm"
+   (the heap grew: see `--host_malloc` below). The first 2 pairs (compilation, first growth) are
+   reported apart.
 Warm-up (compilation) is excluded; the arms of each comparison (and the phases) alternate rep by
 rep. In items 1 and 2 each rep runs an arm `--block` times back to back, as a training loop
 would, and the first call after a switch is kept apart (`benchmarking.alternate_in_blocks` says
@@ -47,6 +53,7 @@ from cleaner_jax.benchmarking import (
     alternate_in_blocks,
     block_summary,
     machine_facts,
+    timed_call,
 )
 from cleaner_jax.models import testing
 from cleaner_jax.models.config import tiny_config
@@ -59,6 +66,7 @@ from cleaner_jax.rl.update import (
     make_optimizer,
 )
 from cleaner_jax.runtime import host_malloc, phase_tables
+from cleaner_jax.sampling import Engine, EngineConfig, SamplingParams
 
 _OUT = flags.DEFINE_string("out", "/tmp/bench_train.json", "JSON output path")
 _REPS = flags.DEFINE_integer("reps", 5, "timed repetitions per arm (>= 5 for the reported median)")
@@ -77,6 +85,12 @@ _BLOCK = flags.DEFINE_integer(
     "apart ('after_switch'), the rest are the arm's timed reps. 1: single calls alternating, each "
     "timed (the older method)",
     lower_bound=1,
+)
+_RL_PAIRS = flags.DEFINE_integer(
+    "rl_pairs",
+    0,
+    "rollout + update pairs of the RL-loop host-memory section (0: skip it)",
+    lower_bound=0,
 )
 _SETTLE_S = flags.DEFINE_float(
     "settle_s",
@@ -159,6 +173,57 @@ def _torch_step(tmodel, ttok):
     return step
 
 
+def _rl_alternation(pairs: int, left_out: int = 2) -> dict:
+    """Our rollout and train step alternating `pairs` times: seconds and minor faults per call."""
+    cfg, _, packed, graphdef, state, updater, _ = _train_setup()
+    box = {"state": state, "opt": updater.init(state)}
+    engine = Engine(
+        (graphdef, state),
+        EngineConfig(page_size=16, num_pages=32 * 256 // 16 + 64, max_slots=32, max_seq_len=256),
+    )
+    engine.warmup()
+    rng = np.random.default_rng(2)
+    prompts = [list(map(int, rng.integers(0, cfg.vocab_size, 16))) for _ in range(32)]
+    greedy = SamplingParams(greedy=True, max_new_tokens=112)
+
+    def rollout():
+        engine.update_params(box["state"])  # the step donates the weights the engine held
+        engine.generate_batch(prompts, greedy)
+
+    def update():
+        box["state"], box["opt"], _ = updater.step(box["state"], box["opt"], [packed])
+
+    calls = {"rollout": rollout, "update": update}
+    out = {n: {"seconds": [], "minor_faults": []} for n in calls}
+    for _ in range(pairs):
+        for n, fn in calls.items():
+            seconds, faults = timed_call(fn)
+            out[n]["seconds"].append(seconds)
+            out[n]["minor_faults"].append(faults)
+    return {"pairs": pairs, "left_out": left_out, "calls": out}
+
+
+def _print_rl(rl: dict) -> None:
+    k = rl["left_out"]
+    print(
+        f"\nRL loop on the host: our rollout (batch 32, 16 + 112 tokens) and train step, "
+        f"{rl['pairs']} pairs; median ms [min-max] and storms (> 1000 page faults) after the "
+        f"first {k} pairs; the first {k} apart"
+    )
+    for n, r in rl["calls"].items():
+        sec, faults = r["seconds"][k:], r["minor_faults"][k:]
+        line = f"  {n:8s} first {k}: " + ", ".join(
+            f"{t * 1e3:.0f} ms / {f} faults"
+            for t, f in zip(r["seconds"][:k], r["minor_faults"][:k], strict=True)
+        )
+        if sec:
+            line += (
+                f"; then {statistics.median(sec) * 1e3:.0f} [{min(sec) * 1e3:.0f}-"
+                f"{max(sec) * 1e3:.0f}] ms, storms {sum(f > 1000 for f in faults)} of {len(sec)}"
+            )
+        print(line)
+
+
 def _phase_table(reps):
     """Where one train step's time goes: `phase_tables.train_phases` at this script's shape."""
     _, _, packed, graphdef, state, updater, _ = _train_setup()
@@ -206,6 +271,9 @@ def main(argv):
             f"{', '.join(_TORCH_ATTENTIONS)}, each once"
         )
     load_start = os.getloadavg()
+    rl = _rl_alternation(_RL_PAIRS.value) if _RL_PAIRS.value else None
+    if rl:
+        _print_rl(rl)
     train = _train_arms(_REPS.value)
     names = list(train)
     print(
@@ -243,6 +311,7 @@ def main(argv):
         "prefix_recompute_seconds": {n: r["median_s"] for n, r in pre.items()},
         "prefix_recompute_arms": pre,
         "prefix_recompute_time_ratio": pre[pnames[1]]["median_s"] / pre[pnames[0]]["median_s"],
+        "rl_alternation": rl,
         "machine": machine_facts(torch=True),
         "reps": _REPS.value,
         "settle_s": _SETTLE_S.value,

@@ -1,6 +1,7 @@
 """The benchmark scripts' shared alternation (`cleaner_jax.benchmarking.alternate_in_blocks`)."""
 
 import mmap
+import time
 
 import pytest
 
@@ -35,15 +36,23 @@ def test_block_one_times_every_call_and_has_no_after_switch():
     assert "after_switch" not in benchmarking.block_summary(rec["a"])
 
 
-def test_page_faults_are_counted_per_call():
-    def touch():
-        # A fresh anonymous mapping, one byte written per page: faults whatever malloc is set to.
-        with mmap.mmap(-1, 16 << 20) as m:
-            m[:: mmap.PAGESIZE] = b"x" * ((16 << 20) // mmap.PAGESIZE)
+def _touch():
+    # A fresh anonymous mapping, one byte written per page: faults whatever malloc is set to.
+    with mmap.mmap(-1, 16 << 20) as m:
+        m[:: mmap.PAGESIZE] = b"x" * ((16 << 20) // mmap.PAGESIZE)
 
-    rec = benchmarking.alternate_in_blocks({"touch": touch, "idle": lambda: None}, 2, 2)
+
+def test_page_faults_are_counted_per_call():
+    rec = benchmarking.alternate_in_blocks({"touch": _touch, "idle": lambda: None}, 2, 2)
     assert min(rec["touch"]["timed_faults"]) >= (16 << 20) // mmap.PAGESIZE
     assert max(rec["idle"]["timed_faults"]) < 1000
+
+
+def test_timed_call_returns_the_wall_time_and_the_faults_of_the_call():
+    seconds, faults = benchmarking.timed_call(lambda: time.sleep(0.02))
+    assert 0.02 <= seconds < 1.0 and faults < 1000
+    _, faults = benchmarking.timed_call(_touch)
+    assert faults >= (16 << 20) // mmap.PAGESIZE
 
 
 def test_block_must_be_positive():
