@@ -101,6 +101,15 @@ def timed_call(fn: Callable[[], object]) -> tuple[float, int]:
     return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
 
 
+# A call with more minor page faults than this grew the heap (a "storm"; runtime/host_malloc.py).
+STORM_FAULTS = 1000
+
+
+def fault_storms(faults: list[int]) -> int:
+    """How many calls, by their minor page faults, were page-fault storms."""
+    return sum(f > STORM_FAULTS for f in faults)
+
+
 def summary(seconds: list[float]) -> dict:
     """Median, min, max, mean and every rep of a list of seconds."""
     return {

@@ -50,8 +50,10 @@ from absl import app, flags
 from flax import nnx
 
 from cleaner_jax.benchmarking import (
+    STORM_FAULTS,
     alternate_in_blocks,
     block_summary,
+    fault_storms,
     machine_facts,
     timed_call,
 )
@@ -207,8 +209,8 @@ def _print_rl(rl: dict) -> None:
     k = rl["left_out"]
     print(
         f"\nRL loop on the host: our rollout (batch 32, 16 + 112 tokens) and train step, "
-        f"{rl['pairs']} pairs; median ms [min-max] and storms (> 1000 page faults) after the "
-        f"first {k} pairs; the first {k} apart"
+        f"{rl['pairs']} pairs; median ms [min-max] and storms (> {STORM_FAULTS} page faults) "
+        f"after the first {k} pairs; the first {k} apart"
     )
     for n, r in rl["calls"].items():
         sec, faults = r["seconds"][k:], r["minor_faults"][k:]
@@ -219,7 +221,7 @@ def _print_rl(rl: dict) -> None:
         if sec:
             line += (
                 f"; then {statistics.median(sec) * 1e3:.0f} [{min(sec) * 1e3:.0f}-"
-                f"{max(sec) * 1e3:.0f}] ms, storms {sum(f > 1000 for f in faults)} of {len(sec)}"
+                f"{max(sec) * 1e3:.0f}] ms, storms {fault_storms(faults)} of {len(sec)}"
             )
         print(line)
 
@@ -279,13 +281,13 @@ def main(argv):
     print(
         f"\ntraining step, 6 layers d=256 vocab 4096, batch 8 x seq 256; {_REPS.value} reps of "
         f"{_BLOCK.value} calls per arm (tokens/s of the median [min-max], of the mean; calls "
-        "just after a switch apart; calls with > 1000 page faults)"
+        f"just after a switch apart; calls with > {STORM_FAULTS} page faults)"
     )
     for n in names:
         r = train[n]
         tps = r["tokens_per_s"] * r["median_s"]  # tokens per step
         lo, hi = (tps / r[k] for k in ("max_s", "min_s"))
-        storms = sum(f > 1000 for f in r["minor_faults"])
+        storms = fault_storms(r["minor_faults"])
         line = (
             f"  {n:36s} {r['tokens_per_s']:7.0f} [{lo:.0f}-{hi:.0f}] mean {tps / r['mean_s']:.0f}"
         )
@@ -293,7 +295,7 @@ def main(argv):
             a = r["after_switch"]
             lo, hi = (tps / a[k] for k in ("max_s", "min_s"))
             line += f"; after a switch {tps / a['median_s']:.0f} [{lo:.0f}-{hi:.0f}]"
-            storms = f"{storms}+{sum(f > 1000 for f in a['minor_faults'])}"
+            storms = f"{storms}+{fault_storms(a['minor_faults'])}"
         print(f"{line}; fault storms {storms}")
     phases = _phase_table(_REPS.value)
     _print_phases(phases)

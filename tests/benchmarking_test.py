@@ -46,6 +46,8 @@ def test_page_faults_are_counted_per_call():
     rec = benchmarking.alternate_in_blocks({"touch": _touch, "idle": lambda: None}, 2, 2)
     assert min(rec["touch"]["timed_faults"]) >= (16 << 20) // mmap.PAGESIZE
     assert max(rec["idle"]["timed_faults"]) < 1000
+    assert benchmarking.fault_storms(rec["touch"]["timed_faults"]) == 2
+    assert benchmarking.fault_storms(rec["idle"]["timed_faults"]) == 0
 
 
 def test_timed_call_returns_the_wall_time_and_the_faults_of_the_call():
