@@ -81,7 +81,11 @@ CPU_BLOCK = 128
 
 
 def resolve_impl(name: str, *, head_dim: int | None = None) -> str:
-    """The concrete implementation for `name` on this backend ("auto" resolved).
+    """The concrete implementation for `name` on the target platform ("auto" resolved).
+
+    The target is the platform of the devices the program is compiled for
+    (`models.platform.target_platform`: a TPU topology's abstract mesh gives splash on a CPU
+    host), not `jax.default_backend()`.
 
     `head_dim` (of q) lets "auto" on GPU avoid pallas_gpu where Triton cannot run it (under 16);
     without it "auto" on GPU resolves to "pallas_gpu".

@@ -16,6 +16,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from cleaner_jax.models.platform import target_platform
+
 _LANES = 128
 # pallas_gpu blocks: Triton's tl.dot needs >= 16 per side; 128 / 32 are the kernel's defaults
 # for the forward / fused-backward blocks.
@@ -32,8 +34,10 @@ def pad_rows(x, t_pad):
 
 
 def backend() -> str:
-    """The JAX backend (a function, so CPU tests can pretend to be a GPU)."""
-    return jax.default_backend()
+    """The platform the program being traced is compiled for (`models.platform`: the context
+    mesh's devices, not the host's default backend); a function, so CPU tests can pretend to be
+    a GPU."""
+    return target_platform()
 
 
 # ---------------------------------------------------------------- Pallas Triton (GPU)
@@ -59,8 +63,8 @@ def pallas_gpu(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interp
     if not interpret:
         if backend() != "gpu":
             raise ValueError(
-                f"attention impl 'pallas_gpu' needs a GPU backend, this one is "
-                f"{jax.default_backend()!r}: use 'auto' or 'blockwise' (interpret=True runs the "
+                f"attention impl 'pallas_gpu' needs a GPU target, this one is "
+                f"{backend()!r}: use 'auto' or 'blockwise' (interpret=True runs the "
                 "kernel in Pallas interpret mode, for tests)"
             )
         why = pallas_gpu_unsupported(h)
@@ -121,8 +125,8 @@ def cudnn(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret, 
     `packed_fallback`, the blockwise path, for head dims Triton cannot take)."""
     if backend() != "gpu":
         raise ValueError(
-            f"attention impl 'cudnn' needs a GPU backend, this one is "
-            f"{jax.default_backend()!r}: use 'auto' or 'blockwise'"
+            f"attention impl 'cudnn' needs a GPU target, this one is "
+            f"{backend()!r}: use 'auto' or 'blockwise'"
         )
     why = _cudnn_unsupported(q_BTNH.dtype, q_BTNH.shape[-1])
     if why:
@@ -154,8 +158,8 @@ def cudnn(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret, 
 def splash(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, block_q, block_kv, interpret):
     if backend() != "tpu" and not interpret:
         raise ValueError(
-            f"attention impl 'splash' needs a TPU backend, this one is "
-            f"{jax.default_backend()!r}: use 'auto' or 'blockwise' (interpret=True runs the "
+            f"attention impl 'splash' needs a TPU target, this one is "
+            f"{backend()!r}: use 'auto' or 'blockwise' (interpret=True runs the "
             "kernel in Pallas interpret mode, for tests)"
         )
     from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib

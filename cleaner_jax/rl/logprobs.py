@@ -1,9 +1,17 @@
 """Trainer-side log-prob recomputation (DESIGN §3, option B) and the sampler/trainer mismatch.
 
 Two paths that must agree:
-- `packed_logprobs`: one forward over packed rows (the simple path; also the training forward);
+- `packed_logprobs` / `recompute_sample_logprobs`: the training forward over packed rows of fixed
+  shape [rows, row_len], rows sharded over the mesh's batch axes, flash attention; memory linear
+  in the row length and one compiled shape per run. The trainer's old-log-prob recompute
+  (`train.old_logprobs="recompute"`) runs this path.
 - `prefix_shared_logprobs`: the n trajectories of a GRPO group share their prompt, so the prompt
-  is run once into a KV cache that all n responses then read, instead of n times.
+  is run once into a dense KV cache that all n responses then read, instead of n times. Its
+  attention is dense (float32 weights [G, heads, S, P + S]) and it compiles one program per
+  (prompt, response) bucket: fine for short responses (`launch/bench_train.py` measures it),
+  not for the paper's 20k-token responses (issue #29: 26.6 GiB of temporaries at 2,048-token
+  responses with 2 Qwen3-4B layers on a v5p chip, RESOURCE_EXHAUSTED at 8,192). The trainer no
+  longer uses it.
 
 Both score hidden states through `loss.chunked_logprobs_and_entropy` (`chunk` tokens per row at a
 time), never materialising [rows, T, V] logits.
@@ -13,6 +21,7 @@ Letters: R rows, T row length, G group size, P prompt length, S response length,
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -23,6 +32,7 @@ from flax import nnx
 from cleaner_jax.models.kv_cache import DenseKVCache
 from cleaner_jax.rl import distributed
 from cleaner_jax.rl import loss as loss_lib
+from cleaner_jax.rl import packing
 
 
 def _bucket(n: int, multiple: int) -> int:
@@ -32,7 +42,7 @@ def _bucket(n: int, multiple: int) -> int:
 _DEFAULT_CHUNK = 1024
 
 
-def _score(model, h_BTD, targets_BT, temperature, chunk):
+def _score(model, h_BTD, targets_BT, temperature, chunk):  # the prefix-shared path's head
     unembed, transposed = model.unembedding()
     logp_BT, _ = loss_lib.chunked_logprobs_and_entropy(
         h_BTD,
@@ -46,7 +56,9 @@ def _score(model, h_BTD, targets_BT, temperature, chunk):
     return logp_BT
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "chunk"))
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "temperature", "chunk", "mesh", "batch_axes")
+)
 def _packed_logprobs(
     graphdef,
     state,
@@ -56,31 +68,114 @@ def _packed_logprobs(
     segment_ids_RT,
     temperature=1.0,
     chunk=_DEFAULT_CHUNK,
+    mesh=None,
+    batch_axes=("data", "fsdp"),
 ):
     model = nnx.merge(graphdef, state)
     h_RTD, _ = model.hidden_states(inputs_RT, positions_RT, segment_ids_BT=segment_ids_RT)
-    return _score(model, h_RTD, targets_RT, temperature, chunk)
+    unembed, transposed = model.unembedding()
+    logp_RT, _ = loss_lib.chunked_logprobs_and_entropy(
+        h_RTD,
+        unembed,
+        transposed,
+        targets_RT,
+        temperature=temperature,
+        chunk=chunk,
+        with_entropy=False,
+        mesh=mesh,
+        batch_axes=batch_axes,
+    )
+    return logp_RT
+
+
+# The fields of a PackedBatch the scoring forward reads, in `_packed_logprobs`'s order.
+SCORE_FIELDS = ("inputs_RT", "targets_RT", "positions_RT", "segment_ids_RT")
 
 
 def packed_logprobs(
-    graphdef, state, batch, temperature: float = 1.0, *, chunk: int = _DEFAULT_CHUNK
+    graphdef,
+    state,
+    batch,
+    temperature: float = 1.0,
+    *,
+    chunk: int = _DEFAULT_CHUNK,
+    mesh: jax.sharding.Mesh | None = None,
+    batch_axes: tuple[str, ...] = ("data", "fsdp"),
 ) -> np.ndarray:
     """log p(target) for every slot of a `packing.PackedBatch`, [R, T] float32.
 
-    ``chunk``: tokens per row whose logits exist at once (<= 0: whole rows).
+    The training forward (same attention path, remat, chunked head), without the backward.
+    ``chunk``: tokens per row whose logits exist at once (<= 0: whole rows). With ``mesh`` the
+    rows are sharded over ``batch_axes`` as the update shards them (R must divide; see
+    `update.round_rows`) and fused attention kernels run per shard.
     """
-    return distributed.to_host(
-        _packed_logprobs(
+    arrays = [getattr(batch, k) for k in SCORE_FIELDS]
+    if mesh is None:
+        arrays = [jnp.asarray(a) for a in arrays]
+    else:
+        rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch_axes, None))
+        arrays = distributed.host_batch_to_global(arrays, rows)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        out = _packed_logprobs(
             graphdef,
             state,
-            batch.inputs_RT,
-            batch.targets_RT,
-            batch.positions_RT,
-            batch.segment_ids_RT,
+            *arrays,
             temperature=temperature,
             chunk=chunk,
+            mesh=mesh,
+            batch_axes=tuple(batch_axes),
         )
+    return distributed.to_host(out)
+
+
+def recompute_sample_logprobs(
+    graphdef,
+    state,
+    samples: list,
+    *,
+    row_len: int,
+    rows_per_call: int,
+    temperature: float = 1.0,
+    chunk: int = _DEFAULT_CHUNK,
+    mesh: jax.sharding.Mesh | None = None,
+    batch_axes: tuple[str, ...] = ("data", "fsdp"),
+) -> list[np.ndarray]:
+    """The old-log-prob recompute: log p(tokens[i] | tokens[:i]) of each `TrainSample`, through
+    the packed training forward.
+
+    Samples are packed into rows of ``row_len`` tokens (as the update packs them) and scored
+    ``rows_per_call`` rows at a time, so every call has the one shape [rows_per_call, row_len]:
+    one compile for a whole run, memory linear in the row length (flash attention, chunked
+    head; no [S, P + S] attention weights, no prompt KV copied per response), rows sharded over
+    the mesh's batch axes. Each group's prompt is recomputed once per response (what the
+    prefix-shared path saved; at the paper's 2,560-token prompts and up to 20,480-token
+    responses, a bounded share of the tokens).
+
+    Returns one float32 array per sample, aligned with its tokens; entry 0 (no context) is 0.
+    """
+    if rows_per_call < 1:
+        raise ValueError(f"rows_per_call must be >= 1, got {rows_per_call}")
+    if not samples:
+        return []
+    batch = packing.pack(samples, row_len, rows_per_call)
+    logp_RT = np.concatenate(
+        [
+            packed_logprobs(
+                graphdef,
+                state,
+                batch.take_rows(np.arange(start, start + rows_per_call)),
+                temperature,
+                chunk=chunk,
+                mesh=mesh,
+                batch_axes=batch_axes,
+            )
+            for start in range(0, batch.num_rows, rows_per_call)
+        ]
     )
+    out = packing.unpack_per_sample(logp_RT, batch, samples)
+    for lp in out:
+        lp[0] = 0.0
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "chunk"))

@@ -7,8 +7,8 @@
 2. score them (`rl/rewards.py`; a failing reward is an error result, never a dead step) and
    compute group advantages;
 3. old log-probs: from the sampler (spliced segments re-scored under the purified context) or
-   recomputed by the trainer with a prefix-shared forward; the sampler/trainer mismatch is
-   logged either way;
+   recomputed by the trainer with the packed training forward (one compiled shape); the
+   sampler/trainer mismatch is logged either way;
 4. one optimizer step per mini-batch of prompts, micro-batched by rows;
 5. hand the new parameters to the sampler, log metrics, validate, checkpoint.
 Resuming restores params, optimizer state, step and the data iterator position; rollout seeds
@@ -42,45 +42,48 @@ from cleaner_jax.saar import aggregate_stats
 
 
 def _old_logprobs(
-    settings: TrainSettings, graphdef, state, rollouts: list[Rollout], samples, n: int
+    settings: TrainSettings, graphdef, state, rollouts: list[Rollout], samples, n: int, mesh=None
 ) -> dict:
     """Fills `samples[i].logprobs` per `train.old_logprobs`; returns mismatch metrics.
 
-    "recompute" scores every group with the trainer's parameters (prefix-shared); "sampler" keeps
-    the sampler's log-probs and scores only the groups holding a rollout whose log-probs are
-    stale (SAAR splices without rescoring), so a step without such rollouts costs nothing here.
-    Mismatch metrics cover the fresh tokens of the groups that were scored (none: no metrics).
+    "recompute" scores every sample with the trainer's parameters; "sampler" keeps the sampler's
+    log-probs and scores only the groups holding a rollout whose log-probs are stale (SAAR
+    splices without rescoring), so a step without such rollouts costs nothing here. Scoring runs
+    the packed training forward (`logprobs.recompute_sample_logprobs`): rows of `train.row_len`,
+    the update's rows per micro-batch, one compiled shape. Mismatch metrics cover the fresh
+    tokens of the samples that were scored (none: no metrics).
     """
     use_trainer = settings.old_logprobs == "recompute"
     fresh = [not r.has_stale_logprobs for r in rollouts]
-    scored, sampler_lp, trainer_lp, masks = [], [], [], []
-    for g in range(0, len(samples), n):
-        group = samples[g : g + n]
-        if not use_trainer and all(fresh[g : g + n]):
-            continue
-        p = group[0].prompt_len
-        resp = logprobs_lib.prefix_shared_logprobs(
-            graphdef,
-            state,
-            group[0].tokens[:p],
-            [s.tokens[p:] for s in group],
-            temperature=settings.temperature,
-            chunk=settings.logprob_chunk,
-        )
-        for k, s in enumerate(group):
-            full = np.zeros(len(s.tokens), np.float32)
-            full[p:] = resp[k]
-            scored.append((s, fresh[g + k], full))
-            sampler_lp.append(s.logprobs.copy())
-            trainer_lp.append(full)
-            masks.append(s.loss_mask * fresh[g + k])
-    for s, f, lp in scored:
-        if use_trainer or not f:
-            s.logprobs = lp
-    if not scored:
+    todo = [
+        i
+        for g in range(0, len(samples), n)
+        if use_trainer or not all(fresh[g : g + n])
+        for i in range(g, min(g + n, len(samples)))
+    ]
+    if not todo:
         return {}
+    scored = logprobs_lib.recompute_sample_logprobs(
+        graphdef,
+        state,
+        [samples[i] for i in todo],
+        row_len=settings.row_len,
+        rows_per_call=round_rows(settings.rows_per_micro, mesh),
+        temperature=settings.temperature,
+        chunk=settings.logprob_chunk,
+        mesh=mesh,
+    )
+    sampler_lp, masks = [], []
+    for i, lp in zip(todo, scored, strict=True):
+        s = samples[i]
+        # Prompt tokens are not trained: keep the trainer's values there at 0 as before.
+        lp[: s.prompt_len] = 0.0
+        sampler_lp.append(s.logprobs.copy())
+        masks.append(s.loss_mask * fresh[i])
+        if use_trainer or not fresh[i]:
+            s.logprobs = lp
     return logprobs_lib.mismatch_metrics(
-        np.concatenate(sampler_lp), np.concatenate(trainer_lp), np.concatenate(masks)
+        np.concatenate(sampler_lp), np.concatenate(scored), np.concatenate(masks)
     )
 
 
@@ -245,7 +248,11 @@ class Trainer:
         adv = compute_advantages(rewards, n, c.estimator)
         samples = [r.train_sample(float(a)) for r, a in zip(rollouts, adv, strict=True)]
         with timer("old_logprobs"):
-            metrics.update(_old_logprobs(c, self.bundle.graphdef, self.state, rollouts, samples, n))
+            metrics.update(
+                _old_logprobs(
+                    c, self.bundle.graphdef, self.state, rollouts, samples, n, self.bundle.mesh
+                )
+            )
         with timer("update"):
             per_mb = c.mini_batch_prompts * n
             for mb in split_minibatches(samples, max(1, len(samples) // per_mb)):

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cleaner_jax.models import attention, attention_fused, qwen
+from cleaner_jax.models import attention
+from cleaner_jax.models import attention_fused, qwen
+from cleaner_jax.models import platform as platform_lib
 from cleaner_jax.models.config import tiny_config
 
 FWD_ATOL = 1e-5  # float32, same math, reductions reordered by blocks
@@ -220,7 +222,7 @@ def test_accelerator_impls_refuse_cpu(impl):
     if jax.default_backend() != "cpu":
         pytest.skip("checks the CPU refusal")
     q, k, v, _, seg = _packed(t=8, h=16, dtype=jnp.bfloat16)
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(ValueError, match="target, this one is 'cpu'"):
         attention.attention(q, k, v, seg, impl=impl)
 
 
@@ -266,6 +268,14 @@ def test_auto_on_cpu_caps_blocks_and_equals_dense(extra):
     for name, ga, gb, gd in zip("qkv", grads_a, grads_b, grads_d, strict=True):
         np.testing.assert_array_equal(ga, gb, err_msg=f"d{name}")
         np.testing.assert_allclose(ga, gd, atol=GRAD_ATOL, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("platform", ["cpu", "gpu", "tpu"])
+def test_auto_follows_the_target_platform_not_the_host(platform):
+    # A program compiled on this host for another platform's devices picks that platform's kernel.
+    expected = {"tpu": "splash", "gpu": "pallas_gpu", "cpu": "blockwise"}[platform]
+    with platform_lib.target(platform):
+        assert attention.resolve_impl("auto", head_dim=128) == expected
 
 
 def test_auto_resolves_per_backend():

@@ -38,10 +38,14 @@ def _samples(stale: list[bool]):
 
 def _config(mode):
     """The fields of `TrainSettings` that `_old_logprobs` reads."""
-    return types.SimpleNamespace(old_logprobs=mode, logprob_chunk=5, temperature=1.0)
+    # Rows of 16 tokens, 2 per call: the 4 samples (9-12 tokens) take 4 rows in 2 calls.
+    return types.SimpleNamespace(
+        old_logprobs=mode, logprob_chunk=5, temperature=1.0, row_len=16, rows_per_micro=2
+    )
 
 
 def _trainer_logprobs(bundle, sample):
+    """The oracle: the prefix-shared path (a different forward: dense KV cache, prompt once)."""
     graphdef, state = bundle
     return prefix_shared_logprobs(
         graphdef, state, sample.tokens[:PROMPT], [sample.tokens[PROMPT:]]
