@@ -21,7 +21,17 @@ Sections (random weights, bf16 compute; `--tiny` shrinks every shape):
 5. phases (`--sections=phases`, its own run in gpu_check.sh): the phase tables of issue #19
    (`cleaner_jax/runtime/phase_tables.py`) on the device: the decode engine's prefill and decode
    calls at batch 64 and one train step at 4,096 tokens, each with wall time, compiled FLOPs, the
-   fraction of a bf16 matmul timed in the same alternation, and the host time around the calls.
+   fraction of a bf16 matmul timed in the same alternation, and the host time around the calls;
+6. logprobs (`--sections=logprobs`): the old-log-prob recompute (`rl.logprobs.packed_logprobs`,
+   the packed training forward and chunked scoring) on one packed row of 2,048, 8,192 and 16,384
+   tokens (Qwen3-0.6B shape): seconds, finite, the program's compiled temporary bytes per token
+   (constant if memory is linear in the row) and the device's peak bytes in use after each length;
+7. fp16 (`--sections=fp16`; the paper configs train and sample in float16 on GPU): one train step
+   in float16 compute (dynamic loss scaling, `make_optimizer(..., "float16")`), checked finite;
+   the packed log-probs of one row in float16 and bfloat16 against float32 (max abs difference
+   over the scored tokens, same weights); and greedy decode with a float16 `Engine`, its
+   reported log-probs against the float32 training forward's on the same tokens.
+`gpu_check.sh` runs logprobs and fp16 in a process of their own.
 """
 
 from __future__ import annotations
@@ -45,7 +55,9 @@ from cleaner_jax.models.config import PRESETS, tiny_config
 _OUT = flags.DEFINE_string("out", "/tmp/gpu_check.json", "JSON output path")
 _TINY = flags.DEFINE_bool("tiny", False, "Tiny shapes (the CPU dry run of this script).")
 _SECTIONS = flags.DEFINE_list(
-    "sections", ["machine", "decode", "train", "rollout"], "What to run (also: phases)."
+    "sections",
+    ["machine", "decode", "train", "rollout"],
+    "What to run (also: phases, logprobs, fp16).",
 )
 _REPS = flags.DEFINE_integer("reps", 5, "Timed repetitions (median reported).")
 
@@ -187,9 +199,7 @@ def _train(machine: dict) -> dict:
                 "model_flops": flops,
                 "mfu": flops / sec / peak,
                 "fraction_of_measured_matmul": flops / sec / machine["measured_bf16_matmul_flops"],
-                "peak_bytes_in_use": (jax.local_devices()[0].memory_stats() or {}).get(
-                    "peak_bytes_in_use"
-                ),
+                "peak_bytes_in_use": _peak_bytes(),
             }
             logging.info("%s: %s", key, out[key])
         box.clear()
@@ -268,12 +278,155 @@ def _phases(machine: dict) -> dict:
     return {"sampler": sampler, "train": train, "train_tokens": t}
 
 
+def _peak_bytes() -> int | None:
+    return (jax.local_devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+
+
+def _logprobs(machine: dict) -> dict:
+    """The old-log-prob recompute over packed rows of growing length: time, finiteness, memory."""
+    from cleaner_jax.rl import logprobs as logprobs_lib
+
+    del machine
+    cfg = _model_cfg("qwen3_0_6b")
+    graphdef, state = nnx.split(testing.random_model(cfg, seed=0, scale=0.02))
+    chunk = 128 if _TINY.value else 1024
+    rng = np.random.default_rng(0)
+    out = {"model": "qwen3_0_6b", "chunk": chunk}
+    for t in (256, 512, 1024) if _TINY.value else (2048, 8192, 16384):
+        batch = _ppo_row(cfg, t, rng)
+        args = (batch.inputs_RT, batch.targets_RT, batch.positions_RT, batch.segment_ids_RT)
+        compiled = logprobs_lib._packed_logprobs.lower(
+            graphdef, state, *args, temperature=1.0, chunk=chunk
+        ).compile()
+        temp = compiled.memory_analysis().temp_size_in_bytes
+        box = {}
+
+        def run(b=batch, box=box):
+            box["logp"] = logprobs_lib.packed_logprobs(graphdef, state, b, 1.0, chunk=chunk)
+
+        sec = _median_time(run, _REPS.value)
+        logp = box["logp"]
+        out[f"T{t}"] = {
+            "seconds": sec,
+            "tokens_per_s": t / sec,
+            "finite": bool(np.isfinite(logp).all()),
+            "mean_logprob": float(logp.mean()),
+            "compiled_temp_bytes": temp,
+            "compiled_temp_bytes_per_token": temp / t,
+            "peak_bytes_in_use": _peak_bytes(),
+        }
+        logging.info("logprobs T=%d: %s", t, out[f"T{t}"])
+    return out
+
+
+def _packed_logp(cfg, state_fp32, batch, dtype: str) -> np.ndarray:
+    """The training forward's log-probs of `batch`, float32 weights, compute in `dtype`."""
+    from cleaner_jax.rl.compiled_memory import abstract_model
+    from cleaner_jax.rl.logprobs import packed_logprobs
+
+    graphdef, _ = abstract_model(cfg.replace(dtype=dtype))
+    return packed_logprobs(graphdef, state_fp32, batch, 1.0)
+
+
+def _fp16(machine: dict) -> dict:
+    """Float16 compute: the packed log-probs, the sampler's decode and a train step."""
+    from cleaner_jax.rl.packing import TrainSample, pack
+    from cleaner_jax.sampling import SamplingParams
+
+    del machine
+    cfg = _model_cfg("qwen3_0_6b").replace(dtype="float32")
+    state32 = nnx.split(testing.random_model(cfg, seed=0, scale=0.02))[1]
+    t = 256 if _TINY.value else 4096
+    batch = _ppo_row(cfg, t, np.random.default_rng(0))
+    scored = batch.loss_mask_RT > 0
+    out = {"model": "qwen3_0_6b", "train_tokens": t}
+
+    ref = _packed_logp(cfg, state32, batch, "float32")
+    for dtype in ("float16", "bfloat16"):
+        diff = np.abs(_packed_logp(cfg, state32, batch, dtype) - ref)[scored]
+        out[f"logprobs_{dtype}"] = {
+            "finite": bool(np.isfinite(diff).all()),
+            "max_abs_diff_vs_float32": float(diff.max()),
+            "mean_abs_diff_vs_float32": float(diff.mean()),
+        }
+
+    # The sampler holds float16 weights (same seed: the float32 weights rounded).
+    cfg16 = cfg.replace(dtype="float16")
+    sampler_model = testing.random_model(cfg16.replace(param_dtype="float16"), seed=0, scale=0.02)
+    batch_size, prompt_len, new = (4, 16, 32) if _TINY.value else (16, 128, 256)
+    engine = _decode_engine(nnx.split(sampler_model), batch_size, prompt_len, new)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(0, cfg.vocab_size, prompt_len).tolist() for _ in range(batch_size)]
+    params = SamplingParams(max_new_tokens=new, greedy=True, temperature=0.0)
+    t0 = time.perf_counter()
+    results = engine.generate_batch(prompts, params)
+    sec = time.perf_counter() - t0
+    del engine, sampler_model
+    samples = [
+        TrainSample(
+            np.asarray(p + r.tokens, np.int32),
+            np.r_[np.zeros(len(p)), np.ones(len(r.tokens))],
+            1.0,
+            np.r_[np.zeros(len(p)), r.logprobs],
+        )
+        for p, r in zip(prompts, results, strict=True)
+    ]
+    rows = pack(samples, prompt_len + new)
+    mask = rows.loss_mask_RT > 0
+    diff = np.abs(rows.old_logprobs_RT - _packed_logp(cfg, state32, rows, "float32"))[mask]
+    out["decode_float16"] = {
+        "seconds_after_warmup": sec,
+        "tokens": int(mask.sum()),
+        "logprobs_finite": bool(np.isfinite(rows.old_logprobs_RT[mask]).all()),
+        "max_abs_diff_vs_float32_train_forward": float(diff.max()),
+        "mean_abs_diff_vs_float32_train_forward": float(diff.mean()),
+    }
+    out["train_step_float16"] = _fp16_train_step(cfg16, state32, batch)  # donates state32
+    return out
+
+
+def _fp16_train_step(cfg16, state, batch) -> dict:
+    """`Updater.step` with float16 compute and dynamic loss scaling; finiteness checked."""
+    from cleaner_jax.rl.compiled_memory import abstract_model
+    from cleaner_jax.rl.update import (
+        LossConfig,
+        OptimConfig,
+        Updater,
+        loss_scale_of,
+        make_optimizer,
+    )
+
+    updater = Updater(
+        abstract_model(cfg16)[0],
+        make_optimizer(OptimConfig(learning_rate=1e-6), compute_dtype="float16"),
+        LossConfig(kind="ppo"),
+    )
+    box = {"state": state, "opt": updater.init(state)}
+
+    def step():
+        box["state"], box["opt"], box["metrics"] = updater.step(box["state"], box["opt"], [batch])
+
+    sec = _median_time(step, _REPS.value)
+    metrics = {k: float(v) for k, v in box["metrics"].items()}
+    scale = loss_scale_of(box["opt"])
+    return {
+        "step_s": sec,
+        "tokens_per_s": batch.inputs_RT.size / sec,
+        "metrics": metrics,
+        "metrics_finite": all(np.isfinite(v) for v in metrics.values()),
+        "params_finite": all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(box["state"])),
+        "loss_scale": None if scale is None else float(scale),
+    }
+
+
 _RUN = {
     "machine": _machine,
     "decode": _decode,
     "train": _train,
     "rollout": _rollout,
     "phases": _phases,
+    "logprobs": _logprobs,
+    "fp16": _fp16,
 }
 
 
