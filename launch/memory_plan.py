@@ -14,6 +14,7 @@ Qwen3-4B's widths (vocab 151936, D 2560, F 9728, 32/8 heads) but `--roundtrip_la
 exported to HF safetensors in DIR, re-imported, and the logits of both compared.
 """
 
+import importlib.util
 import json
 import os
 import time
@@ -38,6 +39,12 @@ _MODELS = flags.DEFINE_list(
 )
 _MU = flags.DEFINE_string("mu_dtype", "", "AdamW first-moment dtype ('' = fp32, bfloat16).")
 _MEASURE = flags.DEFINE_bool("measure", True, "Activations from the compiled training step.")
+_TPU = flags.DEFINE_bool(
+    "tpu_compile",
+    importlib.util.find_spec("libtpu") is not None,
+    "TPU rows: also compile the training step for the slice (libtpu; default: when installed) "
+    "and show plan vs compiled.",
+)
 _RT_DIR = flags.DEFINE_string("roundtrip_dir", "", "Run the real-width HF round trip here.")
 _RT_LAYERS = flags.DEFINE_integer("roundtrip_layers", 2, "Layers of the round-trip model.")
 
@@ -61,6 +68,20 @@ def _print_table(rows):
         cells += [f"{r[c] / mp.GIB:.2f}" for c in _COLUMNS]
         cells.append(str(r["kv_full_seqs_free"]))
         print(" | ".join(cells + ["yes" if r["fits"] else "NO"]))
+    tpu = [r for r in rows if "tpu_total_with_kv" in r]
+    if tpu:
+        print("\nTPU rows, plan vs XLA's TPU compiler (GiB per device; compiled: the gradient step")
+        print("at full depth for the slice's abstract devices + AdamW + sampler copy + KV):")
+        print(
+            "model | hardware | plan total | compiled total | plan/compiled | "
+            "compiled temps | compile s"
+        )
+        for r in tpu:
+            print(
+                f"{r['model']} | {r['hardware']} | {r['total_with_kv'] / mp.GIB:.2f} | "
+                f"{r['tpu_total_with_kv'] / mp.GIB:.2f} | {r['plan_over_tpu']:.2f} | "
+                f"{r['tpu_temp'] / mp.GIB:.2f} | {r['tpu_compile_s']:.0f}"
+            )
     print(
         "(GiB per device; total = params + sampler copy + grads + opt + activations (remat="
         f"{_REMAT.value}, from the {rows[0]['activations_from']}) + KV; KV pages: "
@@ -118,7 +139,7 @@ def main(argv):
         mu_dtype=_MU.value,
     )
     models = {name: name for name in _MODELS.value} or mp.MODELS
-    rows = mp.plan_all(w, models=models, measure=_MEASURE.value)
+    rows = mp.plan_all(w, models=models, measure=_MEASURE.value, tpu_compile=_TPU.value)
     for hw in mp.HARDWARE.values():
         print(
             f"{hw.name}: {hw.num_devices} JAX devices x {hw.hbm_gib:.0f} GiB, mesh "

@@ -28,7 +28,7 @@ _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 
 def normalize(platform: str) -> str:
-    """"cuda"/"rocm"/"gpu" -> "gpu"; "tpu"; "cpu". Unknown names raise `ValueError`."""
+    """ "cuda"/"rocm"/"gpu" -> "gpu"; "tpu"; "cpu". Unknown names raise `ValueError`."""
     p = platform.lower()
     if p in ("cuda", "rocm", "gpu"):
         return "gpu"
@@ -46,7 +46,7 @@ def _mesh_device():
 
 
 def target_platform() -> str:
-    """"cpu" | "gpu" | "tpu": what the program being traced runs on (see the module docstring)."""
+    """ "cpu" | "gpu" | "tpu": what the program being traced runs on (see the module docstring)."""
     override = _OVERRIDE.get()
     if override is not None:
         return override

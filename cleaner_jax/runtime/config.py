@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import logging
 import os
 
 import ml_collections
@@ -20,6 +21,31 @@ class ConfigError(ValueError):
 
 
 _CHECK_MODES = ("train", "sft", "eval")
+
+
+def adapt_dtypes_to_platform(config: ml_collections.ConfigDict, platform: str) -> list[str]:
+    """On TPU, float16 compute dtypes (`model.dtype`, `rollout.dtype`) become bfloat16, in place.
+
+    The paper trains and samples in float16 (on GPUs, to limit the train/infer mismatch). A TPU
+    has no float16 matrix unit (v5p's MXU takes bf16/int8), XLA's TPU compiler emulates it, and
+    Mosaic kernels (splash, the paged kernel) special-case bf16/f32 only; bfloat16 keeps the
+    sampler and trainer in the same dtype, which is what float16 was for. Loss scaling "auto"
+    then resolves to none. Returns one line per changed field, each also logged as a warning;
+    other platforms are left as configured.
+    """
+    if platform != "tpu":
+        return []
+    changed = []
+    for section, field in (("model", "dtype"), ("rollout", "dtype")):
+        if config[section][field] == "float16":
+            config[section][field] = "bfloat16"
+            changed.append(
+                f"{section}.{field}: float16 -> bfloat16 on TPU (no float16 matrix unit; set "
+                f"--config.{section}.{field}=bfloat16 to make this explicit)"
+            )
+    for line in changed:
+        logging.warning("%s", line)
+    return changed
 
 
 def _model_context(config: ml_collections.ConfigDict, model_dir: str) -> int:

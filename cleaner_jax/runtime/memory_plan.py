@@ -238,14 +238,58 @@ def plan(
     return out
 
 
+# The TPU rows' slices (`models.topology`), for the plan-vs-compiled comparison.
+TPU_SLICES = {"TPUv5p-8": "v5p-8", "TPUv4-8": "v4-8"}
+
+
+def tpu_compiled(cfg: ModelConfig, hw: Hardware, w: Workload, rules: Rules | None = None) -> dict:
+    """The plan's training total as XLA's TPU compiler sees it (needs libtpu, no TPU): the
+    trainer's gradient step (`rl.update._grad_step`, accumulating into the donated gradient
+    tree) compiled for the slice's abstract devices at the workload's shapes, full depth, plus
+    the long-lived buffers it does not take as arguments (AdamW state, the sampler's copy, the
+    KV reserve, from the same abstract shapes as the plan)."""
+    from cleaner_jax.models import sharding as sharding_lib
+    from cleaner_jax.models import topology
+    from cleaner_jax.rl.update import LossConfig
+    from cleaner_jax.runtime import aot
+
+    devices = topology.topology_devices(TPU_SLICES[hw.name])
+    mesh = sharding_lib.make_mesh(dict(zip(MESH_AXES, hw.mesh, strict=True)), devices=devices)
+    cfg = cfg.replace(dtype=w.compute_dtype, remat=w.remat, param_dtype="float32")
+    graphdef, params = aot.abstract_params(cfg, mesh)
+    opt = make_optimizer(OptimConfig(mu_dtype=w.mu_dtype), compute_dtype=w.compute_dtype)
+    opt_state = aot.abstract_opt_state(opt, params, mesh, cfg)
+    rows = aot.round_rows(max(1, w.tokens_per_device // w.row_len), mesh)
+    programs, _ = aot.update_programs(
+        graphdef, params, opt_state, opt, LossConfig(), mesh, rows, w.row_len
+    )
+    fn, args, kwargs = programs["update/grad"]
+    r = aot.compile_program("update/grad", fn, args, kwargs, mesh)
+    sampler = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, w.compute_dtype), params)
+    resident = (
+        aot.tree_bytes_per_device(opt_state)
+        + per_device_bytes(sampler, abstract_mesh(hw.mesh), cfg, rules)
+        + kv_bytes(cfg, w)
+    )
+    return {
+        "tpu_compile_s": r.compile_s,
+        "tpu_temp": r.temp,
+        "tpu_argument": r.argument,
+        "tpu_program": r.program_bytes,
+        "tpu_total_with_kv": r.program_bytes + resident,
+    }
+
+
 def plan_all(
     w: Workload,
     models: Mapping[str, str] = MODELS,
     hardware: Mapping[str, Hardware] = HARDWARE,
     measure: bool = True,
+    tpu_compile: bool = False,
 ) -> list[dict]:
     """Every (model, hardware) row; `measure` compiles the training step once per model and
-    tensor width (see `measured_activation_bytes`)."""
+    tensor width (see `measured_activation_bytes`); `tpu_compile` adds, to the TPU rows, the
+    same totals from XLA's TPU compiler (`tpu_compiled`) and their ratio to the plan."""
     rows = []
     for model_name, preset in models.items():
         cfg = PRESETS[preset].replace(dtype=w.compute_dtype, remat=w.remat)
@@ -255,5 +299,9 @@ def plan_all(
             if measure and tensor not in measured:
                 measured[tensor] = measured_activation_bytes(cfg, w, tensor)
             m = measured.get(tensor)
-            rows.append({"model": model_name, "hardware": hw.name, **plan(cfg, hw, w, None, m)})
+            row = {"model": model_name, "hardware": hw.name, **plan(cfg, hw, w, None, m)}
+            if tpu_compile and hw.name in TPU_SLICES:
+                row.update(tpu_compiled(cfg, hw, w))
+                row["plan_over_tpu"] = row["total_with_kv"] / row["tpu_total_with_kv"]
+            rows.append(row)
     return rows

@@ -1,0 +1,248 @@
+"""A config's training step compiled for a TPU slice, program by program (`launch/tpu_compile.py`).
+
+`compile_step(config, slice_name)` builds the config's parts abstractly on the slice's devices
+(the config's mesh over all of them, as the multi-controller run builds it; the sampler placed as
+`sampling.aot` places it) and compiles each program with `runtime.aot`. The dtype policy is the
+run's (`config.adapt_dtypes_to_platform`: float16 becomes bfloat16 on TPU).
+
+Memory per device of each program adds the long-lived buffers that are live while it runs but
+are not its arguments (the trainer and the sampler share the devices):
+- update/grad: AdamW state, the sampler's weights, the KV pool;
+- update/apply, recompute: the sampler's weights and the KV pool (and AdamW state for recompute);
+- prefill, decode: the trainer's parameters and AdamW state;
+- weight_sync: AdamW state, the KV pool and the sampler's previous weights (freed after).
+The KV pool is the config's `rollout.engine.num_pages` or, for 0, what the run would size (see
+`kv_pages_for`): what the HBM leaves after the largest training program, times the engine's
+memory fraction.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import ml_collections
+
+from cleaner_jax.models import sharding as sharding_lib
+from cleaner_jax.models import topology as topology_lib
+from cleaner_jax.models.platform import platform_of
+from cleaner_jax.rl import update as update_lib
+from cleaner_jax.runtime import aot
+from cleaner_jax.runtime import config as config_lib
+from cleaner_jax.runtime import parts as parts_lib
+
+PROGRAMS = ("update", "recompute", "prefill", "decode", "weight_sync")
+
+
+def _model_cfg(config, num_layers: int):
+    if config.model.hf_path:
+        cfg = parts_lib.model_config_for(config, 0)
+    else:
+        cfg = parts_lib.model_config_for(config, 256)  # the vocab only matters for "tiny"
+    if num_layers:
+        cfg = cfg.replace(num_layers=num_layers)
+    return cfg
+
+
+def compile_step(
+    config: ml_collections.ConfigDict,
+    slice_name: str,
+    *,
+    programs: tuple[str, ...] = PROGRAMS,
+    recompute_lengths: tuple[int, ...] = (),
+    num_layers: int = 0,
+    headroom: float = 0.1,
+) -> dict:
+    """Compiles `programs` of `config`'s step for `slice_name` (`models.topology.SLICES`).
+
+    `recompute_lengths`: extra compiles of the recompute at these row lengths (one row per batch
+    shard) to show its memory against the length. `num_layers` > 0 overrides the depth (tests).
+    Returns a JSON-able dict (see `launch/tpu_compile.py` for the keys).
+    """
+    unknown = set(programs) - set(PROGRAMS)
+    if unknown:
+        raise ValueError(f"unknown programs {sorted(unknown)}; choose from {PROGRAMS}")
+    sl = topology_lib.slice_for(slice_name)
+    devices = topology_lib.topology_devices(sl.topology)
+    platform = platform_of(devices)
+    dtype_changes = config_lib.adapt_dtypes_to_platform(config, platform)
+    cfg = _model_cfg(config, num_layers)
+    mesh = sharding_lib.make_mesh(dict(config.mesh), devices=devices)
+    hbm = topology_lib.hbm_bytes_per_device(sl)
+    peak = sl.peak_flops_per_chip / topology_lib.devices_per_chip(sl)
+    bw = sl.hbm_bytes_per_s_per_chip / topology_lib.devices_per_chip(sl)
+
+    graphdef, params = aot.abstract_params(cfg, mesh)
+    optim = parts_lib.optim_config_from(config, "train")
+    optimizer = update_lib.make_optimizer(optim, compute_dtype=cfg.dtype)
+    loss_cfg = parts_lib.loss_config_from(config, "train")
+    opt_state = aot.abstract_opt_state(optimizer, params, mesh, cfg)
+    rows = aot.round_rows(config.train.rows_per_micro, mesh)
+    row_len = config.train.row_len
+    sizes = {
+        "params": aot.tree_bytes_per_device(params),
+        "opt_state": aot.tree_bytes_per_device(opt_state),
+    }
+    reports: dict[str, aot.ProgramReport] = {}
+
+    def run(name, fn, args, kwargs, notes=""):
+        logging.info("compiling %s for %s", name, sl.name)
+        reports[name] = aot.compile_program(name, fn, args, kwargs, mesh, notes)
+        return reports[name]
+
+    if "update" in programs:
+        update, grads = aot.update_programs(
+            graphdef, params, opt_state, optimizer, loss_cfg, mesh, rows, row_len
+        )
+        sizes["grads"] = aot.tree_bytes_per_device(grads)
+        for name, (fn, args, kwargs) in update.items():
+            run(name, fn, args, kwargs, f"{rows} x {row_len} tokens per micro-batch")
+    if "recompute" in programs:
+        fn, args, kwargs = aot.recompute_program(
+            graphdef,
+            params,
+            mesh,
+            rows,
+            row_len,
+            config.rollout.temperature,
+            config.train.logprob_chunk,
+        )
+        run("recompute", fn, args, kwargs, f"{rows} x {row_len}; one shape per run")
+    by_length = {}
+    for length in recompute_lengths:
+        fn, args, kwargs = aot.recompute_program(
+            graphdef,
+            params,
+            mesh,
+            rows,
+            length,
+            config.rollout.temperature,
+            config.train.logprob_chunk,
+        )
+        r = run(f"recompute@{length}", fn, args, kwargs, f"{rows} x {length}")
+        by_length[length] = r.temp + r.argument + r.output - r.alias
+
+    sampler = _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm, run)
+
+    _add_residents(reports, sizes)
+    out_programs = {}
+    for name, r in reports.items():
+        d = r.as_dict()
+        d.update(aot.fits(r.total_bytes, hbm, headroom))
+        d["roofline_s_estimate"] = r.roofline_s(peak, bw)
+        out_programs[name] = d
+
+    def peak_of(prefix):
+        vals = [
+            r.total_bytes
+            for n, r in reports.items()
+            if n.split("@")[0] == prefix or n.startswith(prefix + "/")
+        ]
+        return max(vals) if vals else None
+
+    return {
+        "slice": sl.name,
+        "topology": sl.topology,
+        "devices": len(devices),
+        "processes": len({d.process_index for d in devices}),
+        "device_kind": str(devices[0].device_kind),
+        "hbm_bytes_per_device": hbm,
+        "mesh": dict(mesh.shape),
+        "model": {
+            "num_layers": cfg.num_layers,
+            "hidden_size": cfg.hidden_size,
+            "vocab_size": cfg.vocab_size,
+            "dtype": cfg.dtype,
+            "param_dtype": cfg.param_dtype,
+            "attention": cfg.attention,
+            "remat": cfg.remat,
+            "scan_layers": bool(getattr(cfg, "scan_layers", False)),
+        },
+        "dtype_changes": dtype_changes,
+        "rows_per_micro": rows,
+        "row_len": row_len,
+        "sizes_bytes_per_device": sizes,
+        "sampler": sampler,
+        "programs": out_programs,
+        "train_step_bytes_per_device": peak_of("update"),
+        "recompute_bytes_per_device": reports["recompute"].total_bytes
+        if "recompute" in reports
+        else None,
+        "recompute_program_bytes_by_length": by_length,
+        # recompute_sample_logprobs packs every sample into [rows_per_micro, row_len] calls.
+        "recompute_shapes_per_step": 1 if "recompute" in reports else None,
+        "prefill_bytes_per_device": peak_of("prefill"),
+        "decode_bytes_per_device": peak_of("decode"),
+        "weight_sync_bytes_per_device": peak_of("weight_sync"),
+        "fits": all(d["fits"] for d in out_programs.values()),
+        "fits_with_headroom": all(d["fits_with_headroom"] for d in out_programs.values()),
+        "compile_s_total": sum(r.compile_s for r in reports.values()),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _add_residents(reports: dict, sizes: dict) -> None:
+    opt, sampler, kv = sizes["opt_state"], sizes.get("sampler_weights", 0), sizes.get("kv_pool", 0)
+    params = sizes["params"]
+    other = {
+        "update/grad": opt + sampler + kv,
+        "update/apply": sampler + kv,
+        "recompute": opt + sampler + kv,
+        "prefill": params + opt,
+        "decode": params + opt,
+        "weight_sync": opt + kv + sampler,
+    }
+    for name, r in reports.items():
+        r.resident_other = other.get(name.split("@")[0], opt + sampler + kv)
+
+
+def kv_pages_for(
+    free_bytes: int, page_bytes_per_device: int, memory_fraction: float, min_pages: int = 2
+) -> int:
+    """KV pages the run would allocate for `num_pages=0`: `memory_fraction` of what is left."""
+    pages = int(max(free_bytes, 0) * memory_fraction) // max(page_bytes_per_device, 1)
+    return max(pages, min_pages)
+
+
+def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm, run) -> dict:
+    """Compiles the sampler's programs (placement per `sampling.aot`); fills `sizes`."""
+    wanted = [p for p in ("prefill", "decode", "weight_sync") if p in programs]
+    if not wanted:
+        return {}
+    from cleaner_jax.sampling import aot as sampler_aot
+
+    engine = parts_lib.engine_config_from(config)
+    train_peak = max(
+        [
+            r.program_bytes + sizes["opt_state"]
+            for n, r in reports.items()
+            if n.startswith("update/grad") or n.startswith("recompute")
+        ]
+        or [sizes["params"]]
+    )
+    placed = sampler_aot.placement_sizes(
+        cfg.replace(dtype=parts_lib.sampler_dtype(config)), engine, mesh
+    )
+    sizes["sampler_weights"] = placed["weights_bytes_per_device"]
+    num_pages = engine.num_pages
+    if not num_pages:
+        free = hbm - train_peak - sizes["sampler_weights"]
+        num_pages = kv_pages_for(free, placed["page_bytes_per_device"], engine.memory_fraction)
+    sizes["kv_pool"] = num_pages * placed["page_bytes_per_device"]
+    progs = sampler_aot.sampler_programs(
+        graphdef, params, cfg, config, engine, mesh, num_pages=num_pages
+    )
+    for name in wanted:
+        fn, args, kwargs = progs[name]
+        run(name, fn, args, kwargs)
+    return {
+        "num_pages": num_pages,
+        "pages_from": "config" if engine.num_pages else "sized net of training (num_pages=0)",
+        "tokens_in_pool": num_pages * engine.page_size,
+        **placed,
+    }
+
+
+__all__ = ["PROGRAMS", "compile_step", "kv_pages_for"]
+_ = math
