@@ -31,6 +31,17 @@ if [ "$cmd" = test ]; then
     touch "$tstamp"
   fi
 fi
+# The test command also installs libtpu (jax's `tpu` extra at the installed jax version): the
+# tpu_compile tests compile our programs for abstract TPU devices on this CPU host, no TPU needed.
+if [ "$cmd" = test ]; then
+  jaxv="$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("jax"))')"
+  lstamp="$venv/.libtpu-$jaxv"
+  if [ ! -f "$lstamp" ]; then
+    "$venv/bin/python" -m pip install -q "jax[tpu]==$jaxv"
+    touch "$lstamp"
+  fi
+  export CLEANER_JAX_REQUIRE_LIBTPU=1
+fi
 # The sandbox runs tool code under bubblewrap; install it where we can (root + apt), else the
 # sandbox falls back to rlimits + process groups and warns loudly.
 if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
