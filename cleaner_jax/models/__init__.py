@@ -20,7 +20,7 @@ from cleaner_jax.models.config import (
 )
 from cleaner_jax.models.hf_io import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
 from cleaner_jax.models.kv_cache import DenseKVCache
-from cleaner_jax.models.qwen import KVCache, Qwen, token_logprobs
+from cleaner_jax.models.qwen import KVCache, Qwen, stack_layers, token_logprobs, unstack_layers
 from cleaner_jax.models.sharding import (
     DEFAULT_RULES,
     MESH_AXES,
@@ -56,7 +56,9 @@ __all__ = [
     "resolve_impl",
     "save_hf_checkpoint",
     "shard_state",
+    "stack_layers",
     "state_shardings",
     "tiny_config",
     "token_logprobs",
+    "unstack_layers",
 ]

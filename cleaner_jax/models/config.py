@@ -31,6 +31,9 @@ class ModelConfig:
     `dtype` the compute dtype of matmuls; softmax, logits and log-probs are always float32.
     `attention` picks the training-forward attention (`attention.IMPLEMENTATIONS`; "auto" by
     backend) and `attention_block` its query/key block length; the KV-cache path ignores both.
+    `scan_layers` stores the decoder layers' parameters stacked on a leading layer axis and runs
+    the training / scoring forward as a scan over them (compile time independent of the depth);
+    the numbers are those of the unrolled layout (`qwen.stack_layers` converts a state).
     """
 
     vocab_size: int
@@ -53,6 +56,7 @@ class ModelConfig:
     remat: bool = False
     attention: str = "auto"
     attention_block: int = 512
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -84,6 +88,8 @@ class ModelConfig:
                 f"attention={self.attention!r} is not an implementation; use one of "
                 f"{', '.join(ATTENTION_IMPLEMENTATIONS)}"
             )
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers={self.num_layers} must be >= 1")
         if self.attention_block < 1:
             raise ValueError(f"attention_block={self.attention_block} must be >= 1")
         for name in ("param_dtype", "dtype"):

@@ -14,6 +14,11 @@ index json) and writes a `config.json` that `transformers.AutoModelForCausalLM` 
 Names: our flat path `layers/3/self_attn/q_proj/kernel` is HF
 `model.layers.3.self_attn.q_proj.weight` with the kernel transposed ([out, in] in HF);
 `embed_tokens/embedding` is `model.embed_tokens.weight`; `lm_head/kernel` is `lm_head.weight`.
+With stacked layers (`cfg.scan_layers`) our `layers/self_attn/q_proj/kernel` [L, in, out] holds
+HF's `model.layers.{i}.self_attn.q_proj.weight` at index i: import fills one stacked parameter on
+the host from its L tensors before placing it (host memory: the largest stacked parameter), and
+export writes the same files, byte for byte, as the unrolled layout (each layer's slice is taken
+on device, then gathered).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import logging
 import os
 import struct
 from collections.abc import Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import jax
@@ -33,7 +39,7 @@ from safetensors import safe_open
 
 from cleaner_jax.models.config import ModelConfig
 from cleaner_jax.models.qwen import Qwen
-from cleaner_jax.models.sharding import Rules, state_shardings
+from cleaner_jax.models.sharding import Rules, is_stacked_layer_path, state_shardings
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -55,6 +61,19 @@ def hf_name(path: tuple[Any, ...]) -> str:
 
 def _is_kernel(path: tuple[Any, ...]) -> bool:
     return path[-1] == "kernel"
+
+
+def _tensors_of(path: tuple[Any, ...], shape: tuple[int, ...]) -> list[tuple[str, int | None]]:
+    """[(HF name, layer index into our array or None)] of the parameter at flat `path`."""
+    if not is_stacked_layer_path(path):
+        return [(hf_name(path), None)]
+    return [(hf_name((path[0], i, *path[1:])), i) for i in range(shape[0])]
+
+
+def _hf_shape(path: tuple[Any, ...], shape: tuple[int, ...], layer: int | None) -> tuple[int, ...]:
+    """Shape of one HF tensor of our parameter: one layer's slice, kernels transposed."""
+    one = tuple(shape[1:] if layer is not None else shape)
+    return one[::-1] if _is_kernel(path) else one
 
 
 def _param_flat_state(cfg: ModelConfig):
@@ -148,7 +167,8 @@ def load_hf_checkpoint(
         cfg = cfg.replace(param_dtype=dtype)
     graphdef, state = _param_flat_state(cfg)
     flat = dict(nnx.to_flat_state(state))
-    by_name = {hf_name(p): p for p in flat}
+    wanted = {p: _tensors_of(p, tuple(v.get_value().shape)) for p, v in flat.items()}
+    expected_names = {name for tensors in wanted.values() for name, _ in tensors}
     if mesh is not None:
         shardings = {
             p: v.get_value() for p, v in nnx.to_flat_state(state_shardings(state, mesh, rules, cfg))
@@ -158,9 +178,9 @@ def load_hf_checkpoint(
         shardings = {p: device for p in flat}
 
     files = _checkpoint_files(path)
-    in_ckpt = {n for names in files.values() for n in names}
-    unknown = sorted(n for n in in_ckpt if n not in by_name and not _ignored(n, cfg))
-    missing = sorted(n for n in by_name if n not in in_ckpt)
+    file_of = {n: fpath for fpath, names in files.items() for n in names}
+    unknown = sorted(n for n in file_of if n not in expected_names and not _ignored(n, cfg))
+    missing = sorted(n for n in expected_names if n not in file_of)
     if unknown or missing:
         problems = []
         if missing:
@@ -175,33 +195,35 @@ def load_hf_checkpoint(
 
     np_dtype = np.dtype(cfg.jnp_param_dtype)
     filled = {}
-    tied_head = None
-    with _host_device_context():
-        for fpath, names in files.items():
-            with safe_open(fpath, "flax") as f:
-                for name in names:
-                    if name == "lm_head.weight" and cfg.tie_word_embeddings:
-                        tied_head = (fpath, name)
-                    if name not in by_name:
-                        continue
-                    p = by_name[name]
-                    target = flat[p].get_value()
-                    x = np.asarray(f.get_tensor(name))
-                    want = target.shape[::-1] if _is_kernel(p) else target.shape
-                    if x.shape != tuple(want):
-                        raise CheckpointError(
-                            f"tensor {name!r} in {os.path.basename(fpath)} has shape {x.shape}, "
-                            f"the config implies {tuple(want)}: config.json and weights disagree"
-                        )
-                    if _is_kernel(p):
-                        x = x.T
-                    x = np.ascontiguousarray(x.astype(np_dtype, copy=False))
-                    filled[p] = jax.make_array_from_callback(
-                        x.shape, shardings[p], lambda idx, x=x: x[idx]
-                    )
-                    del x
-        if tied_head is not None:
-            _check_tied_head(tied_head[0], files, filled[by_name["model.embed_tokens.weight"]])
+    with _host_device_context(), ExitStack() as stack:
+        # safetensors files are memory-mapped: opening all of them at once costs no memory, and
+        # a stacked parameter's tensors may sit in different shards.
+        handles = {fpath: stack.enter_context(safe_open(fpath, "flax")) for fpath in files}
+
+        def read(name: str, want: tuple[int, ...], kernel: bool) -> np.ndarray:
+            x = np.asarray(handles[file_of[name]].get_tensor(name))
+            if x.shape != want:
+                raise CheckpointError(
+                    f"tensor {name!r} in {os.path.basename(file_of[name])} has shape {x.shape}, "
+                    f"the config implies {want}: config.json and weights disagree"
+                )
+            return x.T if kernel else x
+
+        for p, tensors in wanted.items():
+            shape = tuple(flat[p].get_value().shape)
+            if tensors[0][1] is None:
+                x = read(tensors[0][0], _hf_shape(p, shape, None), _is_kernel(p))
+                x = np.ascontiguousarray(x.astype(np_dtype, copy=False))
+            else:
+                x = np.empty(shape, np_dtype)
+                for name, i in tensors:
+                    x[i] = read(name, _hf_shape(p, shape, i), _is_kernel(p))
+            filled[p] = jax.make_array_from_callback(shape, shardings[p], lambda idx, x=x: x[idx])
+            del x
+        if cfg.tie_word_embeddings and "lm_head.weight" in file_of:
+            _check_tied_head(
+                file_of["lm_head.weight"], files, filled[("embed_tokens", "embedding")]
+            )
     for p, arr in filled.items():
         flat[p].set_value(arr)
     logging.info("loaded %d tensors from %s (%s)", len(filled), path, cfg.param_dtype)
@@ -220,6 +242,11 @@ def _host_array(arr: jax.Array) -> np.ndarray:
 
         arr = multihost_utils.process_allgather(arr, tiled=True)
     return np.asarray(jax.device_get(arr))
+
+
+@jax.jit
+def _layer_slice(stacked: jax.Array, layer: jax.Array) -> jax.Array:
+    return stacked[layer]
 
 
 def _plan_shards(
@@ -303,7 +330,8 @@ def save_hf_checkpoint(
         shape = tuple(var.get_value().shape)
         if shape != tuple(expected[p].get_value().shape):
             raise CheckpointError(f"{p}: shape {shape} != {expected[p].get_value().shape} of cfg")
-        entries.append((hf_name(p), p, shape[::-1] if _is_kernel(p) else shape))
+        for name, layer in _tensors_of(p, shape):
+            entries.append((name, (p, layer), _hf_shape(p, shape, layer)))
     entries.sort(key=lambda e: e[0])
 
     write = jax.process_index() == 0
@@ -317,8 +345,11 @@ def save_hf_checkpoint(
     )
 
     def host_tensors(shard):
-        for _, p, _ in shard:
-            x = _host_array(flat[p].get_value())
+        for _, (p, layer), _ in shard:
+            arr = flat[p].get_value()
+            # One layer of a stacked parameter is sliced on device (a traced index: one compile
+            # per shape), so the host never holds more than one tensor.
+            x = _host_array(arr if layer is None else _layer_slice(arr, np.int32(layer)))
             x = x.T if _is_kernel(p) else x
             yield np.ascontiguousarray(x.astype(np_dtype, copy=False))
 

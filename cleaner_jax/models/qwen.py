@@ -11,6 +11,15 @@ Two ways in, one module:
   object (a pytree, `kv_cache.DenseKVCache` or the sampler's paged cache) does the write and the
   attention for each layer through `cache.update_and_attend(layer, q, k, v, positions)`.
 
+Two layouts of the decoder layers (`cfg.scan_layers`), one set of numbers:
+- unrolled (default): `layers` is a list, state paths `layers/3/self_attn/q_proj/kernel`, and the
+  forward is a Python loop, so each program's HLO grows with the depth;
+- stacked: `layers` is ONE `DecoderLayer` whose parameters carry a leading L axis (state path
+  `layers/self_attn/q_proj/kernel`, shape [L, D, N*H]); the no-cache forward is a `lax.scan` over
+  them (one layer's HLO whatever the depth: compile time and program size stop growing with L),
+  the KV-cache paths loop over static slices `[i]` so the cache protocol keeps its int `layer`.
+`stack_layers` / `unstack_layers` convert a state between the two.
+
 Letters: B batch, T query seq, S key seq, D embed, N query heads, K kv heads, G = N // K,
 H head dim, F mlp, V vocab, L layers.
 """
@@ -228,6 +237,18 @@ def _layer_forward(layer_module, x_BTD, positions_BT, segment_ids_BT):
     return layer_module(x_BTD, positions_BT, segment_ids_BT, 0, None)[0]
 
 
+def _stacked_layers(cfg: ModelConfig, rngs: nnx.Rngs) -> DecoderLayer:
+    """One `DecoderLayer` whose parameters have a leading axis of `cfg.num_layers`, each layer
+    initialised from its own split of the rng streams."""
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(layer_rngs):
+        return DecoderLayer(cfg, rngs=layer_rngs)
+
+    return make(rngs)
+
+
 class Qwen(nnx.Module):
     """The decoder. `__call__` returns (float32 logits [B, T, V], cache)."""
 
@@ -241,7 +262,10 @@ class Qwen(nnx.Module):
             embedding_init=init,
             rngs=rngs,
         )
-        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        if cfg.scan_layers:
+            self.layers = _stacked_layers(cfg, rngs)
+        else:
+            self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg=cfg)
         self.lm_head = (
             None
@@ -262,12 +286,38 @@ class Qwen(nnx.Module):
         x_BTD = self.embed_tokens(tokens_BT).astype(self.cfg.jnp_dtype)
         if cache is None and segment_ids_BT is None:
             segment_ids_BT = jnp.ones_like(tokens_BT)
+        if self.cfg.scan_layers:
+            x_BTD, cache = self._stacked_forward(x_BTD, positions_BT, segment_ids_BT, cache)
+            return self.norm(x_BTD), cache
         for i, layer in enumerate(self.layers):
             if self.cfg.remat and cache is None:
                 x_BTD = nnx.remat(_layer_forward)(layer, x_BTD, positions_BT, segment_ids_BT)
             else:
                 x_BTD, cache = layer(x_BTD, positions_BT, segment_ids_BT, i, cache)
         return self.norm(x_BTD), cache
+
+    def _stacked_forward(self, x_BTD, positions_BT, segment_ids_BT, cache):
+        # The layers' state is split off and each step merges its slice back into a layer: the
+        # scan body is a pure function of (carry, layer parameters), which `lax.scan` and
+        # `jax.checkpoint` need; gradients reach the stacked parameters through the scan.
+        graphdef, params = nnx.split(self.layers)
+        if cache is not None:
+            # Static slices: the cache protocol names its layer with a Python int.
+            for i in range(self.cfg.num_layers):
+                layer = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], params))
+                x_BTD, cache = layer(x_BTD, positions_BT, segment_ids_BT, i, cache)
+            return x_BTD, cache
+
+        def body(x_BTD, layer_params):
+            layer = nnx.merge(graphdef, layer_params)
+            return layer(x_BTD, positions_BT, segment_ids_BT, 0, None)[0], None
+
+        if self.cfg.remat:
+            # As `nnx.remat` per unrolled layer: only the layer input is saved for the backward.
+            # No CSE barrier is needed inside a scan body (JAX's `checkpoint` docs).
+            body = jax.checkpoint(body, prevent_cse=False)
+        x_BTD, _ = jax.lax.scan(body, x_BTD, params)
+        return x_BTD, None
 
     def unembedding(self) -> tuple[jax.Array, bool]:
         """The output projection as stored: (`[V, D]` tied embedding, True) or (`[D, V]`, False).
@@ -307,3 +357,30 @@ def token_logprobs(logits_BTV: jax.Array, targets_BT: jax.Array, temperature: fl
     """log p(target) under softmax(logits / temperature), float32 [B, T]."""
     logp_BTV = jax.nn.log_softmax(logits_BTV.astype(jnp.float32) / temperature, axis=-1)
     return jnp.take_along_axis(logp_BTV, targets_BT[..., None], axis=-1)[..., 0]
+
+
+def stack_layers(state: nnx.State) -> nnx.State:
+    """`state` of the unrolled layout (`layers/<i>/...`) in the stacked layout of
+    `cfg.scan_layers` (`layers/...` with a leading layer axis); the other entries are shared."""
+    raw = dict(state.raw_mapping)  # nested plain dicts, the tree `nnx.split` returns
+    layers = raw["layers"]
+    if not all(isinstance(i, int) for i in layers):
+        raise ValueError(
+            "stack_layers: state['layers'] is not indexed by layer number; it is stacked already"
+        )
+    raw["layers"] = jax.tree.map(
+        lambda *xs: jnp.stack(xs), *[layers[i] for i in range(len(layers))]
+    )
+    return nnx.State(raw)
+
+
+def unstack_layers(state: nnx.State) -> nnx.State:
+    """`state` of the stacked layout (`cfg.scan_layers`) in the unrolled one; inverse of
+    `stack_layers`."""
+    raw = dict(state.raw_mapping)
+    layers = raw["layers"]
+    if any(isinstance(i, int) for i in layers):
+        raise ValueError("unstack_layers: state['layers'] is indexed by layer number already")
+    num_layers = jax.tree.leaves(layers)[0].shape[0]
+    raw["layers"] = {i: jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)}
+    return nnx.State(raw)

@@ -8,10 +8,12 @@ flax 0.12 applies it eagerly at construction and then needs a mesh to build any 
 
 A dimension whose size is not divisible by its mesh axes is replicated instead (debug log), so
 every rule set works on every mesh. Fused projection dims (heads * head_dim) are only split at
-head boundaries when `cfg` is given. GSPMD propagates activation shardings from the parameters
-and the batch-sharded inputs, so the mesh axes are `Auto`.
+head boundaries when `cfg` is given. The stacked decoder layers of `cfg.scan_layers` carry one
+more leading dimension, logical name `layers`, which no mesh axis shards unless a rule says so.
+GSPMD propagates activation shardings from the parameters and the batch-sharded inputs, so the
+mesh axes are `Auto`.
 
-Letters: B batch, T seq, D embed, N heads, K kv heads, H head dim, F mlp, V vocab.
+Letters: B batch, T seq, D embed, N heads, K kv heads, H head dim, F mlp, V vocab, L layers.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ DEFAULT_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("vocab", "tensor"),
+    ("layers", None),
 )
 
 # (module name, parameter name) -> logical axes of the stored array. Kernels are [in, out];
@@ -114,6 +117,9 @@ def _rules_dict(rules: Rules | None) -> dict[str, MeshAxes]:
         if isinstance(axes, list):
             axes = tuple(axes)
         out[logical] = axes
+    # Rule sets written before `scan_layers` existed keep working: the stacked layer axis is
+    # replicated unless a rule maps it.
+    out.setdefault("layers", None)
     return out
 
 
@@ -165,24 +171,37 @@ def logical_to_spec(
     return PartitionSpec(*spec)
 
 
-def _param_key(path: tuple[Any, ...]) -> tuple[str, str]:
-    names = [
+def _path_names(path: tuple[Any, ...]) -> list[str]:
+    return [
         str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
         for k in path
         if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value")
     ]
-    return names[-2], names[-1]
+
+
+def is_stacked_layer_path(path: tuple[Any, ...]) -> bool:
+    """Whether a key path (`jax.tree_util` keys, or the strings/ints of `nnx.to_flat_state`)
+    leads to a stacked decoder-layer parameter (`layers/self_attn/...`, `cfg.scan_layers`)
+    rather than one layer's (`layers/3/self_attn/...`)."""
+    names = _path_names(path)
+    if "layers" not in names:
+        return False
+    i = names.index("layers")
+    return i + 1 < len(names) and not names[i + 1].isdigit()
 
 
 def param_logical_axes(path: tuple[Any, ...]) -> tuple[str, ...]:
-    """Logical axes of the parameter at a `jax.tree_util` key path into the model state."""
-    key = _param_key(path)
+    """Logical axes of the parameter at a `jax.tree_util` key path into the model state (or a
+    parameter-shaped tree such as an optimizer moment); stacked layers get a leading `layers`."""
+    names = _path_names(path)
+    key = (names[-2], names[-1])
     if key not in PARAM_LOGICAL_AXES:
         raise ShardingError(
             f"parameter {jax.tree_util.keystr(path)} has no entry {key} in PARAM_LOGICAL_AXES; "
             "add one when adding a parameter to the model"
         )
-    return PARAM_LOGICAL_AXES[key]
+    logical = PARAM_LOGICAL_AXES[key]
+    return ("layers", *logical) if is_stacked_layer_path(path) else logical
 
 
 def state_shardings(

@@ -3,7 +3,8 @@
 - `tiny_variant(...)`: a small `ModelConfig` of either architecture with a chosen GQA ratio,
   tying and bias;
 - `random_model(cfg, seed)`: our model with every parameter random (norm weights near 1,
-  non-zero biases), so parity tests exercise all of them;
+  non-zero biases), so parity tests exercise all of them; the same numbers in either layer
+  layout (`cfg.scan_layers`);
 - `save_tiny_checkpoint(dir, cfg, seed)`: an HF checkpoint dir written by our exporter (no torch);
 - `torch_model(cfg, seed)`: the same architecture built by `transformers` with random weights
   (needs the `torch` extra; imported lazily).
@@ -20,7 +21,7 @@ from flax import nnx
 
 from cleaner_jax.models.config import ModelConfig, tiny_config
 from cleaner_jax.models.hf_io import save_hf_checkpoint
-from cleaner_jax.models.qwen import Qwen
+from cleaner_jax.models.qwen import Qwen, stack_layers
 
 
 def tiny_variant(
@@ -49,8 +50,13 @@ def random_model(cfg: ModelConfig, seed: int = 0, scale: float = 0.1) -> Qwen:
     """Our model with all parameters random: N(0, scale) weights/biases, norms 1 + N(0, scale).
 
     Built abstractly and filled from numpy: eager init compiles every op and a jitted
-    threefry init takes XLA ~20 s to compile on CPU.
+    threefry init takes XLA ~20 s to compile on CPU. With `cfg.scan_layers` the parameters are
+    those of the unrolled model of the same seed, stacked.
     """
+    if cfg.scan_layers:
+        state = nnx.state(random_model(cfg.replace(scan_layers=False), seed, scale))
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))
+        return nnx.merge(graphdef, stack_layers(state))
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))
     leaves, treedef = jax.tree.flatten_with_path(abstract)
     rng = np.random.default_rng(seed)
