@@ -36,6 +36,11 @@ _PROGRAMS = flags.DEFINE_list("programs", list(aot_step.PROGRAMS), "Programs to 
 _LENGTHS = flags.DEFINE_list(
     "recompute_lengths", [], "Also compile the recompute at these row lengths (tokens)."
 )
+_PREFIX = flags.DEFINE_list(
+    "prefix_shared_lengths",
+    [],
+    "Also compile the previous dense prefix-shared recompute at these response lengths.",
+)
 _LAYERS = flags.DEFINE_integer("num_layers", 0, "Override the model depth (0: the config's).")
 _HEADROOM = flags.DEFINE_float("headroom", 0.1, "HBM fraction to keep free for 'fits'.")
 _JSON = flags.DEFINE_string("json", "", "Write the result here as JSON.")
@@ -86,6 +91,11 @@ def print_table(result: dict) -> None:
         print("\nrecompute program bytes by row length:")
         for length, b in result["recompute_program_bytes_by_length"].items():
             print(f"  {length}: {b / GiB:.2f} GiB")
+    if result["prefix_shared_by_length"]:
+        print("\nprevious prefix-shared recompute (dense), by response length:")
+        for length, r in result["prefix_shared_by_length"].items():
+            got = r.get("error") or f"{r['program_bytes'] / GiB:.2f} GiB"
+            print(f"  {length}: {got}")
     print(
         f"\nfits: {result['fits']} (with {_HEADROOM.value:.0%} headroom: "
         f"{result['fits_with_headroom']}); compile total {result['compile_s_total']:.0f} s"
@@ -99,6 +109,7 @@ def main(argv):
         _TOPOLOGY.value,
         programs=tuple(_PROGRAMS.value),
         recompute_lengths=tuple(int(x) for x in _LENGTHS.value),
+        prefix_shared_lengths=tuple(int(x) for x in _PREFIX.value),
         num_layers=_LAYERS.value,
         headroom=_HEADROOM.value,
     )

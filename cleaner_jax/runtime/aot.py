@@ -323,6 +323,25 @@ def recompute_program(graphdef, params, mesh, rows, row_len, temperature, chunk)
     )
 
 
+def prefix_shared_program(graphdef, params, mesh, group, prompt_len, resp_len, temperature, chunk):
+    """The previous recompute (`logprobs._prefix_shared`: dense attention over a prompt KV cache
+    copied `group` times), kept to show what it costs at the paper's lengths."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def struct(shape, dtype=jnp.int32):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+
+    args = (
+        graphdef,
+        params,
+        struct((prompt_len,)),
+        struct(()),
+        struct((group, resp_len)),
+        struct((group,)),
+    )
+    return logprobs_lib._prefix_shared, args, {"temperature": temperature, "chunk": chunk}
+
+
 def fits(total_bytes: int, hbm_bytes: int, headroom: float = 0.1) -> dict:
     return {
         "fits": bool(total_bytes <= hbm_bytes),

@@ -51,13 +51,17 @@ def compile_step(
     *,
     programs: tuple[str, ...] = PROGRAMS,
     recompute_lengths: tuple[int, ...] = (),
+    prefix_shared_lengths: tuple[int, ...] = (),
     num_layers: int = 0,
     headroom: float = 0.1,
 ) -> dict:
     """Compiles `programs` of `config`'s step for `slice_name` (`models.topology.SLICES`).
 
     `recompute_lengths`: extra compiles of the recompute at these row lengths (one row per batch
-    shard) to show its memory against the length. `num_layers` > 0 overrides the depth (tests).
+    shard) to show its memory against the length; `prefix_shared_lengths`: the same for the
+    previous dense prefix-shared recompute (a group of `rollout.n` responses of each length after
+    a `data.max_prompt_tokens` prompt; a compile the TPU compiler refuses is recorded with its
+    error). `num_layers` > 0 overrides the depth (tests).
     Returns a JSON-able dict (see `launch/tpu_compile.py` for the keys).
     """
     unknown = set(programs) - set(PROGRAMS)
@@ -123,6 +127,24 @@ def compile_step(
         r = run(f"recompute@{length}", fn, args, kwargs, f"{rows} x {length}")
         by_length[length] = r.temp + r.argument + r.output - r.alias
 
+    prefix_shared = {}
+    for length in prefix_shared_lengths:
+        fn, args, kwargs = aot.prefix_shared_program(
+            graphdef,
+            params,
+            mesh,
+            config.rollout.n,
+            config.data.max_prompt_tokens,
+            length,
+            config.rollout.temperature,
+            config.train.logprob_chunk,
+        )
+        try:
+            r = aot.compile_program(f"prefix_shared@{length}", fn, args, kwargs, mesh)
+            prefix_shared[length] = {"program_bytes": r.program_bytes, "temp": r.temp}
+        except Exception as e:  # noqa: BLE001 - the compiler's refusal is the measurement
+            prefix_shared[length] = {"error": str(e).splitlines()[0][:400]}
+
     sampler = _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm, run)
 
     _add_residents(reports, sizes)
@@ -170,6 +192,7 @@ def compile_step(
         if "recompute" in reports
         else None,
         "recompute_program_bytes_by_length": by_length,
+        "prefix_shared_by_length": prefix_shared,
         # recompute_sample_logprobs packs every sample into [rows_per_micro, row_len] calls.
         "recompute_shapes_per_step": 1 if "recompute" in reports else None,
         "prefill_bytes_per_device": peak_of("prefill"),
