@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 GiB = 1024**3
 
@@ -73,6 +74,9 @@ def topology_devices(name: str) -> tuple:
         ) from e
     from jax.experimental import topologies
 
+    # libtpu takes /tmp/libtpu_lockfile for the process that owns the TPU; a compile-only client
+    # owns none, and parallel test workers or a second compile must not fail on the lock.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     topo = name if ":" in name else slice_for(name).topology
     return tuple(topologies.get_topology_desc(platform="tpu", topology_name=topo).devices)
 
