@@ -12,11 +12,15 @@ so that every process again holds identical host data for the update. This modul
 - `host_batch_to_global`: global arrays from host data that is identical on every process (the
   micro-batches and numpy inputs of jits over global parameters);
 - `to_host`: numpy from global arrays (a collective for sharded ones);
-- `local_replica`: the parameters fully replicated on one local device, for the process-local
-  sampler (a local jit cannot read a global array that spans other processes' devices).
+- `sampler_replica`: the weight sync: the trainer's parameters cast and resharded, in one
+  jitted program (`weight_sync_program`), onto this process's tensor-parallel sampler placement
+  (`sampling.placement`; a local jit cannot read a global array that spans other processes'
+  devices);
+- `local_replica`: the parameters fully replicated on one local device.
 
 Functions that gather (`allgather_objects`, `gather_shares`, `to_host` on sharded arrays,
-`local_replica` on global arrays) are collectives: every process must call them in the same order.
+`sampler_replica` and `local_replica` on global arrays) are collectives: every process must call
+them in the same order.
 With one process none of them touches a collective.
 """
 
@@ -33,6 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec, Sharding
+
+from cleaner_jax.models.config import ModelConfig
+from cleaner_jax.sampling.placement import SamplerPlacement, weight_sync_program
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"  # also read by jax itself
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
@@ -232,3 +239,40 @@ def local_replica(state: Any, dtype: str | None = None, device: jax.Device | Non
         raise ValueError(f"{device} holds no copy of a parameter: it is not in the mesh")
 
     return jax.tree.unflatten(treedef, [pick(x) for x in _replicate_and_cast(leaves, dtype)])
+
+
+def _device_order(x) -> tuple | None:
+    s = x.sharding
+    return tuple(s.mesh.devices.flat) if isinstance(s, NamedSharding) else None
+
+
+def sampler_replica(
+    state: Any, placement: SamplerPlacement, cfg: ModelConfig, dtype: str | None = None
+) -> Any:
+    """The parameter tree on this process's sampler `placement`, in `dtype` (default:
+    unchanged), by one jitted program from the training mesh (`weight_sync_program`). Every
+    process must call it at the same point when `state` spans processes (one SPMD program over
+    all devices). A single-process state not on the placement's training mesh (tests, a model
+    on one device) is cast and copied instead."""
+    leaves, treedef = jax.tree.flatten(state)
+    if any(not isinstance(x, jax.Array) for x in leaves):
+        raise TypeError("sampler_replica expects a tree of jax.Arrays (the trainer's parameters)")
+    sync = placement.sync_mesh
+    order = None if sync is None else tuple(sync.devices.flat)
+    if any(_device_order(x) != order for x in leaves):
+        if jax.process_count() > 1:
+            raise ValueError(
+                "the state is not on the training mesh the sampler placement was built from: pass "
+                "the trainer's state and sampler_placement(..., train_devices=mesh.devices.flat)"
+            )
+        target = None if dtype is None else jnp.dtype(dtype)
+        cast = [x if target is None or x.dtype == target else x.astype(target) for x in leaves]
+        return placement.put(jax.tree.unflatten(treedef, cast), cfg)
+    program, _ = weight_sync_program(state, placement, cfg, dtype)
+    out = program(leaves)
+    mine = set(placement.devices)
+    picked = []
+    for x, s in zip(out, jax.tree.leaves(placement.param_shardings(state, cfg)), strict=True):
+        shards = [sh.data for sh in x.addressable_shards if sh.device in mine]
+        picked.append(jax.make_array_from_single_device_arrays(x.shape, s, shards))
+    return jax.tree.unflatten(treedef, picked)

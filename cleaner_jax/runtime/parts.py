@@ -28,14 +28,24 @@ from cleaner_jax.data import demo_assets
 from cleaner_jax.models import config as model_config_lib
 from cleaner_jax.models import hf_io, sharding
 from cleaner_jax.models.qwen import Qwen
-from cleaner_jax.rl import distributed
+from cleaner_jax.rl import compiled_memory, distributed
 from cleaner_jax.rl.rewards import OverlongConfig, RewardConfig, RewardScorer
-from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer, make_schedule
+from cleaner_jax.rl.update import (
+    LossConfig,
+    OptimConfig,
+    Updater,
+    make_optimizer,
+    make_schedule,
+    round_rows,
+)
+from cleaner_jax.runtime import memory_plan
 from cleaner_jax.runtime.checkpoint import Checkpointer
 from cleaner_jax.runtime.collect import Collector
 from cleaner_jax.runtime.metrics import MetricsWriter
 from cleaner_jax.saar import RolloutLimits, SaarConfig
 from cleaner_jax.sampling import Engine, EngineConfig
+from cleaner_jax.sampling.paged_cache import bytes_per_page, free_device_bytes, pages_for_memory
+from cleaner_jax.sampling.placement import SamplerPlacement, sampler_placement
 
 
 @dataclasses.dataclass
@@ -73,6 +83,7 @@ def model_config_for(config: ml_collections.ConfigDict, vocab_size: int):
         remat=m.remat,
         attention=m.attention,
         attention_block=m.attention_block,
+        scan_layers=m.scan_layers,
     )
     if m.hf_path:
         return model_config_lib.ModelConfig.from_pretrained(m.hf_path, **common)
@@ -192,8 +203,9 @@ def load_policy(config: ml_collections.ConfigDict, checkpoint: str = "", step: i
 def engine_config_from(config: ml_collections.ConfigDict) -> EngineConfig:
     """The sampler's `EngineConfig` from `rollout.engine`.
 
-    `num_pages` 0 (or None) means "size the page pool from free device memory" (the engine's
-    None; on backends that report no memory, enough pages for `max_slots` full sequences).
+    `num_pages` 0 (or None) means "size the page pool from free device memory": `build` then
+    passes the count `kv_pages_for` computes net of the training state (on backends that report
+    no memory, the engine's default: enough pages for `max_slots` full sequences).
     """
     e = config.rollout.engine
     if e.num_pages and e.num_pages < 2:
@@ -208,7 +220,98 @@ def engine_config_from(config: ml_collections.ConfigDict) -> EngineConfig:
         prefill_chunk=e.prefill_chunk,
         max_seq_len=e.max_seq_len,
         attention=e.attention,
+        memory_fraction=e.get("memory_fraction", KV_MEMORY_FRACTION),
     )
+
+
+# Of the memory left once the update's needs are reserved: the rest is margin for the sampler's
+# own temporaries (prefill logits), the old-log-prob program and allocator fragmentation.
+KV_MEMORY_FRACTION = 0.9
+# The compiled decode holds a second copy of the pool as a temporary (the multi-step decode's
+# `lax.scan` carries it): deviceless v5p compile of Qwen3-4B, 40000 pages, tp 4: pool 21.97 GB,
+# decode temp 22.34 GB per chip. So each page costs twice its bytes until that copy is removed.
+DECODE_POOL_COPIES = 2
+
+
+def placement_for(config: ml_collections.ConfigDict, model: ModelBundle) -> SamplerPlacement:
+    """This process's sampler placement (`sampling.placement`): tensor-parallel over its local
+    devices (`rollout.engine.tensor_parallel`, 0 = gcd(kv heads, local devices); 1 on CPU), laid
+    out against the training mesh for the weight sync."""
+    tp = config.rollout.engine.get("tensor_parallel", 0)
+    return sampler_placement(
+        model.cfg, tensor_parallel=tp, train_devices=list(model.mesh.devices.flat)
+    )
+
+
+def training_reserve_bytes(config: ml_collections.ConfigDict, model: ModelBundle, updater) -> int:
+    """Per-device bytes the update will allocate after the engine is built: the optimizer
+    state and the gradient accumulator (shard shapes on the training mesh, as `memory_plan`
+    computes them) and the compiled train step's temporaries at `train.row_len` x the rows per
+    device (`compiled_memory.train_activation_bytes`, divided by the tensor axis)."""
+    mesh, cfg = model.mesh, model.cfg
+    params = jax.eval_shape(lambda s: s, model.state)
+    grads = memory_plan.per_device_bytes(params, mesh, cfg)
+    opt = memory_plan.per_device_bytes(jax.eval_shape(updater.optimizer.init, params), mesh, cfg)
+    t = config.train
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = max(1, round_rows(t.rows_per_micro, mesh) // shards)
+    act = (
+        compiled_memory.train_activation_bytes(
+            cfg, t.row_len, rows, loss_config_from(config, "train")
+        )["total"]
+        // mesh.shape["tensor"]
+    )
+    logging.info(
+        "reserved for training per device: grads %d + optimizer %d + step temporaries %d bytes",
+        grads,
+        opt,
+        act,
+    )
+    return grads + opt + act
+
+
+def kv_pages_for(
+    config: ml_collections.ConfigDict,
+    model: ModelBundle,
+    placement: SamplerPlacement,
+    updater=None,
+) -> int | None:
+    """The KV pool's page count when `rollout.engine.num_pages` is 0, or None when the device
+    reports no memory. Call it with the sampler's weights and the trainer's parameters placed:
+
+        pages = floor(max(free - reserve, 0) * fraction / page_bytes)
+
+    free = bytes_limit - bytes_in_use of the sampler's first device; reserve =
+    `training_reserve_bytes` (0 without an updater: evaluation); fraction =
+    `rollout.engine.memory_fraction` (default `KV_MEMORY_FRACTION`); page_bytes = one page's
+    K and V over all layers for the kv heads one device holds (`bytes_per_page`, shards = tp)
+    times `DECODE_POOL_COPIES` (the decode program's temporary copy of the pool)."""
+    e = config.rollout.engine
+    free = free_device_bytes(placement.devices[0])
+    if free is None:
+        return None
+    reserve = 0 if updater is None else training_reserve_bytes(config, model, updater)
+    fraction = e.get("memory_fraction", KV_MEMORY_FRACTION)
+    page = DECODE_POOL_COPIES * bytes_per_page(
+        model.cfg, e.page_size, sampler_dtype(config), shards=placement.tp
+    )
+    pages = pages_for_memory(free, reserve, fraction, page)
+    logging.info(
+        "KV pool: (%d free - %d reserved for training) bytes x %.2f / %d bytes per page per "
+        "device = %d pages of %d tokens",
+        free,
+        reserve,
+        fraction,
+        page,
+        pages,
+        e.page_size,
+    )
+    if pages < 2:
+        raise ValueError(
+            f"no memory left for the KV pool ({free} free bytes, {reserve} reserved for "
+            "training): set rollout.engine.num_pages, shorten train.row_len or shard wider"
+        )
+    return pages
 
 
 def saar_config_from(config: ml_collections.ConfigDict) -> SaarConfig:
@@ -312,6 +415,7 @@ class Runtime:
     model: ModelBundle
     engine: Engine | None = None
     sampler_state: Any = None  # the engine's current weights (`rollout.dtype`)
+    placement: SamplerPlacement | None = None  # where the engine runs
     tools: SandboxPool | None = None
     judge: LazySandbox | None = None
     scorer: RewardScorer | None = None
@@ -325,15 +429,19 @@ class Runtime:
         return sampler_dtype(self.config)
 
     def sampler_params(self, state):
-        """The sampler's weights in `rollout.dtype`: as they are with one process; with several,
-        a full copy on this process's first device (the sampler runs process-local jits)."""
-        if jax.process_count() == 1:
-            return cast_state(state, self.sampler_dtype)
-        return distributed.local_replica(state, self.sampler_dtype)
+        """The sampler's weights: `state` cast to `rollout.dtype` and resharded onto this
+        process's sampler placement in one jitted program (`distributed.sampler_replica`; the
+        sampler runs process-local jits). A collective with several processes."""
+        if self.placement is None:
+            self.placement = placement_for(self.config, self.model)
+        return distributed.sampler_replica(
+            state, self.placement, self.model.cfg, self.sampler_dtype
+        )
 
     def sync_sampler(self, state) -> None:
-        """Hands `state` (the trainer's fp32 masters) to the engine as its new weights; the prefix
-        cache is invalidated. A collective with several processes."""
+        """Hands `state` (the trainer's fp32 masters) to the engine as its new weights (the
+        weight-sync program); the prefix cache is invalidated. A collective with several
+        processes: every process calls it at the same point."""
         self.sampler_state = self.sampler_params(state)
         self.engine.update_params(self.sampler_state)
 
@@ -379,9 +487,14 @@ def build(
         optimizer = make_optimizer(optim_config_from(config, role), compute_dtype=model.cfg.dtype)
         loss = loss_config_from(config, role)
         rt.updater = Updater(model.graphdef, optimizer, loss, mesh=model.mesh)
+    rt.placement = placement_for(config, model)
     rt.sampler_state = rt.sampler_params(model.state)
     graphdef = sampler_graphdef(model, rt.sampler_dtype)
-    rt.engine = Engine((graphdef, rt.sampler_state), engine_config_from(config))
+    engine_config = engine_config_from(config)
+    if engine_config.num_pages is None:
+        pages = kv_pages_for(config, model, rt.placement, rt.updater)
+        engine_config = dataclasses.replace(engine_config, num_pages=pages)
+    rt.engine = Engine((graphdef, rt.sampler_state), engine_config, rt.placement)
     sb = config.sandbox
     rt.tools = SandboxPool(SandboxConfig(num_workers=sb.num_workers, timeout_s=sb.timeout_s))
     rt.judge = LazySandbox(sb.num_workers, sb.timeout_s)

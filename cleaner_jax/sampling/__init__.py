@@ -11,6 +11,7 @@ Example::
 from cleaner_jax.sampling.attention_kernels import (
     ATTENTION_IMPLS,
     kernel_decode_attention,
+    megacore_mode,
     resolve_attention,
 )
 from cleaner_jax.sampling.engine import (
@@ -27,7 +28,9 @@ from cleaner_jax.sampling.paged_cache import (
     bytes_per_page,
     num_pages_from_memory,
     paged_attention,
+    pages_for_memory,
 )
+from cleaner_jax.sampling.placement import SamplerPlacement, sampler_placement
 from cleaner_jax.sampling.radix_cache import PageManager, SequencePages
 from cleaner_jax.sampling.token_sampling import sample_tokens, truncation_mask
 
@@ -42,14 +45,18 @@ __all__ = [
     "PageAllocator",
     "PageManager",
     "PagedKVCache",
+    "SamplerPlacement",
     "RequestTooLargeError",
     "SamplingParams",
     "SequencePages",
     "bytes_per_page",
     "kernel_decode_attention",
+    "megacore_mode",
     "num_pages_from_memory",
     "paged_attention",
+    "pages_for_memory",
     "resolve_attention",
     "sample_tokens",
+    "sampler_placement",
     "truncation_mask",
 ]

@@ -1,9 +1,16 @@
 """Paged decode attention through the Pallas kernels JAX ships, and the choice between them.
 
-`resolve_attention("auto")` picks the kernel of the default backend: `"pallas_gpu"` on GPU
-(`jax.experimental.pallas.ops.gpu.paged_attention`, Triton), `"pallas_tpu"` on TPU
-(`jax.experimental.pallas.ops.tpu.paged_attention`, Mosaic), `"jnp"` elsewhere (the gather path in
-`paged_cache.py`, which is also the reference the kernels are tested against).
+`resolve_attention("auto")` picks the kernel of the platform the program is compiled FOR (an
+explicit `platform`, e.g. the sampler placement's devices, else `models.platform.target_platform()`:
+the context mesh's devices, else the host backend), never just the host's default backend:
+`"pallas_gpu"` on GPU (`jax.experimental.pallas.ops.gpu.paged_attention`, Triton), `"pallas_tpu"`
+on TPU (`jax.experimental.pallas.ops.tpu.paged_attention`, Mosaic), `"jnp"` elsewhere (the gather
+path in `paged_cache.py`, which is also the reference the kernels are tested against). A kernel
+named explicitly for another platform is refused unless it runs in interpret mode.
+
+Megacore (TPU v5p: two TensorCores per JAX device): the Mosaic kernel uses the second core only
+when told (`megacore_mode`); `megacore_mode` picks "kv_head" when the (per-shard) kv heads are
+even, else "batch" when the batch is even, else None (one core).
 
 What the kernels take (read from the installed JAX's source):
 - both: queries `[B, N, H]`, one per sequence (decode only), K and V pages both `[K, P, S, H]`,
@@ -33,17 +40,44 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cleaner_jax.models import platform as platform_lib
+
 ATTENTION_IMPLS = ("auto", "jnp", "pallas_gpu", "pallas_tpu")
 KERNEL_IMPLS = ("pallas_gpu", "pallas_tpu")
 
 
-def resolve_attention(impl: str) -> str:
-    """The concrete implementation for `impl` ("auto": per `jax.default_backend()`)."""
+_KERNEL_PLATFORM = {"pallas_gpu": "gpu", "pallas_tpu": "tpu"}
+
+
+def resolve_attention(impl: str, platform: str | None = None, interpret: bool = False) -> str:
+    """The concrete implementation for `impl` on `platform` (default: `target_platform()`).
+
+    "auto" -> the platform's kernel (or "jnp"). A kernel named for another platform raises
+    `ValueError` unless `interpret` (Pallas interpret mode runs anywhere)."""
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"attention={impl!r}: use one of {', '.join(ATTENTION_IMPLS)}")
-    if impl != "auto":
-        return impl
-    return {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}.get(jax.default_backend(), "jnp")
+    platform = platform_lib.normalize(platform or platform_lib.target_platform())
+    if impl == "auto":
+        return {"gpu": "pallas_gpu", "tpu": "pallas_tpu"}.get(platform, "jnp")
+    want = _KERNEL_PLATFORM.get(impl)
+    if want is not None and want != platform and not interpret:
+        raise ValueError(
+            f"attention={impl!r} runs on {want}, but the sampler compiles for {platform}: use "
+            f'"auto" or "jnp", or interpret_kernels=True to run the kernel in interpret mode'
+        )
+    return impl
+
+
+def megacore_mode(num_kv_heads: int, batch: int, megacore: bool) -> str | None:
+    """The TPU paged kernel's `megacore_mode` for one shard's `num_kv_heads` and `batch` rows:
+    None without megacore; else "kv_head" (even kv heads), "batch" (even batch), or None."""
+    if not megacore:
+        return None
+    if num_kv_heads % 2 == 0:
+        return "kv_head"
+    if batch % 2 == 0:
+        return "batch"
+    return None
 
 
 def _largest_pow2_divisor(n: int, cap: int) -> int:
@@ -62,8 +96,10 @@ def kernel_decode_attention(
     lengths_B: jax.Array,
     *,
     interpret: bool = False,
+    megacore: bool = False,
 ) -> jax.Array:
-    """One query per row over its first `lengths_B` cached keys; rows of length 0 get zeros."""
+    """One query per row over its first `lengths_B` cached keys; rows of length 0 get zeros.
+    `megacore` (TPU only): the device is two TensorCores, split the work per `megacore_mode`."""
     h = q_BNH.shape[-1]
     m = page_table_BM.shape[1]
     q_BNH = (q_BNH.astype(jnp.float32) * h**-0.5).astype(q_BNH.dtype)
@@ -95,6 +131,7 @@ def kernel_decode_attention(
                 lengths_B,
                 page_table_BM,
                 pages_per_compute_block=_largest_pow2_divisor(m, 8),
+                megacore_mode=megacore_mode(k_KPSH.shape[0], q_BNH.shape[0], megacore),
             )
 
         if interpret:

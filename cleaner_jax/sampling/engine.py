@@ -29,12 +29,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cleaner_jax.sampling.attention_kernels import resolve_attention
-from cleaner_jax.sampling.engine_steps import EngineSteps
+from cleaner_jax.sampling.engine_steps import default_num_pages, engine_steps_for
 from cleaner_jax.sampling.engine_types import (
     EngineConfig,
     GenerationResult,
@@ -43,6 +43,7 @@ from cleaner_jax.sampling.engine_types import (
     SamplingRows,
 )
 from cleaner_jax.sampling.paged_cache import PagedKVCache, num_pages_from_memory
+from cleaner_jax.sampling.placement import SamplerPlacement, sampler_placement
 from cleaner_jax.sampling.radix_cache import PageManager, SequencePages
 
 
@@ -67,31 +68,58 @@ class _Request:
 class Engine:
     """Paged, prefix-cached, continuously batched sampler for a `Qwen` model."""
 
-    def __init__(self, model_or_graphdef_and_state: Any, config: EngineConfig):
+    def __init__(
+        self,
+        model_or_graphdef_and_state: Any,
+        config: EngineConfig,
+        placement: SamplerPlacement | None = None,
+    ):
+        """`placement`: the devices the sampler runs on (`placement.sampler_placement`; default
+        this process's first local device). The weights are put there (a no-op when the caller
+        already did, as `rl.distributed.sampler_replica` does), the pool is allocated there and
+        the attention kernel is the one of its platform."""
         if isinstance(model_or_graphdef_and_state, nnx.Module):
             graphdef, state = nnx.split(model_or_graphdef_and_state)
         else:
             graphdef, state = model_or_graphdef_and_state
         self.model_config = nnx.merge(graphdef, state).cfg
         self.config = c = config
+        self.placement = placement or sampler_placement(self.model_config, jax.local_devices()[:1])
         num_pages = c.num_pages
         if num_pages is None:
-            num_pages = num_pages_from_memory(self.model_config, c.page_size, c.memory_fraction)
+            num_pages = num_pages_from_memory(
+                self.model_config,
+                c.page_size,
+                c.memory_fraction,
+                self.placement.devices[0],
+                shards=self.placement.tp,
+            )
         if num_pages is None:
-            num_pages = c.max_slots * -(-c.max_seq_len // c.page_size) + 1
+            num_pages = default_num_pages(c)
             logging.info("device reports no memory stats; KV pool = %d pages", num_pages)
         self.num_pages = num_pages
         self.pages_per_seq = -(-c.max_seq_len // c.page_size)
         self.decode_widths = sorted(
             {-(-self.pages_per_seq // 2**i) for i in range(c.decode_width_buckets)}
         )
-        self._state = state
-        self.attention = resolve_attention(c.attention)
-        logging.info("sampler attention: %s", self.attention)
-        self._steps = EngineSteps(
-            graphdef, c.decode_steps, self.attention, c.interpret_kernels, c.decode_view
+        self._state = self.placement.put(state, self.model_config)
+        self._steps = engine_steps_for(graphdef, c, self.placement)
+        self.attention = self._steps.impl
+        logging.info(
+            "sampler attention: %s on %d %s device(s), megacore=%s",
+            self.attention,
+            self.placement.tp,
+            self.placement.platform,
+            self.placement.megacore,
         )
-        pool = PagedKVCache.zeros(self.model_config, num_pages, c.page_size, impl=self.attention)
+        pool = PagedKVCache.zeros(
+            self.model_config,
+            num_pages,
+            c.page_size,
+            impl=self.attention,
+            interpret=c.interpret_kernels,
+            sharding=self.placement.pool_sharding,
+        )
         self._k, self._v = pool.k_pages, pool.v_pages
         self.pages = PageManager(num_pages, c.page_size)
         self._slots: list[_Request | None] = [None] * c.max_slots
@@ -182,8 +210,9 @@ class Engine:
         self._k, self._v = self._steps.copy(self._k, self._v, jnp.int32(0), jnp.int32(0))
 
     def update_params(self, state: Any) -> None:
-        """Swap the weights and invalidate the prefix cache (in-flight requests continue)."""
-        self._state = state
+        """Swap the weights and invalidate the prefix cache (in-flight requests continue).
+        `state` should already be on the placement (`rl.distributed.sampler_replica`)."""
+        self._state = self.placement.put(state, self.model_config)
         self.pages.reset()
 
     def release(self, tokens: Sequence[int], position: int) -> int:

@@ -34,10 +34,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import Mesh
 
-from cleaner_jax.sampling.attention_kernels import KERNEL_IMPLS
-from cleaner_jax.sampling.engine_types import SamplingRows
+from cleaner_jax.sampling.attention_kernels import KERNEL_IMPLS, resolve_attention
+from cleaner_jax.sampling.engine_types import EngineConfig, SamplingRows
 from cleaner_jax.sampling.paged_cache import DecodeViewCache, PagedKVCache, copy_page
+from cleaner_jax.sampling.placement import SamplerPlacement
 from cleaner_jax.sampling.token_sampling import sample_tokens
 
 
@@ -46,7 +48,9 @@ class EngineSteps:
 
     `impl` is the resolved attention implementation of the pool ("jnp", "pallas_gpu",
     "pallas_tpu"); `interpret` runs its kernel in Pallas interpret mode (CPU tests);
-    `decode_view` (jnp only) decodes over a per-call contiguous view of the slots' pages."""
+    `decode_view` (jnp, one device only) decodes over a per-call contiguous view of the slots'
+    pages; `mesh` (a tensor-parallel placement's, see `placement.py`) runs attention per kv-head
+    shard; `megacore` splits the TPU kernel over a v5p chip's two cores."""
 
     def __init__(
         self,
@@ -55,18 +59,23 @@ class EngineSteps:
         impl: str = "jnp",
         interpret: bool = False,
         decode_view: bool = True,
+        mesh: Mesh | None = None,
+        megacore: bool = False,
     ):
         self.graphdef = graphdef
         self.decode_steps = decode_steps
-        self.decode_view = decode_view and impl not in KERNEL_IMPLS
+        self.decode_view = decode_view and impl not in KERNEL_IMPLS and mesh is None
         self.impl, self.interpret = impl, interpret
+        self.mesh, self.megacore = mesh, megacore
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self.prefill = jax.jit(self._prefill, donate_argnums=(1, 2))
         self.decode = jax.jit(self._decode, donate_argnums=(1, 2))
         self.copy = jax.jit(self._copy, donate_argnums=(0, 1))
 
     def _cache(self, k_pages, v_pages, table) -> PagedKVCache:
-        return PagedKVCache(k_pages, v_pages, table, self.impl, self.interpret)
+        return PagedKVCache(
+            k_pages, v_pages, table, self.impl, self.interpret, self.mesh, self.megacore
+        )
 
     def _copy(self, k_pages, v_pages, src, dst):
         self.trace_counts["copy"] += 1
@@ -166,4 +175,25 @@ def _sample(logits_RV, pos_R, rows: SamplingRows):
     """A token and its log-prob per row, with each row's settings, at positions `pos_R`."""
     return sample_tokens(
         logits_RV, rows.seed, pos_R, rows.temperature, rows.top_p, rows.top_k, rows.greedy
+    )
+
+
+def default_num_pages(config: EngineConfig) -> int:
+    """The pool when no page count is given and the device reports no memory: `max_slots`
+    full-length sequences plus the null page."""
+    return config.max_slots * -(-config.max_seq_len // config.page_size) + 1
+
+
+def engine_steps_for(graphdef: Any, config: EngineConfig, placement: SamplerPlacement):
+    """The `EngineSteps` an engine with `config` runs on `placement` (also what `sampling.aot`
+    compiles): attention resolved against the placement's platform."""
+    impl = resolve_attention(config.attention, placement.platform, config.interpret_kernels)
+    return EngineSteps(
+        graphdef,
+        config.decode_steps,
+        impl,
+        config.interpret_kernels,
+        config.decode_view,
+        mesh=placement.attention_mesh,
+        megacore=placement.megacore and impl == "pallas_tpu",
     )

@@ -33,11 +33,13 @@ B batch rows, T new tokens, N query heads, K kv heads, G = N // K, H head dim, Q
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.sharding import Mesh, PartitionSpec
 
 from cleaner_jax.models.config import ModelConfig
 from cleaner_jax.sampling.attention_kernels import (
@@ -45,6 +47,7 @@ from cleaner_jax.sampling.attention_kernels import (
     kernel_decode_attention,
     resolve_attention,
 )
+from cleaner_jax.sampling.placement import TENSOR_AXIS
 
 # Same masked-logit value as the model's dense attention, so both paths round identically.
 _NEG_INF = -1e30
@@ -129,18 +132,70 @@ def _write_pages(k_pages, v_KPSH, page_BT, off_BT, k_BTKH, v_BTKH, keys_hs: bool
     return k_pages, v_KPSH
 
 
+def pool_shapes(
+    cfg: ModelConfig, num_pages: int, page_size: int, dtype=None, impl: str = "jnp", sharding=None
+) -> tuple[tuple[jax.ShapeDtypeStruct, ...], tuple[jax.ShapeDtypeStruct, ...]]:
+    """The pool's (K pages, V pages) L-tuples as ShapeDtypeStructs (layout per resolved `impl`,
+    `sharding` the placement's pool sharding or None): what `zeros` allocates and what AOT
+    compiles (`sampling.aot`) take."""
+    kh, h = cfg.num_kv_heads, cfg.head_dim
+    dtype = jnp.dtype(dtype or cfg.jnp_dtype)
+    kshape = (kh, num_pages, h, page_size) if impl == "jnp" else (kh, num_pages, page_size, h)
+    vshape = (kh, num_pages, page_size, h)
+    k = tuple(jax.ShapeDtypeStruct(kshape, dtype, sharding=sharding) for _ in range(cfg.num_layers))
+    v = tuple(jax.ShapeDtypeStruct(vshape, dtype, sharding=sharding) for _ in range(cfg.num_layers))
+    return k, v
+
+
+def _update_and_attend_local(
+    impl, interpret, megacore, k_pages, v_KPSH, table_BM, q_BTNH, k_BTKH, v_BTKH, positions_BT
+):
+    """One layer's write + attention on the kv heads at hand (all of them, or one shard's)."""
+    p, s = v_KPSH.shape[1:3]
+    m = table_BM.shape[1]
+    page_BT, off_BT = _write_index(table_BM, positions_BT, p, s)
+    k_pages, v_KPSH = _write_pages(
+        k_pages, v_KPSH, page_BT, off_BT, k_BTKH, v_BTKH, keys_hs=impl == "jnp"
+    )
+    if impl in KERNEL_IMPLS and q_BTNH.shape[1] == 1:
+        # Keys at positions <= pos are visible: length pos + 1 (0 for padding), capped at the
+        # table like the jnp mask.
+        lengths_B = jnp.clip(positions_BT[:, 0] + 1, 0, m * s)
+        out_BNH = kernel_decode_attention(
+            impl,
+            q_BTNH[:, 0],
+            k_pages,
+            v_KPSH,
+            table_BM,
+            lengths_B,
+            interpret=interpret,
+            megacore=megacore,
+        )
+        out_BTNH = out_BNH[:, None].astype(q_BTNH.dtype)
+    else:
+        out_BTNH = paged_attention(
+            q_BTNH, k_pages, v_KPSH, table_BM, positions_BT, keys_hs=impl == "jnp"
+        )
+    return out_BTNH, k_pages, v_KPSH
+
+
 @struct.dataclass
 class PagedKVCache:
     """The pool (L-tuples of K and V page arrays, layout per `impl`, see the module docstring)
-    plus the page table of the rows in flight. `impl` and `interpret` are static: "jnp",
-    "pallas_gpu" or "pallas_tpu" (never "auto": `zeros` resolves it); `interpret` runs the
-    kernel in Pallas interpret mode (CPU tests)."""
+    plus the page table of the rows in flight. Static fields: `impl` "jnp", "pallas_gpu" or
+    "pallas_tpu" (never "auto": `zeros` resolves it); `interpret` runs the kernel in Pallas
+    interpret mode (CPU tests); `mesh` (the sampler placement's, tp > 1): the pool is sharded
+    on kv heads over its `tensor` axis and each layer's write + attention runs per shard in a
+    `jax.shard_map` (a Pallas call is opaque to GSPMD; every kv head's queries, keys and values
+    sit on one device); `megacore` splits the TPU kernel over a v5p chip's two cores."""
 
     k_pages: tuple[jax.Array, ...]
     v_pages: tuple[jax.Array, ...]
     page_table_BM: jax.Array
     impl: str = struct.field(pytree_node=False, default="jnp")
     interpret: bool = struct.field(pytree_node=False, default=False)
+    mesh: Mesh | None = struct.field(pytree_node=False, default=None)
+    megacore: bool = struct.field(pytree_node=False, default=False)
 
     @classmethod
     def zeros(
@@ -151,46 +206,39 @@ class PagedKVCache:
         dtype=None,
         impl: str = "jnp",
         interpret: bool = False,
+        sharding=None,
     ) -> PagedKVCache:
-        impl = resolve_attention(impl)
-        kh, h = cfg.num_kv_heads, cfg.head_dim
-        dtype = dtype or cfg.jnp_dtype
-        kshape = (kh, num_pages, h, page_size) if impl == "jnp" else (kh, num_pages, page_size, h)
-        k = tuple(jnp.zeros(kshape, dtype) for _ in range(cfg.num_layers))
-        v = tuple(jnp.zeros((kh, num_pages, page_size, h), dtype) for _ in range(cfg.num_layers))
+        """An empty pool; `sharding`: where its arrays live (the placement's pool sharding)."""
+        impl = resolve_attention(impl, interpret=interpret)
+        k, v = pool_shapes(cfg, num_pages, page_size, dtype, impl)
+        kw = {} if sharding is None else {"device": sharding}
+        k = tuple(jnp.zeros(x.shape, x.dtype, **kw) for x in k)
+        v = tuple(jnp.zeros(x.shape, x.dtype, **kw) for x in v)
         return cls(k, v, jnp.zeros((1, 1), jnp.int32), impl, interpret)
 
     def update_and_attend(self, layer, q_BTNH, k_BTKH, v_BTKH, positions_BT):
-        k_pages, v_KPSH = self.k_pages[layer], self.v_pages[layer]
-        p, s = v_KPSH.shape[1:3]
-        m = self.page_table_BM.shape[1]
-        page_BT, off_BT = _write_index(self.page_table_BM, positions_BT, p, s)
-        k_pages, v_KPSH = _write_pages(
-            k_pages, v_KPSH, page_BT, off_BT, k_BTKH, v_BTKH, keys_hs=self.impl == "jnp"
+        local = functools.partial(
+            _update_and_attend_local, self.impl, self.interpret, self.megacore
         )
-        if self.impl in KERNEL_IMPLS and q_BTNH.shape[1] == 1:
-            # Keys at positions <= pos are visible: length pos + 1 (0 for padding), capped at
-            # the table like the jnp mask.
-            lengths_B = jnp.clip(positions_BT[:, 0] + 1, 0, m * s)
-            out_BNH = kernel_decode_attention(
-                self.impl,
-                q_BTNH[:, 0],
-                k_pages,
-                v_KPSH,
-                self.page_table_BM,
-                lengths_B,
-                interpret=self.interpret,
+        if self.mesh is not None:
+            heads = PartitionSpec(None, None, TENSOR_AXIS, None)
+            pool = PartitionSpec(TENSOR_AXIS)
+            local = jax.shard_map(
+                local,
+                mesh=self.mesh,
+                in_specs=(pool, pool, PartitionSpec(), heads, heads, heads, PartitionSpec()),
+                out_specs=(heads, pool, pool),
+                check_vma=False,
             )
-            out_BTNH = out_BNH[:, None].astype(q_BTNH.dtype)
-        else:
-            out_BTNH = paged_attention(
-                q_BTNH,
-                k_pages,
-                v_KPSH,
-                self.page_table_BM,
-                positions_BT,
-                keys_hs=self.impl == "jnp",
-            )
+        out_BTNH, k_pages, v_KPSH = local(
+            self.k_pages[layer],
+            self.v_pages[layer],
+            self.page_table_BM,
+            q_BTNH,
+            k_BTKH,
+            v_BTKH,
+            positions_BT,
+        )
         k_all = self.k_pages[:layer] + (k_pages,) + self.k_pages[layer + 1 :]
         v_all = self.v_pages[:layer] + (v_KPSH,) + self.v_pages[layer + 1 :]
         return out_BTNH, self.replace(k_pages=k_all, v_pages=v_all)
@@ -281,15 +329,45 @@ def copy_page(k_pages, v_pages, src: jax.Array, dst: jax.Array):
     )
 
 
-def bytes_per_page(cfg: ModelConfig, page_size: int, dtype=None) -> int:
+def bytes_per_page(cfg: ModelConfig, page_size: int, dtype=None, shards: int = 1) -> int:
+    """Bytes of one page (all layers, K and V) on one device when the kv heads are split over
+    `shards` devices (tensor-parallel sampler)."""
     itemsize = jnp.dtype(dtype or cfg.jnp_dtype).itemsize
-    return 2 * cfg.num_layers * page_size * cfg.num_kv_heads * cfg.head_dim * itemsize
+    kv_heads = -(-cfg.num_kv_heads // shards)
+    return 2 * cfg.num_layers * page_size * kv_heads * cfg.head_dim * itemsize
+
+
+def pages_for_memory(
+    free_bytes: int, reserve_bytes: int, memory_fraction: float, page_bytes: int
+) -> int:
+    """Pages of `page_bytes` (per device) in `memory_fraction` of what is free once
+    `reserve_bytes` (what the update will still allocate) are set aside:
+    floor(max(free - reserve, 0) * fraction / page_bytes)."""
+    if not 0.0 < memory_fraction <= 1.0:
+        raise ValueError(f"memory_fraction={memory_fraction} must be in (0, 1]")
+    return int(max(free_bytes - reserve_bytes, 0) * memory_fraction) // page_bytes
+
+
+def free_device_bytes(device: jax.Device) -> int | None:
+    """bytes_limit - bytes_in_use of `device`, or None if it reports no memory stats."""
+    stats = device.memory_stats()
+    if not stats or "bytes_limit" not in stats:
+        return None
+    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
 
 
 def num_pages_from_memory(
-    cfg: ModelConfig, page_size: int, memory_fraction: float, device: jax.Device | None = None
+    cfg: ModelConfig,
+    page_size: int,
+    memory_fraction: float,
+    device: jax.Device | None = None,
+    *,
+    shards: int = 1,
+    reserve_bytes: int = 0,
+    dtype=None,
 ) -> int | None:
-    """Pages that fit in `memory_fraction` of the device's free memory, or None if unreported.
+    """Pages that fit in `memory_fraction` of the device's free memory net of `reserve_bytes`
+    (`pages_for_memory`), or None if the device reports no memory.
 
     Call this after the weights are on the device so that they count as used memory. CPU and
     some TPU runtimes report nothing; callers then need an explicit page count.
@@ -297,15 +375,18 @@ def num_pages_from_memory(
     if not 0.0 < memory_fraction <= 1.0:
         raise ValueError(f"memory_fraction={memory_fraction} must be in (0, 1]")
     device = device or jax.local_devices()[0]
-    stats = device.memory_stats()
-    if not stats or "bytes_limit" not in stats:
+    free = free_device_bytes(device)
+    if free is None:
         return None
-    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-    pages = int(free * memory_fraction) // bytes_per_page(cfg, page_size)
+    page = bytes_per_page(cfg, page_size, dtype, shards)
+    pages = pages_for_memory(free, reserve_bytes, memory_fraction, page)
     logging.info(
-        "KV pool from device memory: %d free bytes x %.2f -> %d pages of %d tokens",
+        "KV pool from device memory: (%d free - %d reserved for training) bytes x %.2f / %d "
+        "bytes per page per device -> %d pages of %d tokens",
         free,
+        reserve_bytes,
         memory_fraction,
+        page,
         pages,
         page_size,
     )

@@ -6,7 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cleaner_jax.sampling.attention_kernels import kernel_decode_attention, resolve_attention
+from cleaner_jax.models import platform
+from cleaner_jax.sampling.attention_kernels import (
+    kernel_decode_attention,
+    megacore_mode,
+    resolve_attention,
+)
 from cleaner_jax.sampling.paged_cache import paged_attention
 
 K, G, H, S, P, M = 2, 2, 16, 4, 16, 4
@@ -50,5 +55,27 @@ def test_decode_kernel_interpret_matches_jnp_reference(impl):
 def test_resolve_attention():
     assert resolve_attention("jnp") == "jnp"
     assert resolve_attention("auto") == "jnp"  # the tests run on CPU
+    assert resolve_attention("auto", "tpu") == "pallas_tpu"
+    assert resolve_attention("auto", "cuda") == "pallas_gpu"
+    with platform.target("tpu"):
+        assert resolve_attention("auto") == "pallas_tpu"
     with pytest.raises(ValueError, match="pallas_gpu"):
         resolve_attention("flash")
+    # A kernel named for another platform: refused, unless it runs in interpret mode.
+    with pytest.raises(ValueError, match="runs on tpu"):
+        resolve_attention("pallas_tpu")
+    assert resolve_attention("pallas_tpu", interpret=True) == "pallas_tpu"
+    assert resolve_attention("pallas_gpu", "gpu") == "pallas_gpu"
+
+
+@pytest.mark.parametrize(
+    "kv_heads, batch, megacore, want",
+    [
+        (2, 64, True, "kv_head"),  # Qwen3-4B on a v5p host: 8 kv heads / 4 chips
+        (1, 64, True, "batch"),  # Qwen2.5-7B: 4 kv heads / 4 chips
+        (1, 7, True, None),
+        (8, 64, False, None),  # not a megacore chip (v5e, v6e, GPU)
+    ],
+)
+def test_megacore_mode(kv_heads, batch, megacore, want):
+    assert megacore_mode(kv_heads, batch, megacore) == want
