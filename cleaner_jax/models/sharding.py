@@ -104,9 +104,18 @@ def make_mesh(
             f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {math.prod(shape)} devices, "
             f"{len(devices)} are available; use -1 for one axis to absorb the rest"
         )
-    return jax.make_mesh(
-        tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices
-    )
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=axis_types, devices=devices)
+    except AssertionError as e:
+        # jax's physical-layout mesh wants one device per chip on TPU v4+; libtpu's abstract v4
+        # topology (compile-only, `models.topology`) exposes each TensorCore as a device. Such a
+        # mesh takes the devices in id order.
+        if "megacore" not in str(e):
+            raise
+        logging.warning("mesh in device order (%s)", str(e).splitlines()[0])
+        ordered = np.array(sorted(devices, key=lambda d: d.id), dtype=object)
+        return Mesh(ordered.reshape(shape), MESH_AXES, axis_types=axis_types)
 
 
 def _rules_dict(rules: Rules | None) -> dict[str, MeshAxes]:

@@ -22,6 +22,7 @@ Letters: R rows, T row length.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -197,9 +198,9 @@ def compile_program(
     name: str, fn, args: tuple, kwargs: dict, mesh, notes: str = ""
 ) -> ProgramReport:
     """Lowers and compiles `fn(*args, **kwargs)` (a jitted function; args ShapeDtypeStructs with
-    shardings) under `jax.set_mesh(mesh)`, and reads its figures."""
+    shardings) under `jax.set_mesh(mesh)` (None: no context mesh), and reads its figures."""
     t0 = time.perf_counter()
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
         compiled = fn.lower(*args, **kwargs).compile()
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
@@ -227,7 +228,7 @@ def compile_program(
 # ---------------------------------------------------------------- abstract inputs
 
 
-def _with(tree, shardings):
+def with_shardings(tree, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
@@ -252,12 +253,12 @@ def abstract_params(cfg, mesh):
     """(graphdef, parameter ShapeDtypeStructs sharded on `mesh` by the model's rules)."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))
     shardings = sharding_lib.state_shardings(state, mesh, cfg=cfg)
-    return graphdef, _with(state, shardings)
+    return graphdef, with_shardings(state, shardings)
 
 
 def abstract_opt_state(optimizer, params, mesh, cfg):
     shapes = jax.eval_shape(optimizer.init, params)
-    return _with(shapes, param_like_shardings(shapes, mesh, cfg))
+    return with_shardings(shapes, param_like_shardings(shapes, mesh, cfg))
 
 
 def tree_bytes_per_device(tree) -> int:
@@ -288,7 +289,7 @@ def update_programs(graphdef, params, opt_state, optimizer, loss_cfg, mesh, rows
     batch_axes = ("data", "fsdp")
     arrays = batch_structs(update_lib._ARRAY_FIELDS, rows, row_len, mesh, batch_axes)
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec()))
-    grads = _with(
+    grads = with_shardings(
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params),
         jax.tree.map(lambda x: x.sharding, params),
     )

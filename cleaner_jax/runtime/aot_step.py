@@ -11,26 +11,30 @@ are not its arguments (the trainer and the sampler share the devices):
 - update/apply, recompute: the sampler's weights and the KV pool (and AdamW state for recompute);
 - prefill, decode: the trainer's parameters and AdamW state;
 - weight_sync: AdamW state, the KV pool and the sampler's previous weights (freed after).
-The KV pool is the config's `rollout.engine.num_pages` or, for 0, what the run would size (see
-`kv_pages_for`): what the HBM leaves after the largest training program, times the engine's
-memory fraction.
+The KV pool is the config's `rollout.engine.num_pages` or, for 0, what the run would size
+(`parts.kv_pages_for`'s formula, with the training step's temporaries from its TPU compile).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import time
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 
 from cleaner_jax.models import sharding as sharding_lib
 from cleaner_jax.models import topology as topology_lib
 from cleaner_jax.models.platform import platform_of
+from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.rl import update as update_lib
 from cleaner_jax.runtime import aot
 from cleaner_jax.runtime import config as config_lib
 from cleaner_jax.runtime import parts as parts_lib
+from cleaner_jax.sampling.placement import sampler_placement
 
 PROGRAMS = ("update", "recompute", "prefill", "decode", "weight_sync")
 
@@ -90,9 +94,9 @@ def compile_step(
     }
     reports: dict[str, aot.ProgramReport] = {}
 
-    def run(name, fn, args, kwargs, notes=""):
+    def run(name, fn, args, kwargs, notes="", on=mesh):
         logging.info("compiling %s for %s", name, sl.name)
-        reports[name] = aot.compile_program(name, fn, args, kwargs, mesh, notes)
+        reports[name] = aot.compile_program(name, fn, args, kwargs, on, notes)
         return reports[name]
 
     if "update" in programs:
@@ -220,52 +224,69 @@ def _add_residents(reports: dict, sizes: dict) -> None:
         r.resident_other = other.get(name.split("@")[0], opt + sampler + kv)
 
 
-def kv_pages_for(
-    free_bytes: int, page_bytes_per_device: int, memory_fraction: float, min_pages: int = 2
-) -> int:
-    """KV pages the run would allocate for `num_pages=0`: `memory_fraction` of what is left."""
-    pages = int(max(free_bytes, 0) * memory_fraction) // max(page_bytes_per_device, 1)
-    return max(pages, min_pages)
-
-
 def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm, run) -> dict:
-    """Compiles the sampler's programs (placement per `sampling.aot`); fills `sizes`."""
+    """Compiles the sampler's programs on the placement a run builds (`sampling.placement`:
+    tensor-parallel over one host's devices) with the pool a run allocates; fills `sizes`."""
     wanted = [p for p in ("prefill", "decode", "weight_sync") if p in programs]
     if not wanted:
         return {}
     from cleaner_jax.sampling import aot as sampler_aot
+    from cleaner_jax.sampling.paged_cache import bytes_per_page, pages_for_memory
 
     engine = parts_lib.engine_config_from(config)
-    train_peak = max(
-        [
-            r.program_bytes + sizes["opt_state"]
-            for n, r in reports.items()
-            if n.startswith("update/grad") or n.startswith("recompute")
-        ]
-        or [sizes["params"]]
+    dtype = parts_lib.sampler_dtype(config)
+    devices = list(mesh.devices.flat)
+    process = devices[0].process_index
+    placement = sampler_placement(
+        cfg,
+        [d for d in devices if d.process_index == process],
+        tensor_parallel=config.rollout.engine.get("tensor_parallel", 0),
+        train_devices=devices,
     )
-    placed = sampler_aot.placement_sizes(
-        cfg.replace(dtype=parts_lib.sampler_dtype(config)), engine, mesh
+    sampler_cfg = cfg.replace(dtype=dtype)
+    sampler_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype)), params)
+    sizes["sampler_weights"] = aot.tree_bytes_per_device(
+        aot.with_shardings(sampler_params, placement.param_shardings(sampler_params, sampler_cfg))
     )
-    sizes["sampler_weights"] = placed["weights_bytes_per_device"]
+    page = getattr(parts_lib, "DECODE_POOL_COPIES", 1) * bytes_per_page(
+        cfg, engine.page_size, dtype, shards=placement.tp
+    )
     num_pages = engine.num_pages
     if not num_pages:
-        free = hbm - train_peak - sizes["sampler_weights"]
-        num_pages = kv_pages_for(free, placed["page_bytes_per_device"], engine.memory_fraction)
-    sizes["kv_pool"] = num_pages * placed["page_bytes_per_device"]
+        # As `parts.kv_pages_for` sizes it when the engine is built: free = HBM less what is
+        # in use then (the trainer's parameters and the sampler's weights), less the training
+        # reserve (gradients, AdamW state and, here, the TPU-compiled step's temporaries).
+        free = hbm - sizes["params"] - sizes["sampler_weights"]
+        grad = reports.get("update/grad")
+        reserve = sizes["opt_state"] + sizes.get("grads", sizes["params"])
+        reserve += grad.temp if grad is not None else 0
+        fraction = config.rollout.engine.get("memory_fraction", parts_lib.KV_MEMORY_FRACTION)
+        num_pages = pages_for_memory(free, reserve, fraction, page)
+    sizes["kv_pool"] = num_pages * bytes_per_page(cfg, engine.page_size, dtype, shards=placement.tp)
+    sampler_graphdef = nnx.split(nnx.eval_shape(lambda: Qwen(sampler_cfg, rngs=nnx.Rngs(0))))[0]
     progs = sampler_aot.sampler_programs(
-        graphdef, params, cfg, config, engine, mesh, num_pages=num_pages
+        sampler_graphdef,
+        params,
+        dataclasses.replace(engine, num_pages=num_pages),
+        mesh,
+        placement=placement,
     )
     for name in wanted:
         fn, args, kwargs = progs[name]
-        run(name, fn, args, kwargs)
+        # Prefill and decode run on the sampler's own mesh (their shard_map names it); the sync
+        # is a jit with explicit output shardings over the training mesh's devices.
+        on = placement.mesh if name != "weight_sync" else placement.sync_mesh
+        run(name, fn, args, kwargs, f"tp {placement.tp}, {num_pages} pages", on=on)
     return {
         "num_pages": num_pages,
         "pages_from": "config" if engine.num_pages else "sized net of training (num_pages=0)",
         "tokens_in_pool": num_pages * engine.page_size,
-        **placed,
+        "tensor_parallel": placement.tp,
+        "megacore": placement.megacore,
+        "page_bytes_per_device": page,
+        "max_slots": engine.max_slots,
+        "decode_steps": engine.decode_steps,
     }
 
 
-__all__ = ["PROGRAMS", "compile_step", "kv_pages_for"]
-_ = math
+__all__ = ["PROGRAMS", "compile_step"]

@@ -83,12 +83,6 @@ def test_fits_verdicts():
     assert not aot.fits(101, 100)["fits"]
 
 
-def test_kv_pages_for_golden():
-    # 10 GiB free, 50% of it, 2 MiB pages per device: 2560 pages; nothing free: the minimum.
-    assert aot_step.kv_pages_for(10 * 2**30, 2 * 2**20, 0.5) == 2560
-    assert aot_step.kv_pages_for(-5, 2 * 2**20, 0.5) == 2
-
-
 @pytest.mark.tpu_compile
 @pytest.mark.parametrize("topology", ["v5p-8", "v4-8"])
 def test_runlocal_step_compiles_for_tpu(topology):
