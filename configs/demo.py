@@ -177,6 +177,8 @@ def get_config(arg=None):
         engine=dict(
             page_size=16,
             num_pages=2048,
+            memory_fraction=0.9,  # used only with num_pages=0
+            tensor_parallel=0,  # sampler TP width; 0 = automatic (1 on CPU)
             max_slots=64,
             prefill_chunk=128,
             max_seq_len=640,

@@ -118,6 +118,11 @@ def get_config(arg=None):
         engine=dict(
             page_size=16,
             num_pages=0,  # 0: size the page pool from free device memory
+            # 0 with num_pages=0: this fraction of the memory left after the trainer's reserve.
+            memory_fraction=0.9,
+            # Sampler devices: tensor-parallel width over this host's devices (kv heads split);
+            # 0 = gcd(kv heads, local devices), 1 on CPU (sampling/placement.py).
+            tensor_parallel=0,
             max_slots=64,
             prefill_chunk=512,
             max_seq_len=23040,

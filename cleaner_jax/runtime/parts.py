@@ -27,6 +27,7 @@ from cleaner_jax.agent.tokenizer import load_tokenizer
 from cleaner_jax.data import demo_assets
 from cleaner_jax.models import config as model_config_lib
 from cleaner_jax.models import hf_io, sharding
+from cleaner_jax.models.platform import platform_of
 from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.rl import compiled_memory, distributed
 from cleaner_jax.rl.rewards import OverlongConfig, RewardConfig, RewardScorer
@@ -38,6 +39,7 @@ from cleaner_jax.rl.update import (
     make_schedule,
     round_rows,
 )
+from cleaner_jax.runtime import config as config_lib
 from cleaner_jax.runtime import memory_plan
 from cleaner_jax.runtime.checkpoint import Checkpointer
 from cleaner_jax.runtime.collect import Collector
@@ -471,6 +473,8 @@ def build(
     with engine, sandboxes, scorer and collector). `workdir` holds checkpoints and metrics."""
     if role not in ROLES:
         raise ValueError(f"role={role!r}: use one of {ROLES}")
+    # float16 on a TPU host becomes bfloat16 here, in `config`, for every part built from it.
+    config_lib.adapt_dtypes_to_platform(config, platform_of(jax.devices()))
     tokenizer, model = load_policy(config, checkpoint, step)
     rt = Runtime(config, role, tokenizer, ChatFormat(tokenizer), model)
     if role in ("train", "sft"):

@@ -7,7 +7,9 @@ import pathlib
 import pytest
 from ml_collections import config_flags  # noqa: F401  (the module the launchers use)
 
+from cleaner_jax.runtime import config as config_lib
 from cleaner_jax.runtime.config import parse_arg
+from configs import paper
 
 CONFIGS = pathlib.Path(__file__).parents[2] / "configs"
 
@@ -285,3 +287,19 @@ def test_every_field_overrides_from_the_command_line(name):
     )
     values(argv)
     assert dict(_flat(values.config)) == new
+
+
+@pytest.mark.parametrize(
+    "platform,model_dtype,rollout_dtype",
+    [("tpu", "bfloat16", "bfloat16"), ("gpu", "float16", "float16"), ("cpu", "float16", "float16")],
+)
+def test_float16_becomes_bfloat16_on_tpu_only(platform, model_dtype, rollout_dtype):
+    config = paper.get_config("model=qwen3_4b")
+    assert config.model.dtype == "float16" and config.rollout.dtype == ""
+    config.rollout.dtype = "float16"
+    changed = config_lib.adapt_dtypes_to_platform(config, platform)
+    assert (config.model.dtype, config.rollout.dtype) == (model_dtype, rollout_dtype)
+    assert len(changed) == (2 if platform == "tpu" else 0)
+    # Idempotent: nothing is float16 after the change; bfloat16/float32 configs are kept.
+    if platform == "tpu":
+        assert config_lib.adapt_dtypes_to_platform(config, "tpu") == []
