@@ -52,6 +52,7 @@ _SHIPPED = (
     "its runtime trains a step and evaluates a batch in "
     "tests/runtime/shipped_configs_test.py::test_one_runtime_trains_a_step_and_evaluates_a_batch"
 )
+_PAPER_Q3 = "--config=configs/paper.py:model=qwen3_4b,arm=cleaner"
 _BENCH = "a benchmark (minutes of timed repetitions); the code it times has its own tests"
 
 # Each documented command (whitespace collapsed, exactly as the doc shows it) -> what we do.
@@ -196,6 +197,27 @@ PLANS: dict[str, Plan] = {
         "compiles the training step at these shapes (minutes on CPU); "
         "tests/runtime/memory_plan_test.py checks the plan",
     ),
+    "python launch/bench_scan_layers.py --platform=tpu --out=/tmp/bench_scan_layers_tpu.json": Plan(
+        SKIP, _BENCH
+    ),
+    "python launch/bench_scan_layers.py --platform=cpu --out=/tmp/bench_scan_layers_cpu.json": Plan(
+        SKIP, _BENCH
+    ),
+    "python launch/gpu_compile.py --target=h100 --out=/tmp/gpu_compile.json": Plan(
+        SKIP, "needs the CUDA plugin's separate venv (2.3 GB; see its docstring)"
+    ),
+    **{
+        f"python launch/tpu_compile.py {_PAPER_Q3} {args}": Plan(
+            SKIP,
+            "compiles Qwen3-4B for a TPU slice (minutes); tests/runtime/aot_test.py compiles "
+            "the runlocal paper config's every program for v5p-8 and v4-8 the same way",
+        )
+        for args in (
+            "--topology=v5p-8 --json=/tmp/tpu_compile.json",
+            "--topology=v5p-128 --programs=update,recompute",
+            "--topology=v5p-8 --programs=recompute --recompute_lengths=2048,8192,20480",
+        )
+    },
 }
 
 # /data and /ckpt names the docs use -> (schema or model, how the tiny stand-in is made).
