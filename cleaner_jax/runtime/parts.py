@@ -229,10 +229,6 @@ def engine_config_from(config: ml_collections.ConfigDict) -> EngineConfig:
 # Of the memory left once the update's needs are reserved: the rest is margin for the sampler's
 # own temporaries (prefill logits), the old-log-prob program and allocator fragmentation.
 KV_MEMORY_FRACTION = 0.9
-# The compiled decode holds a second copy of the pool as a temporary (the multi-step decode's
-# `lax.scan` carries it): deviceless v5p compile of Qwen3-4B, 40000 pages, tp 4: pool 21.97 GB,
-# decode temp 22.34 GB per chip. So each page costs twice its bytes until that copy is removed.
-DECODE_POOL_COPIES = 2
 
 
 def placement_for(config: ml_collections.ConfigDict, model: ModelBundle) -> SamplerPlacement:
@@ -286,17 +282,16 @@ def kv_pages_for(
     free = bytes_limit - bytes_in_use of the sampler's first device; reserve =
     `training_reserve_bytes` (0 without an updater: evaluation); fraction =
     `rollout.engine.memory_fraction` (default `KV_MEMORY_FRACTION`); page_bytes = one page's
-    K and V over all layers for the kv heads one device holds (`bytes_per_page`, shards = tp)
-    times `DECODE_POOL_COPIES` (the decode program's temporary copy of the pool)."""
+    K and V over all layers for the kv heads one device holds (`bytes_per_page`, shards = tp).
+    The pool is updated in place by every sampler program (decode's temporaries do not grow
+    with it: tests/sampling/aot_test.py), so a page costs its bytes once."""
     e = config.rollout.engine
     free = free_device_bytes(placement.devices[0])
     if free is None:
         return None
     reserve = 0 if updater is None else training_reserve_bytes(config, model, updater)
     fraction = e.get("memory_fraction", KV_MEMORY_FRACTION)
-    page = DECODE_POOL_COPIES * bytes_per_page(
-        model.cfg, e.page_size, sampler_dtype(config), shards=placement.tp
-    )
+    page = bytes_per_page(model.cfg, e.page_size, sampler_dtype(config), shards=placement.tp)
     pages = pages_for_memory(free, reserve, fraction, page)
     logging.info(
         "KV pool: (%d free - %d reserved for training) bytes x %.2f / %d bytes per page per "

@@ -101,8 +101,10 @@ def paged_attention(
     b = q_BTNH.shape[0]
     kh, _, s, h = v_KPSH.shape
     m = page_table_BM.shape[1]
-    keys = [k_pages[j][page_table_BM] for j in range(kh)]
-    values = [v_KPSH[j][page_table_BM].reshape(b, m * s, h) for j in range(kh)]
+    # One gather per head from the whole layer array: slicing the head out first
+    # (`k_pages[j][table]`) makes XLA's TPU compiler materialize the slices, a copy of the layer.
+    keys = [k_pages[j, page_table_BM] for j in range(kh)]
+    values = [v_KPSH[j, page_table_BM].reshape(b, m * s, h) for j in range(kh)]
     spec = "bqh,bmhs->bqms" if keys_hs else "bqh,bmsh->bqms"
     return _grouped_attention(q_BTNH, keys, values, positions_BT, spec)
 
@@ -119,16 +121,27 @@ def _write_index(page_table_BM, positions_BT, num_pages, page_size):
 
 
 def _write_pages(k_pages, v_KPSH, page_BT, off_BT, k_BTKH, v_BTKH, keys_hs: bool):
-    """Scatter tokens' K/V into one layer's pages at (page, offset); out-of-bounds pages drop."""
-    # Non-adjacent index arrays put their [B, T] dims first: the update is [B, T, K, H].
+    """Scatter tokens' K/V into one layer's pages at (page, offset); out-of-bounds pages drop.
+
+    Every dim but H is a scatter index (the kv head too), so each update is one H-vector, and
+    H is already the minor dim of the pool's TPU layout (that of the Pallas kernel's operands).
+    Indexing only (page, offset) made the kv head a second window dim; XLA's TPU layout
+    assignment then wanted the pool as [P, S, K, H] for the scatter, so the decode loop carried
+    it in that layout: a copy of the pool into and out of the loop and, every step, one back to
+    the kernel's layout (temporaries of the pool's size)."""
+    kh = v_KPSH.shape[0]
+    b, t = page_BT.shape
+    head_KBT = jnp.broadcast_to(jnp.arange(kh)[:, None, None], (kh, b, t))
+    page_KBT = jnp.broadcast_to(page_BT[None], (kh, b, t))
+    off_KBT = jnp.broadcast_to(off_BT[None], (kh, b, t))
+    k_KBTH = k_BTKH.transpose(2, 0, 1, 3).astype(k_pages.dtype)
+    v_KBTH = v_BTKH.transpose(2, 0, 1, 3).astype(v_KPSH.dtype)
     if keys_hs:
-        k_pages = k_pages.at[:, page_BT, :, off_BT].set(k_BTKH.astype(k_pages.dtype), mode="drop")
+        # Non-adjacent index arrays put their [K, B, T] dims first: the update is [K, B, T, H].
+        k_pages = k_pages.at[head_KBT, page_KBT, :, off_KBT].set(k_KBTH, mode="drop")
     else:
-        k_pages = k_pages.at[:, page_BT, off_BT].set(
-            k_BTKH.transpose(2, 0, 1, 3).astype(k_pages.dtype), mode="drop"
-        )
-    v_KBTH = v_BTKH.transpose(2, 0, 1, 3)
-    v_KPSH = v_KPSH.at[:, page_BT, off_BT].set(v_KBTH.astype(v_KPSH.dtype), mode="drop")
+        k_pages = k_pages.at[head_KBT, page_KBT, off_KBT].set(k_KBTH, mode="drop")
+    v_KPSH = v_KPSH.at[head_KBT, page_KBT, off_KBT].set(v_KBTH, mode="drop")
     return k_pages, v_KPSH
 
 

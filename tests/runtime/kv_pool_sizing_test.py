@@ -45,11 +45,11 @@ def test_kv_pages_net_of_training_golden(bundle, monkeypatch):
     placement = parts.placement_for(config, bundle)
     monkeypatch.setattr(parts, "free_device_bytes", lambda device: 1_000_000)
     monkeypatch.setattr(parts, "training_reserve_bytes", lambda *a: 300_000)
-    # A bf16 page: 2 (K, V) x 2 layers x 4 tokens x 2 kv heads x 16 x 2 bytes = 1024 bytes,
-    # twice for the decode's copy of the pool: (1_000_000 - 300_000) x 0.5 // 2048 = 170.
-    assert parts.kv_pages_for(config, bundle, placement, updater=object()) == 170
-    # Evaluation (no updater) reserves nothing: 1_000_000 x 0.5 // 2048 = 244.
-    assert parts.kv_pages_for(config, bundle, placement) == 244
+    # A bf16 page: 2 (K, V) x 2 layers x 4 tokens x 2 kv heads x 16 x 2 bytes = 1024 bytes:
+    # (1_000_000 - 300_000) x 0.5 // 1024 = 341.
+    assert parts.kv_pages_for(config, bundle, placement, updater=object()) == 341
+    # Evaluation (no updater) reserves nothing: 1_000_000 x 0.5 // 1024 = 488.
+    assert parts.kv_pages_for(config, bundle, placement) == 488
     monkeypatch.setattr(parts, "training_reserve_bytes", lambda *a: 2_000_000)
     with pytest.raises(ValueError, match="no memory left for the KV pool"):
         parts.kv_pages_for(config, bundle, placement, updater=object())
