@@ -30,9 +30,8 @@ import numpy as np
 from flax import nnx
 
 from cleaner_jax.models.kv_cache import DenseKVCache
-from cleaner_jax.rl import distributed
+from cleaner_jax.rl import distributed, packing
 from cleaner_jax.rl import loss as loss_lib
-from cleaner_jax.rl import packing
 
 
 def _bucket(n: int, multiple: int) -> int:

@@ -152,11 +152,18 @@ def compile_step(
     sampler = _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm, run)
 
     _add_residents(reports, sizes)
+    model = _model_work(config, cfg, mesh, rows, sampler, sizes)
     out_programs = {}
     for name, r in reports.items():
         d = r.as_dict()
         d.update(aot.fits(r.total_bytes, hbm, headroom))
-        d["roofline_s_estimate"] = r.roofline_s(peak, bw)
+        flops, accessed = model.get(name.split("@")[0], (0.0, 0.0))
+        if name.startswith("recompute@"):
+            flops *= int(name.split("@")[1]) / row_len
+        d["model_flops"], d["model_bytes"] = flops, accessed
+        d["roofline_s_estimate"] = max(
+            max(r.flops, flops) / peak, max(r.bytes_accessed, accessed) / bw
+        )
         out_programs[name] = d
 
     def peak_of(prefix):
@@ -209,6 +216,38 @@ def compile_step(
     }
 
 
+def _model_work(config, cfg, mesh, rows, sampler: dict, sizes: dict) -> dict:
+    """Per device (FLOPs, bytes) of each program from the model's shapes, for the roofline:
+    XLA's cost analysis counts a while loop's body once (a scanned model's layers, the decode
+    steps, the chunked head) and not at all inside Pallas/Mosaic custom calls, so it undercounts.
+
+    Matmul FLOPs 2 P per token forward (P: parameters in matmuls), attention 4 L N H per token
+    per visible key (half the row on average, causal); training with remat 8 P + 4 attention
+    (forward, recomputed forward, backward twice); decode reads the sampler's weights and the
+    visible KV once per step (context: half of max_seq_len on average).
+    """
+    p = cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
+    attn_per_key = 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    row_len = config.train.row_len
+    tokens = rows * row_len / batch_shards / mesh.shape["tensor"]
+    fwd = tokens * (2 * p + attn_per_key * row_len / 2)
+    out = {"update/grad": (4 * fwd, 0.0), "recompute": (fwd, 0.0)}
+    if sampler:
+        e = config.rollout.engine
+        tp = sampler["tensor_parallel"]
+        ctx = e.max_seq_len / 2
+        chunk = parts_lib.engine_config_from(config).prefill_chunk
+        out["prefill"] = (chunk * (2 * p + attn_per_key * ctx) / tp, 0.0)
+        steps, slots = sampler["decode_steps"], sampler["max_slots"]
+        kv_bytes = slots * ctx / e.page_size * sampler["kv_page_bytes_per_device"]
+        out["decode"] = (
+            steps * slots * (2 * p + attn_per_key * ctx) / tp,
+            steps * (sizes["sampler_weights"] + kv_bytes),
+        )
+    return out
+
+
 def _add_residents(reports: dict, sizes: dict) -> None:
     opt, sampler, kv = sizes["opt_state"], sizes.get("sampler_weights", 0), sizes.get("kv_pool", 0)
     params = sizes["params"]
@@ -248,21 +287,21 @@ def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm,
     sizes["sampler_weights"] = aot.tree_bytes_per_device(
         aot.with_shardings(sampler_params, placement.param_shardings(sampler_params, sampler_cfg))
     )
-    page = getattr(parts_lib, "DECODE_POOL_COPIES", 1) * bytes_per_page(
-        cfg, engine.page_size, dtype, shards=placement.tp
-    )
+    page = bytes_per_page(cfg, engine.page_size, dtype, shards=placement.tp)
     num_pages = engine.num_pages
     if not num_pages:
-        # As `parts.kv_pages_for` sizes it when the engine is built: free = HBM less what is
-        # in use then (the trainer's parameters and the sampler's weights), less the training
-        # reserve (gradients, AdamW state and, here, the TPU-compiled step's temporaries).
-        free = hbm - sizes["params"] - sizes["sampler_weights"]
+        # As `parts.kv_pages_for` sizes it when the engine is built: in use then are the
+        # trainer's parameters and the sampler's weights; the reserve is AdamW state and the
+        # gradient step (with the TPU compile's figures).
+        in_use = sizes["params"] + sizes["sampler_weights"]
         grad = reports.get("update/grad")
-        reserve = sizes["opt_state"] + sizes.get("grads", sizes["params"])
-        reserve += grad.temp if grad is not None else 0
+        # What the gradient step holds beyond the parameters (the accumulator, the batch, its
+        # temporaries and code), from its compile; without it, the gradients alone.
+        step = grad.program_bytes - sizes["params"] if grad is not None else sizes["params"]
+        reserve = sizes["opt_state"] + step
         fraction = config.rollout.engine.get("memory_fraction", parts_lib.KV_MEMORY_FRACTION)
-        num_pages = pages_for_memory(free, reserve, fraction, page)
-    sizes["kv_pool"] = num_pages * bytes_per_page(cfg, engine.page_size, dtype, shards=placement.tp)
+        num_pages = pages_for_memory(hbm, in_use, reserve, fraction, page)
+    sizes["kv_pool"] = num_pages * page
     sampler_graphdef = nnx.split(nnx.eval_shape(lambda: Qwen(sampler_cfg, rngs=nnx.Rngs(0))))[0]
     progs = sampler_aot.sampler_programs(
         sampler_graphdef,
@@ -283,7 +322,7 @@ def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm,
         "tokens_in_pool": num_pages * engine.page_size,
         "tensor_parallel": placement.tp,
         "megacore": placement.megacore,
-        "page_bytes_per_device": page,
+        "kv_page_bytes_per_device": page,
         "max_slots": engine.max_slots,
         "decode_steps": engine.decode_steps,
     }

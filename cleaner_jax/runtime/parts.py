@@ -46,7 +46,7 @@ from cleaner_jax.runtime.collect import Collector
 from cleaner_jax.runtime.metrics import MetricsWriter
 from cleaner_jax.saar import RolloutLimits, SaarConfig
 from cleaner_jax.sampling import Engine, EngineConfig
-from cleaner_jax.sampling.paged_cache import bytes_per_page, free_device_bytes, pages_for_memory
+from cleaner_jax.sampling.paged_cache import bytes_per_page, device_memory, pages_for_memory
 from cleaner_jax.sampling.placement import SamplerPlacement, sampler_placement
 
 
@@ -277,36 +277,40 @@ def kv_pages_for(
     """The KV pool's page count when `rollout.engine.num_pages` is 0, or None when the device
     reports no memory. Call it with the sampler's weights and the trainer's parameters placed:
 
-        pages = floor(max(free - reserve, 0) * fraction / page_bytes)
+        pages = floor(max(limit * fraction - in_use - reserve, 0) / page_bytes)
 
-    free = bytes_limit - bytes_in_use of the sampler's first device; reserve =
+    limit, in_use = bytes_limit, bytes_in_use of the sampler's first device; reserve =
     `training_reserve_bytes` (0 without an updater: evaluation); fraction =
-    `rollout.engine.memory_fraction` (default `KV_MEMORY_FRACTION`); page_bytes = one page's
-    K and V over all layers for the kv heads one device holds (`bytes_per_page`, shards = tp).
-    The pool is updated in place by every sampler program (decode's temporaries do not grow
-    with it: tests/sampling/aot_test.py), so a page costs its bytes once."""
+    `rollout.engine.memory_fraction` (default `KV_MEMORY_FRACTION`): everything the run holds
+    stays within that fraction of the device; page_bytes = one page's K and V over all layers
+    for the kv heads one device holds (`bytes_per_page`, shards = tp). The pool is updated in
+    place by every sampler program (decode's temporaries do not grow with it:
+    tests/sampling/aot_test.py), so a page costs its bytes once."""
     e = config.rollout.engine
-    free = free_device_bytes(placement.devices[0])
-    if free is None:
+    memory = device_memory(placement.devices[0])
+    if memory is None:
         return None
+    limit, in_use = memory
     reserve = 0 if updater is None else training_reserve_bytes(config, model, updater)
     fraction = e.get("memory_fraction", KV_MEMORY_FRACTION)
     page = bytes_per_page(model.cfg, e.page_size, sampler_dtype(config), shards=placement.tp)
-    pages = pages_for_memory(free, reserve, fraction, page)
+    pages = pages_for_memory(limit, in_use, reserve, fraction, page)
     logging.info(
-        "KV pool: (%d free - %d reserved for training) bytes x %.2f / %d bytes per page per "
-        "device = %d pages of %d tokens",
-        free,
-        reserve,
+        "KV pool: (%d bytes x %.2f - %d in use - %d reserved for training) / %d bytes per page "
+        "per device = %d pages of %d tokens",
+        limit,
         fraction,
+        in_use,
+        reserve,
         page,
         pages,
         e.page_size,
     )
     if pages < 2:
         raise ValueError(
-            f"no memory left for the KV pool ({free} free bytes, {reserve} reserved for "
-            "training): set rollout.engine.num_pages, shorten train.row_len or shard wider"
+            f"no memory left for the KV pool ({limit} bytes x {fraction}, {in_use} in use, "
+            f"{reserve} reserved for training): set rollout.engine.num_pages, shorten "
+            "train.row_len or shard wider"
         )
     return pages
 

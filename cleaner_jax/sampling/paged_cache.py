@@ -351,22 +351,29 @@ def bytes_per_page(cfg: ModelConfig, page_size: int, dtype=None, shards: int = 1
 
 
 def pages_for_memory(
-    free_bytes: int, reserve_bytes: int, memory_fraction: float, page_bytes: int
+    limit_bytes: int,
+    in_use_bytes: int,
+    reserve_bytes: int,
+    memory_fraction: float,
+    page_bytes: int,
 ) -> int:
-    """Pages of `page_bytes` (per device) in `memory_fraction` of what is free once
-    `reserve_bytes` (what the update will still allocate) are set aside:
-    floor(max(free - reserve, 0) * fraction / page_bytes)."""
+    """Pages of `page_bytes` (per device) such that what is in use, what the update will still
+    allocate (`reserve_bytes`) and the pool together take at most `memory_fraction` of the
+    device: floor(max(limit * fraction - in_use - reserve, 0) / page_bytes). The rest of the
+    device (1 - fraction) stays free for what no estimate counts (fragmentation, the largest
+    program's temporaries beyond the reserve, metrics)."""
     if not 0.0 < memory_fraction <= 1.0:
         raise ValueError(f"memory_fraction={memory_fraction} must be in (0, 1]")
-    return int(max(free_bytes - reserve_bytes, 0) * memory_fraction) // page_bytes
+    budget = int(limit_bytes * memory_fraction) - in_use_bytes - reserve_bytes
+    return max(budget, 0) // page_bytes
 
 
-def free_device_bytes(device: jax.Device) -> int | None:
-    """bytes_limit - bytes_in_use of `device`, or None if it reports no memory stats."""
+def device_memory(device: jax.Device) -> tuple[int, int] | None:
+    """(bytes_limit, bytes_in_use) of `device`, or None if it reports no memory stats."""
     stats = device.memory_stats()
     if not stats or "bytes_limit" not in stats:
         return None
-    return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return int(stats["bytes_limit"]), int(stats.get("bytes_in_use", 0))
 
 
 def num_pages_from_memory(
@@ -379,8 +386,8 @@ def num_pages_from_memory(
     reserve_bytes: int = 0,
     dtype=None,
 ) -> int | None:
-    """Pages that fit in `memory_fraction` of the device's free memory net of `reserve_bytes`
-    (`pages_for_memory`), or None if the device reports no memory.
+    """Pages such that the device's memory in use, `reserve_bytes` and the pool take at most
+    `memory_fraction` of it (`pages_for_memory`), or None if the device reports no memory.
 
     Call this after the weights are on the device so that they count as used memory. CPU and
     some TPU runtimes report nothing; callers then need an explicit page count.
@@ -388,17 +395,19 @@ def num_pages_from_memory(
     if not 0.0 < memory_fraction <= 1.0:
         raise ValueError(f"memory_fraction={memory_fraction} must be in (0, 1]")
     device = device or jax.local_devices()[0]
-    free = free_device_bytes(device)
-    if free is None:
+    memory = device_memory(device)
+    if memory is None:
         return None
+    limit, in_use = memory
     page = bytes_per_page(cfg, page_size, dtype, shards)
-    pages = pages_for_memory(free, reserve_bytes, memory_fraction, page)
+    pages = pages_for_memory(limit, in_use, reserve_bytes, memory_fraction, page)
     logging.info(
-        "KV pool from device memory: (%d free - %d reserved for training) bytes x %.2f / %d "
-        "bytes per page per device -> %d pages of %d tokens",
-        free,
-        reserve_bytes,
+        "KV pool from device memory: (%d bytes x %.2f - %d in use - %d reserved for training) "
+        "/ %d bytes per page per device -> %d pages of %d tokens",
+        limit,
         memory_fraction,
+        in_use,
+        reserve_bytes,
         page,
         pages,
         page_size,

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cleaner_jax.models import attention
-from cleaner_jax.models import attention_fused, qwen
+from cleaner_jax.models import attention, attention_fused, qwen
 from cleaner_jax.models import platform as platform_lib
 from cleaner_jax.models.config import tiny_config
 

@@ -107,7 +107,9 @@ def test_runlocal_step_compiles_for_tpu(topology):
     }
     assert programs["update/grad"]["custom_calls"].get("tpu_custom_call", 0) >= 2  # fwd + bwd
     assert programs["decode"]["custom_calls"].get("tpu_custom_call", 0) >= 1
+    # The pool takes what memory_fraction (0.9) leaves: every program keeps 10% of HBM free.
     assert result["fits_with_headroom"]
+    assert result["sampler"]["pages_from"].startswith("sized")
     assert result["recompute_shapes_per_step"] == 1
     for key in (
         "train_step_bytes_per_device",

@@ -43,17 +43,17 @@ def test_kv_pages_net_of_training_golden(bundle, monkeypatch):
     config = _config(memory_fraction=0.5)
     config.rollout.temperature = 1.0
     placement = parts.placement_for(config, bundle)
-    monkeypatch.setattr(parts, "free_device_bytes", lambda device: 1_000_000)
+    monkeypatch.setattr(parts, "device_memory", lambda device: (2_000_000, 100_000))
     monkeypatch.setattr(parts, "training_reserve_bytes", lambda *a: 300_000)
     # A bf16 page: 2 (K, V) x 2 layers x 4 tokens x 2 kv heads x 16 x 2 bytes = 1024 bytes:
-    # (1_000_000 - 300_000) x 0.5 // 1024 = 341.
-    assert parts.kv_pages_for(config, bundle, placement, updater=object()) == 341
-    # Evaluation (no updater) reserves nothing: 1_000_000 x 0.5 // 1024 = 488.
-    assert parts.kv_pages_for(config, bundle, placement) == 488
+    # (2_000_000 x 0.5 - 100_000 - 300_000) // 1024 = 585.
+    assert parts.kv_pages_for(config, bundle, placement, updater=object()) == 585
+    # Evaluation (no updater) reserves nothing: (1_000_000 - 100_000) // 1024 = 878.
+    assert parts.kv_pages_for(config, bundle, placement) == 878
     monkeypatch.setattr(parts, "training_reserve_bytes", lambda *a: 2_000_000)
     with pytest.raises(ValueError, match="no memory left for the KV pool"):
         parts.kv_pages_for(config, bundle, placement, updater=object())
-    monkeypatch.setattr(parts, "free_device_bytes", lambda device: None)  # CPU: unreported
+    monkeypatch.setattr(parts, "device_memory", lambda device: None)  # CPU: unreported
     assert parts.kv_pages_for(config, bundle, placement, updater=object()) is None
 
 

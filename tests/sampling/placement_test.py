@@ -116,12 +116,12 @@ def test_tensor_parallel_engine_equals_one_device(model):
 
 
 def test_pages_for_memory_golden():
-    # (10 GiB free - 4 GiB reserved) x 0.9 / 1 MiB pages = 5529.6 -> 5529 pages.
+    # (10 GiB x 0.9 - 1 GiB in use - 4 GiB reserved) / 1 MiB pages = 4096 pages.
     gib, mib = 1024**3, 1024**2
-    assert paged_cache.pages_for_memory(10 * gib, 4 * gib, 0.9, mib) == 5529
-    assert paged_cache.pages_for_memory(gib, 2 * gib, 0.9, mib) == 0  # reserve exceeds free
+    assert paged_cache.pages_for_memory(10 * gib, gib, 4 * gib, 0.9, mib) == 4096
+    assert paged_cache.pages_for_memory(gib, 0, 2 * gib, 0.9, mib) == 0  # reserve exceeds it
     with pytest.raises(ValueError, match="memory_fraction"):
-        paged_cache.pages_for_memory(gib, 0, 0.0, mib)
+        paged_cache.pages_for_memory(gib, 0, 0, 0.0, mib)
     # Qwen3-4B in bf16, 16-token pages, kv heads over 4 chips: 2 * 36 * 16 * 2 * 128 * 2 bytes.
     qwen3_4b = tiny_config(num_layers=36, num_heads=32, num_kv_heads=8, head_dim=128)
     assert paged_cache.bytes_per_page(qwen3_4b, 16, "bfloat16", shards=4) == 589_824
@@ -138,8 +138,10 @@ class _FakeDevice:
 def test_num_pages_from_fake_memory_stats():
     cfg = tiny_config()  # 2 layers, 2 kv heads of 16: 2 * 2 * 4 * 2 * 16 * 4 = 2048 B a page
     dev = _FakeDevice({"bytes_limit": 1_000_000, "bytes_in_use": 200_000})
-    # (800_000 - 300_000) * 0.5 // 2048 = 122; kv heads over 2 devices: 1024 B -> 244.
-    got = paged_cache.num_pages_from_memory(cfg, 4, 0.5, dev, reserve_bytes=300_000)
-    assert got == 122
-    assert paged_cache.num_pages_from_memory(cfg, 4, 0.5, dev, shards=2, reserve_bytes=300_000)
+    # (1_000_000 * 0.9 - 200_000 - 300_000) // 2048 = 195; kv heads over 2 devices: 1024 B
+    # a page -> 390.
+    got = paged_cache.num_pages_from_memory(cfg, 4, 0.9, dev, reserve_bytes=300_000)
+    assert got == 195
+    got = paged_cache.num_pages_from_memory(cfg, 4, 0.9, dev, shards=2, reserve_bytes=300_000)
+    assert got == 390
     assert paged_cache.num_pages_from_memory(cfg, 4, 0.5, _FakeDevice({})) is None
