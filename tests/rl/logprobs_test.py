@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from cleaner_jax.models import sharding
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.qwen import Qwen
-from cleaner_jax.models import sharding
 from cleaner_jax.rl import logprobs as logprobs_lib
 from cleaner_jax.rl.logprobs import mismatch_metrics, packed_logprobs, prefix_shared_logprobs
 from cleaner_jax.rl.packing import TrainSample, pack, unpack_per_sample
