@@ -51,12 +51,14 @@ GiB = 1024**3
 
 def _row(name: str, p: dict) -> str:
     c, o = p["collectives"], p["collectives_outside_loops"]
+    largest = max(p["largest_outside_loops"].values())
     verdict = "yes" if p["fits_with_headroom"] else ("tight" if p["fits"] else "NO")
     return (
         f"| {name} | {p['compile_s']:.1f} | {p['argument'] / GiB:.2f} | {p['temp'] / GiB:.2f} | "
         f"{p['program_bytes'] / GiB:.2f} | {p['total_bytes'] / GiB:.2f} | {verdict} | "
         f"{max(p['flops'], p['model_flops']) / 1e12:.2f} | {p['roofline_s_estimate'] * 1e3:.1f} | "
-        f"{c['all-gather']} ({o['all-gather']}) | {c['reduce-scatter']} | {c['all-reduce']} |"
+        f"{c['all-gather']} ({o['all-gather']}) | {c['reduce-scatter']} | "
+        f"{c['all-reduce']} ({o['all-reduce']}) | {largest / 2**20:.0f} |"
     )
 
 
@@ -83,9 +85,10 @@ def print_table(result: dict) -> None:
         )
     print(
         "\n| program | compile s | args GiB | temps GiB | program GiB | total GiB | fits | "
-        "TFLOP* | roofline ms (est.) | all-gather (outside loops) | reduce-scatter | all-reduce |"
+        "TFLOP* | roofline ms (est.) | all-gather (outside loops) | reduce-scatter | "
+        "all-reduce (outside loops) | largest outside loops MiB |"
     )
-    print("|" + "---|" * 12)
+    print("|" + "---|" * 13)
     for name, p in result["programs"].items():
         print(_row(name, p))
     print(

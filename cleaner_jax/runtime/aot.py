@@ -12,7 +12,7 @@ with kernel choice following the target's platform (`models.platform`).
 Per program: XLA's `memory_analysis()` (arguments, outputs, aliased, temporaries, code), its
 `cost_analysis()` (FLOPs, bytes accessed: per device), the compile time and the collectives of
 the compiled HLO (counts, and how many sit outside any loop with the bytes of the largest such
-all-gather: under fsdp no all-gather of the whole parameter set should run outside the layer
+collective: under fsdp no all-gather of the whole parameter set should run outside the layer
 loop). Memory per device adds the long-lived buffers a program does not take as arguments but
 that are live while it runs (AdamW state during the gradient step, the sampler's weights and KV
 pool during training programs): `fits` compares that total with the chip's HBM.
@@ -78,7 +78,9 @@ class ProgramReport:
     bytes_accessed: float
     collectives: dict[str, int]
     collectives_outside_loops: dict[str, int]
-    largest_all_gather_outside_loops: int  # bytes of its result
+    # bytes of the largest result of each kind of collective outside loops (a whole-parameter
+    # gather shows here, whether XLA emits it as an all-gather or an all-reduce)
+    largest_outside_loops: dict[str, int]
     custom_calls: dict[str, int]  # custom-call target -> count (Mosaic kernels: tpu_custom_call)
     resident_other: int = 0  # live buffers that are not arguments (see the module docstring)
     notes: str = ""
@@ -143,8 +145,8 @@ def _result_bytes(line: str) -> int:
 
 
 def collective_stats(hlo: str) -> tuple[dict[str, int], dict[str, int], int]:
-    """(counts of each collective, counts outside any while loop, bytes of the largest all-gather
-    result outside loops) in compiled HLO text. Async pairs count once (their `-start`)."""
+    """(counts of each collective, counts outside any while loop, bytes of the largest result of
+    each kind outside loops) in compiled HLO text. Async pairs count once (their `-start`)."""
     comps = _computations(hlo)
     in_loop: set[str] = set()
     frontier = [
@@ -161,7 +163,7 @@ def collective_stats(hlo: str) -> tuple[dict[str, int], dict[str, int], int]:
         frontier += [c for line in comps.get(name, []) for c in _called(line)]
     total = dict.fromkeys(_COLLECTIVES, 0)
     outside = dict.fromkeys(_COLLECTIVES, 0)
-    largest = 0
+    largest = dict.fromkeys(_COLLECTIVES, 0)
     for name, lines in comps.items():
         for line in lines:
             for kind in _COLLECTIVES:
@@ -169,8 +171,7 @@ def collective_stats(hlo: str) -> tuple[dict[str, int], dict[str, int], int]:
                     total[kind] += 1
                     if name not in in_loop:
                         outside[kind] += 1
-                        if kind == "all-gather":
-                            largest = max(largest, _result_bytes(line))
+                        largest[kind] = max(largest[kind], _result_bytes(line))
     return total, outside, largest
 
 
@@ -219,7 +220,7 @@ def compile_program(
         bytes_accessed=accessed,
         collectives=total,
         collectives_outside_loops=outside,
-        largest_all_gather_outside_loops=largest,
+        largest_outside_loops=largest,
         custom_calls=custom_call_counts(hlo),
         notes=notes,
     )

@@ -320,6 +320,9 @@ def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm,
         "num_pages": num_pages,
         "pages_from": "config" if engine.num_pages else "sized net of training (num_pages=0)",
         "tokens_in_pool": num_pages * engine.page_size,
+        # Sequences of max_seq_len the pool holds at once (fewer than max_slots: the engine
+        # preempts long rollouts and recomputes them later).
+        "full_length_sequences": (num_pages - 1) // -(-engine.max_seq_len // engine.page_size),
         "tensor_parallel": placement.tp,
         "megacore": placement.megacore,
         "kv_page_bytes_per_device": page,

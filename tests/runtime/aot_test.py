@@ -53,7 +53,8 @@ def test_collective_stats_golden():
         "collective-permute": 0,
     }
     assert outside["all-gather"] == 1 and outside["reduce-scatter"] == 1
-    assert largest == 64 * 4 * 2  # the entry's bf16[64, 4]
+    assert largest["all-gather"] == 64 * 4 * 2  # the entry's bf16[64, 4]
+    assert largest["all-reduce"] == 8 * 4 and largest["reduce-scatter"] == 8 * 4
 
 
 def test_collectives_of_a_real_scan_on_cpu_devices():
