@@ -101,3 +101,19 @@ def test_gradient_and_optimizer_lines_hand_counted(mu_dtype, mu_bytes):
     assert row["opt_state"] == (mu_bytes + 4) * p + 4 * 4
     static = row["params_fp32"] + row["params_sampler"] + row["grads_fp32"] + row["opt_state"]
     assert row["train_total"] == static + row["activations"]
+
+
+@pytest.mark.tpu_compile
+def test_tpu_compiled_row_agrees_with_the_plan():
+    """The plan's TPU row against XLA's TPU compiler (v5p-8's abstract devices): the compiled
+    gradient step's arguments are the plan's params + accumulator + batch, and the totals agree
+    within 25% for a small model whose activations are a minor share."""
+    cfg = tiny_variant("qwen3", hidden_size=256, intermediate_size=512)
+    cfg = cfg.replace(head_dim=128, num_heads=4, num_kv_heads=2)
+    w = mp.Workload(tokens_per_device=512, row_len=512, compute_dtype="bfloat16", kv_seqs=1)
+    hw = mp.HARDWARE["TPUv5p-8"]
+    got = mp.tpu_compiled(cfg, hw, w)
+    plan = mp.plan(cfg, hw, w)
+    params = plan["params_fp32"]
+    assert got["tpu_argument"] >= 2 * params  # parameters and the gradient accumulator
+    assert 0.75 <= plan["total_with_kv"] / got["tpu_total_with_kv"] <= 1.25
