@@ -41,7 +41,8 @@ def _bucket(n: int, multiple: int) -> int:
 _DEFAULT_CHUNK = 1024
 
 
-def _score(model, h_BTD, targets_BT, temperature, chunk):  # the prefix-shared path's head
+def _score(model, h_BTD, targets_BT, temperature, chunk, mesh=None, batch_axes=("data", "fsdp")):
+    """log p(targets) from hidden states through the chunked head (never [B, T, V] logits)."""
     unembed, transposed = model.unembedding()
     logp_BT, _ = loss_lib.chunked_logprobs_and_entropy(
         h_BTD,
@@ -51,6 +52,8 @@ def _score(model, h_BTD, targets_BT, temperature, chunk):  # the prefix-shared p
         temperature=temperature,
         chunk=chunk,
         with_entropy=False,
+        mesh=mesh,
+        batch_axes=batch_axes,
     )
     return logp_BT
 
@@ -72,19 +75,7 @@ def _packed_logprobs(
 ):
     model = nnx.merge(graphdef, state)
     h_RTD, _ = model.hidden_states(inputs_RT, positions_RT, segment_ids_BT=segment_ids_RT)
-    unembed, transposed = model.unembedding()
-    logp_RT, _ = loss_lib.chunked_logprobs_and_entropy(
-        h_RTD,
-        unembed,
-        transposed,
-        targets_RT,
-        temperature=temperature,
-        chunk=chunk,
-        with_entropy=False,
-        mesh=mesh,
-        batch_axes=batch_axes,
-    )
-    return logp_RT
+    return _score(model, h_RTD, targets_RT, temperature, chunk, mesh, batch_axes)
 
 
 # The fields of a PackedBatch the scoring forward reads, in `_packed_logprobs`'s order.

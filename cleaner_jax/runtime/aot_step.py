@@ -106,19 +106,9 @@ def compile_step(
         sizes["grads"] = aot.tree_bytes_per_device(grads)
         for name, (fn, args, kwargs) in update.items():
             run(name, fn, args, kwargs, f"{rows} x {row_len} tokens per micro-batch")
-    if "recompute" in programs:
-        fn, args, kwargs = aot.recompute_program(
-            graphdef,
-            params,
-            mesh,
-            rows,
-            row_len,
-            config.rollout.temperature,
-            config.train.logprob_chunk,
-        )
-        run("recompute", fn, args, kwargs, f"{rows} x {row_len}; one shape per run")
     by_length = {}
-    for length in recompute_lengths:
+    lengths = ([row_len] if "recompute" in programs else []) + list(recompute_lengths)
+    for i, length in enumerate(lengths):
         fn, args, kwargs = aot.recompute_program(
             graphdef,
             params,
@@ -128,8 +118,13 @@ def compile_step(
             config.rollout.temperature,
             config.train.logprob_chunk,
         )
-        r = run(f"recompute@{length}", fn, args, kwargs, f"{rows} x {length}")
-        by_length[length] = r.temp + r.argument + r.output - r.alias
+        main = i == 0 and "recompute" in programs
+        name = "recompute" if main else f"recompute@{length}"
+        r = run(
+            name, fn, args, kwargs, f"{rows} x {length}" + ("; one shape per run" if main else "")
+        )
+        if not main:
+            by_length[length] = r.program_bytes
 
     prefix_shared = {}
     for length in prefix_shared_lengths:
