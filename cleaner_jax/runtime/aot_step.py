@@ -12,7 +12,8 @@ are not its arguments (the trainer and the sampler share the devices):
 - prefill, decode: the trainer's parameters and AdamW state;
 - weight_sync: AdamW state, the KV pool and the sampler's previous weights (freed after).
 The KV pool is the config's `rollout.engine.num_pages` or, for 0, what the run would size
-(`parts.kv_pages_for`'s formula, with the training step's temporaries from its TPU compile).
+(`sampler_budget.kv_pages_for`'s formula, the training step's temporaries from its TPU
+compile).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from cleaner_jax.models import topology as topology_lib
 from cleaner_jax.models.platform import platform_of
 from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.rl import update as update_lib
-from cleaner_jax.runtime import aot
+from cleaner_jax.runtime import aot, sampler_budget
 from cleaner_jax.runtime import config as config_lib
 from cleaner_jax.runtime import parts as parts_lib
 from cleaner_jax.sampling.placement import sampler_placement
@@ -285,7 +286,7 @@ def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm,
     page = bytes_per_page(cfg, engine.page_size, dtype, shards=placement.tp)
     num_pages = engine.num_pages
     if not num_pages:
-        # As `parts.kv_pages_for` sizes it when the engine is built: in use then are the
+        # As `sampler_budget.kv_pages_for` sizes it when the engine is built: in use then are the
         # trainer's parameters and the sampler's weights; the reserve is AdamW state and the
         # gradient step (with the TPU compile's figures).
         in_use = sizes["params"] + sizes["sampler_weights"]
@@ -294,7 +295,7 @@ def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm,
         # temporaries and code), from its compile; without it, the gradients alone.
         step = grad.program_bytes - sizes["params"] if grad is not None else sizes["params"]
         reserve = sizes["opt_state"] + step
-        fraction = config.rollout.engine.get("memory_fraction", parts_lib.KV_MEMORY_FRACTION)
+        fraction = config.rollout.engine.get("memory_fraction", sampler_budget.KV_MEMORY_FRACTION)
         num_pages = pages_for_memory(hbm, in_use, reserve, fraction, page)
     sizes["kv_pool"] = num_pages * page
     sampler_graphdef = nnx.split(nnx.eval_shape(lambda: Qwen(sampler_cfg, rngs=nnx.Rngs(0))))[0]

@@ -10,7 +10,7 @@ from cleaner_jax.models import sharding
 from cleaner_jax.models.config import tiny_config
 from cleaner_jax.models.qwen import Qwen
 from cleaner_jax.rl.update import LossConfig, OptimConfig, Updater, make_optimizer
-from cleaner_jax.runtime import parts
+from cleaner_jax.runtime import parts, sampler_budget
 
 CFG = tiny_config()  # 2 layers, 2 kv heads of 16 dims
 
@@ -42,19 +42,19 @@ def bundle():
 def test_kv_pages_net_of_training_golden(bundle, monkeypatch):
     config = _config(memory_fraction=0.5)
     config.rollout.temperature = 1.0
-    placement = parts.placement_for(config, bundle)
-    monkeypatch.setattr(parts, "device_memory", lambda device: (2_000_000, 100_000))
-    monkeypatch.setattr(parts, "training_reserve_bytes", lambda *a: 300_000)
+    placement = sampler_budget.placement_for(config, bundle)
+    monkeypatch.setattr(sampler_budget, "device_memory", lambda device: (2_000_000, 100_000))
+    monkeypatch.setattr(sampler_budget, "training_reserve_bytes", lambda *a: 300_000)
     # A bf16 page: 2 (K, V) x 2 layers x 4 tokens x 2 kv heads x 16 x 2 bytes = 1024 bytes:
     # (2_000_000 x 0.5 - 100_000 - 300_000) // 1024 = 585.
-    assert parts.kv_pages_for(config, bundle, placement, updater=object()) == 585
+    assert sampler_budget.kv_pages_for(config, bundle, placement, updater=object()) == 585
     # Evaluation (no updater) reserves nothing: (1_000_000 - 100_000) // 1024 = 878.
-    assert parts.kv_pages_for(config, bundle, placement) == 878
-    monkeypatch.setattr(parts, "training_reserve_bytes", lambda *a: 2_000_000)
+    assert sampler_budget.kv_pages_for(config, bundle, placement) == 878
+    monkeypatch.setattr(sampler_budget, "training_reserve_bytes", lambda *a: 2_000_000)
     with pytest.raises(ValueError, match="no memory left for the KV pool"):
-        parts.kv_pages_for(config, bundle, placement, updater=object())
-    monkeypatch.setattr(parts, "device_memory", lambda device: None)  # CPU: unreported
-    assert parts.kv_pages_for(config, bundle, placement, updater=object()) is None
+        sampler_budget.kv_pages_for(config, bundle, placement, updater=object())
+    monkeypatch.setattr(sampler_budget, "device_memory", lambda device: None)  # CPU: unreported
+    assert sampler_budget.kv_pages_for(config, bundle, placement, updater=object()) is None
 
 
 def test_training_reserve_counts_state_and_step(bundle):
@@ -63,7 +63,7 @@ def test_training_reserve_counts_state_and_step(bundle):
     updater = Updater(
         bundle.graphdef, make_optimizer(OptimConfig()), LossConfig(), mesh=bundle.mesh
     )
-    reserve = parts.training_reserve_bytes(config, bundle, updater)
+    reserve = sampler_budget.training_reserve_bytes(config, bundle, updater)
     params = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(bundle.state))
     # Gradients (= the fp32 params per device) + AdamW's two moments + the step's temporaries.
     assert reserve > 3 * params
