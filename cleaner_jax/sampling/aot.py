@@ -11,8 +11,7 @@ XLA's TPU compiler on a CPU host, libtpu installed) and nothing is allocated::
 
     programs = sampler_programs(graphdef, train_state, engine_config, topology.devices)
     for name, (fn, args, kwargs) in programs.items():
-        compiled = fn.lower(*args, **kwargs).compile()
-        print(name, compiled.memory_analysis())
+        memory = fn.lower(*args, **kwargs).compile().memory_analysis()
 
 Letters: B slots, M pages per row (the widest bucket: max_seq_len / page_size), J prefill
 blocks, U tokens per block, X stop tokens per slot.

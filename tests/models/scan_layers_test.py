@@ -66,16 +66,22 @@ def test_stacked_layout_and_conversions(cfg, models):
         qwen.unstack_layers(back)
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_forward_and_gradients_equal_unrolled(cfg, models, remat):
-    tokens_BT, positions_BT, segments_BT = _packed_batch(cfg.vocab_size)
+def _grad_fn(tokens_BT, positions_BT, segments_BT):
+    """jit((state, graphdef) -> ((masked NLL, logits), d NLL / d state)) on one packed batch."""
 
     def loss_and_logits(state, graphdef):
         logits, _ = nnx.merge(graphdef, state)(tokens_BT, positions_BT, segment_ids_BT=segments_BT)
         mask = (segments_BT > 0).astype(jnp.float32)
         return -jnp.sum(qwen.token_logprobs(logits, tokens_BT) * mask), logits
 
-    grad_fn = jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True), static_argnums=1)
+    return jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True), static_argnums=1)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_forward_and_gradients_equal_unrolled(cfg, models, remat):
+    tokens_BT, positions_BT, segments_BT = _packed_batch(cfg.vocab_size)
+
+    grad_fn = _grad_fn(tokens_BT, positions_BT, segments_BT)
     results = []
     for model in models:
         graphdef, state = nnx.split(model)
@@ -229,12 +235,7 @@ def test_bf16_compute_as_accurate_as_unrolled(cfg):
     bf16 = cfg.replace(dtype="bfloat16", remat=True)
     tokens_BT, positions_BT, segments_BT = _packed_batch(cfg.vocab_size)
 
-    def loss_and_logits(state, graphdef):
-        logits, _ = nnx.merge(graphdef, state)(tokens_BT, positions_BT, segment_ids_BT=segments_BT)
-        mask = (segments_BT > 0).astype(jnp.float32)
-        return -jnp.sum(qwen.token_logprobs(logits, tokens_BT) * mask), logits
-
-    grad_fn = jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True), static_argnums=1)
+    grad_fn = _grad_fn(tokens_BT, positions_BT, segments_BT)
     out = {}
     for name, c in (("f32", cfg), ("unrolled", bf16), ("scanned", bf16.replace(scan_layers=True))):
         model = testing.random_model(c, 5)
