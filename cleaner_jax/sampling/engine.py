@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cleaner_jax.sampling.engine_steps import default_num_pages, engine_steps_for
+from cleaner_jax.sampling.engine_steps import engine_steps_for, resolve_num_pages
 from cleaner_jax.sampling.engine_types import (
     EngineConfig,
     GenerationResult,
@@ -42,7 +42,7 @@ from cleaner_jax.sampling.engine_types import (
     SamplingParams,
     SamplingRows,
 )
-from cleaner_jax.sampling.paged_cache import PagedKVCache, num_pages_from_memory
+from cleaner_jax.sampling.paged_cache import PagedKVCache
 from cleaner_jax.sampling.placement import SamplerPlacement, sampler_placement
 from cleaner_jax.sampling.radix_cache import PageManager, SequencePages
 
@@ -85,19 +85,7 @@ class Engine:
         self.model_config = nnx.merge(graphdef, state).cfg
         self.config = c = config
         self.placement = placement or sampler_placement(self.model_config, jax.local_devices()[:1])
-        num_pages = c.num_pages
-        if num_pages is None:
-            num_pages = num_pages_from_memory(
-                self.model_config,
-                c.page_size,
-                c.memory_fraction,
-                self.placement.devices[0],
-                shards=self.placement.tp,
-            )
-        if num_pages is None:
-            num_pages = default_num_pages(c)
-            logging.info("device reports no memory stats; KV pool = %d pages", num_pages)
-        self.num_pages = num_pages
+        self.num_pages = num_pages = resolve_num_pages(c, self.model_config, self.placement)
         self.pages_per_seq = -(-c.max_seq_len // c.page_size)
         self.decode_widths = sorted(
             {-(-self.pages_per_seq // 2**i) for i in range(c.decode_width_buckets)}

@@ -29,6 +29,7 @@ X stop tokens per slot, R rows of a call (B or J).
 from __future__ import annotations
 
 import collections
+import logging
 from typing import Any
 
 import jax
@@ -38,7 +39,12 @@ from jax.sharding import Mesh
 
 from cleaner_jax.sampling.attention_kernels import KERNEL_IMPLS, resolve_attention
 from cleaner_jax.sampling.engine_types import EngineConfig, SamplingRows
-from cleaner_jax.sampling.paged_cache import DecodeViewCache, PagedKVCache, copy_page
+from cleaner_jax.sampling.paged_cache import (
+    DecodeViewCache,
+    PagedKVCache,
+    copy_page,
+    num_pages_from_memory,
+)
 from cleaner_jax.sampling.placement import SamplerPlacement
 from cleaner_jax.sampling.token_sampling import sample_tokens
 
@@ -182,6 +188,21 @@ def default_num_pages(config: EngineConfig) -> int:
     """The pool when no page count is given and the device reports no memory: `max_slots`
     full-length sequences plus the null page."""
     return config.max_slots * -(-config.max_seq_len // config.page_size) + 1
+
+
+def resolve_num_pages(config: EngineConfig, cfg, placement: SamplerPlacement) -> int:
+    """The pool's page count: `config.num_pages`, else from the placement's device memory
+    (`paged_cache.num_pages_from_memory`, kv heads split over its tp devices), else (no memory
+    stats: CPU) `default_num_pages`."""
+    if config.num_pages is not None:
+        return config.num_pages
+    pages = num_pages_from_memory(
+        cfg, config.page_size, config.memory_fraction, placement.devices[0], shards=placement.tp
+    )
+    if pages is None:
+        pages = default_num_pages(config)
+        logging.info("device reports no memory stats; KV pool = %d pages", pages)
+    return pages
 
 
 def engine_steps_for(graphdef: Any, config: EngineConfig, placement: SamplerPlacement):
