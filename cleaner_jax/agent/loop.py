@@ -82,11 +82,22 @@ class EnginePolicy:
             seed=None if self._seeds is None else next(self._seeds),
         )
         out = await self.engine.generate(list(context_tokens), params)
-        return Generation(list(out.tokens), [float(x) for x in out.logprobs], out.finish_reason)
+        versions = getattr(out, "versions", None) or None
+        return Generation(
+            list(out.tokens), [float(x) for x in out.logprobs], out.finish_reason, versions
+        )
 
     async def score(self, context_tokens: Sequence[int], tokens: Sequence[int]) -> list[float]:
+        """Log-probs of `tokens` after `context_tokens` at the sampling temperature (what the
+        spliced tokens' behaviour log-probs must be: `generate` reports its log-probs at it)."""
         full = [*context_tokens, *tokens]
-        return [float(x) for x in await self.engine.score(full, len(context_tokens))]
+        lps = await self.engine.score(full, len(context_tokens), temperature=self.temperature)
+        return [float(x) for x in lps]
+
+    @property
+    def policy_version(self) -> int | None:
+        """The engine's weight version (recorded on rescored segments), None if it has none."""
+        return getattr(self.engine, "policy_version", None)
 
 
 class SandboxToolRunner:

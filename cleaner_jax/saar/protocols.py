@@ -27,11 +27,15 @@ class Policy(Protocol):
         ...
 
     async def score(self, context_tokens: Sequence[int], tokens: Sequence[int]) -> list[float]:
-        """Log-probs of `tokens` given `context_tokens` (one per token), under current weights.
+        """Log-probs of `tokens` given `context_tokens` (one per token), under current weights
+        and at the temperature `generate` samples at (they become the spliced tokens' behaviour
+        log-probs, which an off-policy correction compares with the trainer's).
 
         Used to replace the stale behaviour log-probs of spliced segments by their log-probs under
         the purified context; an engine with a prefix cache serves this with one prefill of
-        `tokens` that the next turn needs anyway.
+        `tokens` that the next turn needs anyway. A policy may also expose an int attribute
+        `policy_version` (its weights' version): rescored segments then record it per token,
+        as `Generation.versions` does for sampled ones.
         """
         ...
 

@@ -95,9 +95,7 @@ def _recover(
         new_start = codec.call_start(new_tokens)
         if is_shallow(similarity, config.gamma) and old_start is not None and new_start is not None:
             kept = head_segments(turn, old_start)
-            call_part = segs[j].head(len(new_tokens))
-            call_part.tokens = list(new_tokens[new_start:])
-            call_part.logprobs = list(segs[j].logprobs[new_start:])
+            call_part = segs[j].slice(new_start)
             call_part.provenance = Provenance.SPLICED_SHALLOW
             call_part.stale_logprobs = True
             turn = [*kept, call_part]

@@ -219,9 +219,7 @@ class _Rollout:
                 break
             context = self._context()
             gen = await self._generate(context)
-            self.segments.append(
-                Segment("assistant", list(gen.tokens), Provenance.SAMPLED, list(gen.logprobs))
-            )
+            self.segments.append(gen.segment())
             if gen.finish_reason == "length":
                 self.termination = "length"
                 break
@@ -306,9 +304,7 @@ class _Rollout:
             new_calls = self.codec.parse_calls(gen.tokens)
             if not new_calls:
                 failures = sum(is_model_error(r) for r in results)
-                answer = Segment(
-                    "assistant", list(gen.tokens), Provenance.SAMPLED, list(gen.logprobs)
-                )
+                answer = gen.segment()
                 self.segments = [*base, *turn, Segment.tool(feedback, failures), answer]
                 self.rollback_on = False
                 self.stats.rollbacks_failed += 1
@@ -325,24 +321,14 @@ class _Rollout:
                 and new_start is not None
             ):
                 kept = head_segments(turn, old_start)
-                spliced = Segment(
-                    "assistant",
-                    list(gen.tokens[new_start:]),
-                    Provenance.SPLICED_SHALLOW,
-                    list(gen.logprobs[new_start:]),
-                    stale_logprobs=True,
+                spliced = gen.segment(
+                    new_start, provenance=Provenance.SPLICED_SHALLOW, stale_logprobs=True
                 )
                 turn = [*kept, spliced]
                 score_context = base_tokens + turn_tokens[:old_start]
                 self.stats.shallow += 1
             else:
-                spliced = Segment(
-                    "assistant",
-                    list(gen.tokens),
-                    Provenance.SPLICED_DEEP,
-                    list(gen.logprobs),
-                    stale_logprobs=True,
-                )
+                spliced = gen.segment(provenance=Provenance.SPLICED_DEEP, stale_logprobs=True)
                 turn = [spliced]
                 score_context = base_tokens
                 self.stats.deep += 1
@@ -382,6 +368,9 @@ class _Rollout:
             )
         segment.logprobs = list(logprobs)
         segment.stale_logprobs = False
+        # The weights that rescored the segment (a policy that reports versions has them).
+        version = getattr(self.policy, "policy_version", None)
+        segment.versions = None if version is None else [int(version)] * len(logprobs)
         self.stats.rescored_tokens += len(logprobs)
 
 

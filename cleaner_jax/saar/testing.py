@@ -119,9 +119,14 @@ def scored_logprobs(context_len: int, n: int) -> list[float]:
 class ScriptedPolicy:
     """A `Policy` replaying scripted assistant turns (texts, each normally ending `<|im_end|>`)."""
 
-    def __init__(self, codec: CharCodec, turns: Sequence[str]) -> None:
+    def __init__(
+        self, codec: CharCodec, turns: Sequence[str], policy_version: int | None = None
+    ) -> None:
+        """`policy_version`: reported per sampled token (`Generation.versions`) and read by
+        the rollout after a rescore; None = a policy that reports no versions."""
         self.codec = codec
         self.turns = list(turns)
+        self.policy_version = policy_version
         self.contexts: list[list[int]] = []
         self.max_new_tokens: list[int] = []
         self.score_calls: list[tuple[list[int], list[int]]] = []
@@ -136,7 +141,9 @@ class ScriptedPolicy:
         finish = "stop" if tokens and tokens[-1] == IM_END else "length"
         if len(tokens) > max_new_tokens:
             tokens, finish = tokens[:max_new_tokens], "length"
-        return Generation(tokens, scripted_logprobs(k, len(tokens)), finish)
+        v = self.policy_version
+        versions = None if v is None else [v] * len(tokens)
+        return Generation(tokens, scripted_logprobs(k, len(tokens)), finish, versions)
 
     async def score(self, context_tokens: Sequence[int], tokens: Sequence[int]) -> list[float]:
         self.score_calls.append((list(context_tokens), list(tokens)))

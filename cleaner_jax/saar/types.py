@@ -61,6 +61,8 @@ class Segment:
         that now precedes the segment; the trainer must not use them as old log-probs.
       failures: for tool segments, how many model errors the message shows (drives the
         "tool failures per trajectory" metric).
+      versions: per token, the policy version whose weights produced `logprobs` (sampled them,
+        or rescored a spliced segment); None when the policy does not report versions.
     """
 
     role: str
@@ -69,6 +71,7 @@ class Segment:
     logprobs: list[float]
     stale_logprobs: bool = False
     failures: int = 0
+    versions: list[int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.logprobs) != len(self.tokens):
@@ -76,6 +79,7 @@ class Segment:
                 f"Segment({self.provenance.value}) has {len(self.tokens)} tokens but "
                 f"{len(self.logprobs)} log-probs; pass one log-prob per token."
             )
+        _check_versions("Segment", self.tokens, self.versions)
 
     @property
     def loss_mask(self) -> int:
@@ -84,7 +88,15 @@ class Segment:
 
     def head(self, n: int) -> Segment:
         """The first `n` tokens as a segment with the same provenance and staleness."""
-        return dataclasses.replace(self, tokens=self.tokens[:n], logprobs=self.logprobs[:n])
+        return self.slice(0, n)
+
+    def slice(self, start: int, stop: int | None = None) -> Segment:
+        """Tokens [start, stop) as a segment with the same provenance and staleness."""
+        cut = slice(start, stop)
+        versions = None if self.versions is None else self.versions[cut]
+        return dataclasses.replace(
+            self, tokens=self.tokens[cut], logprobs=self.logprobs[cut], versions=versions
+        )
 
     @classmethod
     def prompt(cls, tokens: Sequence[int]) -> Segment:
@@ -94,6 +106,14 @@ class Segment:
     def tool(cls, tokens: Sequence[int], failures: int) -> Segment:
         provenance = Provenance.FEEDBACK if failures else Provenance.TOOL
         return cls("tool", list(tokens), provenance, [0.0] * len(tokens), failures=failures)
+
+
+def _check_versions(what: str, tokens: Sequence[int], versions: Sequence[int] | None) -> None:
+    if versions is not None and len(versions) != len(tokens):
+        raise ValueError(
+            f"{what} has {len(tokens)} tokens but {len(versions)} versions; pass one policy "
+            "version per token or None."
+        )
 
 
 def head_segments(segments: Sequence[Segment], n: int) -> list[Segment]:
@@ -169,6 +189,15 @@ class Trajectory:
         """Per response token: True where the behaviour log-prob is stale."""
         return [seg.stale_logprobs for seg in self.response_segments for _ in seg.tokens]
 
+    @property
+    def versions(self) -> list[int]:
+        """Per token, the policy version behind its log-prob; -1 where none is known (prompt
+        and tool tokens, policies that report no versions)."""
+        out: list[int] = []
+        for seg in self.segments:
+            out.extend(seg.versions if seg.versions is not None else [-1] * len(seg.tokens))
+        return out
+
     def stale_segments(self) -> list[int]:
         """Indices of segments whose log-probs must be recomputed before training."""
         return [i for i, seg in enumerate(self.segments) if seg.stale_logprobs]
@@ -181,11 +210,13 @@ class Trajectory:
 @dataclasses.dataclass(frozen=True)
 class Generation:
     """One assistant turn as sampled: tokens (ending with the stop token when finish_reason is
-    "stop"), their log-probs, and why sampling ended."""
+    "stop"), their log-probs (at the sampling temperature), why sampling ended and, optionally,
+    per token the policy version that sampled it."""
 
     tokens: list[int]
     logprobs: list[float]
     finish_reason: FinishReason
+    versions: list[int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.tokens) != len(self.logprobs):
@@ -197,6 +228,19 @@ class Generation:
             raise ValueError(
                 f"finish_reason must be 'stop' or 'length', got {self.finish_reason!r}."
             )
+        _check_versions("Generation", self.tokens, self.versions)
+
+    def segment(self, start: int = 0, **kwargs) -> Segment:
+        """Tokens [start:] as an assistant segment (provenance SAMPLED unless given)."""
+        kwargs.setdefault("provenance", Provenance.SAMPLED)
+        versions = None if self.versions is None else list(self.versions[start:])
+        return Segment(
+            "assistant",
+            list(self.tokens[start:]),
+            logprobs=list(self.logprobs[start:]),
+            versions=versions,
+            **kwargs,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,7 @@ class _Request:
     start: int = 0
     generated: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
+    versions: list[int] = dataclasses.field(default_factory=list)
     scores: dict[int, float] = dataclasses.field(default_factory=dict)
     cached: int | None = None
     seq: SequencePages | None = None
@@ -115,6 +116,8 @@ class Engine:
         self._arrivals = itertools.count()
         self._driver: asyncio.Task | None = None
         self.stats: collections.Counter[str] = collections.Counter()
+        # The version of the weights held: each sampled token records it (`update_params` sets it).
+        self.policy_version = 0
 
     # ------------------------------------------------------------------ public API
     @property
@@ -197,11 +200,14 @@ class Engine:
         # The null page onto itself: a copy that changes nothing anyone reads.
         self._k, self._v = self._steps.copy(self._k, self._v, jnp.int32(0), jnp.int32(0))
 
-    def update_params(self, state: Any) -> None:
+    def update_params(self, state: Any, version: int | None = None) -> None:
         """Swap the weights and invalidate the prefix cache (in-flight requests continue).
-        `state` should already be on the placement (`rl.distributed.sampler_replica`)."""
+        `state` should already be on the placement (`rl.distributed.sampler_replica`).
+        `version`: the new weights' policy version (default: the previous one + 1); tokens
+        sampled from now on record it."""
         self._state = self.placement.put(state, self.model_config)
         self.pages.reset()
+        self.policy_version = self.policy_version + 1 if version is None else int(version)
 
     def release(self, tokens: Sequence[int], position: int) -> int:
         """Free cached pages holding positions >= `position` of `tokens` (a SAAR rollback's
@@ -395,6 +401,7 @@ class Engine:
         req.tokens.append(token)
         req.generated.append(token)
         req.logprobs.append(logprob)
+        req.versions.append(self.policy_version)
         if token in req.params.stop_token_ids:
             self._finish(req, "stop")
         elif len(req.generated) >= req.params.max_new_tokens:
@@ -416,7 +423,9 @@ class Engine:
             req.future.set_result(out)
         else:
             req.future.set_result(
-                GenerationResult(list(req.generated), list(req.logprobs), reason, req.cached)
+                GenerationResult(
+                    list(req.generated), list(req.logprobs), reason, req.cached, list(req.versions)
+                )
             )
 
     def _preempt(self, req: _Request) -> None:

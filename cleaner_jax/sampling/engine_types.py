@@ -106,6 +106,7 @@ class GenerationResult:
     logprobs: list[float]
     finish_reason: str  # 'stop' | 'length'
     cached_prompt_tokens: int
+    versions: list[int] = dataclasses.field(default_factory=list)  # per token: policy version
 
 
 class SamplingRows(NamedTuple):

@@ -170,8 +170,8 @@ class _EchoEngine:
             },
         )()
 
-    async def score(self, tokens, start):
-        return [-float(t) for t in tokens[start:]]
+    async def score(self, tokens, start, temperature=1.0):
+        return [-float(t) / temperature for t in tokens[start:]]
 
 
 def test_engine_policy_adapter():
@@ -186,3 +186,6 @@ def test_engine_policy_adapter():
     assert [p.seed for p in params] == [10, 11] and params[0].stop_token_ids == (7, 8)
     assert [p.max_new_tokens for p in params] == [5, 1] and params[0].top_p == 0.6
     assert asyncio.run(policy.score([1, 2], [5, 6])) == [-5.0, -6.0]
+    # Rescoring happens at the sampling temperature (the spliced tokens' behaviour log-probs).
+    hot = EnginePolicy(engine, stop_token_ids=[7], temperature=2.0, sampling_params_cls=_Params)
+    assert asyncio.run(hot.score([1, 2], [5, 6])) == [-2.5, -3.0]

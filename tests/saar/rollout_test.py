@@ -438,3 +438,45 @@ def test_budget_and_mask_invariants(steps, budget, max_turns, probability, seed)
         assert seg.loss_mask == int(seg.role == "assistant")
         assert not seg.stale_logprobs
     assert traj.termination in ("answer", "length", "max_turns")
+
+
+class _VersionBumpingPolicy(ScriptedPolicy):
+    """Weights change between the retry's sampling and its rescoring (a push in between)."""
+
+    async def score(self, context_tokens, tokens):
+        self.policy_version += 1
+        return await super().score(context_tokens, tokens)
+
+
+@pytest.mark.parametrize("kind", ["shallow", "deep"])
+def test_versions_follow_the_weights_that_produced_each_logprob(kind):
+    bad, good = ("print(6*7", "print(6*7)")
+    if kind == "deep":
+        bad, good = ("print(x)", "import sympy\nprint(sympy.Integer(6) * 7)")
+    policy = _VersionBumpingPolicy(
+        CODEC, [turn("Reason A. ", bad), turn("Fix. ", good), ANSWER], policy_version=3
+    )
+    tools = ScriptedTools({bad: SYNTAX})
+    traj = asyncio.run(rollout(PROMPT, policy, tools, CODEC, saar=DEFAULT, seed=0))
+    by_kind = {}
+    for seg, v in zip(traj.segments, _split(traj.versions, traj.segments), strict=True):
+        by_kind.setdefault(seg.provenance, []).extend(v)
+    assert set(by_kind[P]) == {-1} and set(by_kind[T]) == {-1}
+    spliced = SH if kind == "shallow" else DP
+    assert set(by_kind[spliced]) == {4}  # rescored after the bump
+    # The kept reasoning was sampled at 3 (shallow only), the answer after the bump at 4.
+    assert set(by_kind[S]) == ({3, 4} if kind == "shallow" else {4})
+    assert traj.segments[-1].versions == [4] * len(traj.segments[-1].tokens)
+
+
+def _split(flat, segments):
+    out, i = [], 0
+    for seg in segments:
+        out.append(flat[i : i + len(seg.tokens)])
+        i += len(seg.tokens)
+    return out
+
+
+def test_policy_without_versions_reports_minus_one():
+    traj, _, _ = run([ANSWER])
+    assert set(traj.versions) == {-1} and len(traj.versions) == len(traj.tokens)
