@@ -32,8 +32,14 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
-    packages=find_packages(include=["cleaner_jax", "cleaner_jax.*"]),
-    package_data={"cleaner_jax": ["saar/README.md", "agent/*.jinja"]},
+    # third_party ships too: its adapters import as `third_party.<name>` from any directory.
+    packages=find_packages(
+        include=["cleaner_jax", "cleaner_jax.*", "third_party", "third_party.*"]
+    ),
+    package_data={
+        "cleaner_jax": ["saar/README.md", "agent/*.jinja"],
+        "third_party.tunix_saar": ["README.md", "requirements.txt"],
+    },
     install_requires=RUNTIME,
     extras_require={
         "test": [
