@@ -15,6 +15,11 @@ import json
 import os
 import sys
 
+if __package__:
+    from cleaner_jax.agent.sandbox import _contain
+else:  # imported by worker.py run as a script
+    import _contain
+
 TIMEOUT_EXIT_CODE = 124
 
 
@@ -224,6 +229,12 @@ def child_wait_and_run(arm: dict, prelude: dict) -> None:
     if uid is not None and os.getuid() == 0:
         _drop_privileges(uid)
     os.chdir(arm["scratch_dir"])
+    guards = arm.get("guards")
+    if guards:
+        # Last, so that nothing of the child's own set-up trips the audit hook.
+        if guards["seccomp"]:
+            _contain.install_seccomp()
+        _contain.install_audit_guard(guards["dir"])
     signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
 

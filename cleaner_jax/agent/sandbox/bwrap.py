@@ -3,8 +3,9 @@
 Bubblewrap mode: read-only bind of `/`, a private tmpfs `/tmp`, fresh `/dev` and `/proc`, new
 network namespace (no network; its own loopback reaches nothing on the host), new PID/IPC/UTS
 namespaces, `--die-with-parent` and `--new-session`. Fallback mode: the same worker as a plain
-process in its own session with a parent-death signal; the per-call child still gets rlimits,
-its own process group and (when running as root) an unprivileged uid.
+process in its own session with a parent-death signal, which contains itself as far as the host
+allows (`_contain.py`: private mount and network namespaces, else seccomp and audit guards); the
+per-call child still gets rlimits, its own process group and (when root) an unprivileged uid.
 """
 
 from __future__ import annotations
@@ -51,20 +52,22 @@ def bwrap_unusable_reason(config: SandboxConfig) -> str | None:
     return None
 
 
-_PRIVATE_MOUNTS = ("/tmp", "/dev/shm")
+_BWRAP_PRIVATE_MOUNTS = ("/tmp", "/dev/shm")
+# The fallback's 'namespaces' tier also hides /var/tmp (`_contain.PRIVATE_DIRS`).
+_FALLBACK_PRIVATE_MOUNTS = ("/tmp", "/var/tmp", "/dev/shm")
 
 
-def _hidden_by_private_mounts(config: SandboxConfig) -> list[str]:
+def _hidden_by_private_mounts(config: SandboxConfig, private_mounts: tuple[str, ...]) -> list[str]:
     """Paths the worker needs (its script, the interpreter, the venv and import path) that lie
-    under /tmp or /dev/shm, which the sandbox replaces with empty tmpfs: a checkout or venv in
+    under `private_mounts`, which the sandbox replaces with empty tmpfs: a checkout or venv in
     /tmp would otherwise vanish inside the sandbox. They are bound back read-only."""
     wanted = {os.path.dirname(WORKER_SCRIPT), config.python_executable, sys.prefix}
     wanted.update(p for p in sys.path if p)
     found = set()
     for path in wanted:
         for candidate in (os.path.abspath(path), os.path.realpath(path)):
-            inside = any(candidate == m or candidate.startswith(m + "/") for m in _PRIVATE_MOUNTS)
-            if inside and os.path.exists(candidate) and candidate not in _PRIVATE_MOUNTS:
+            inside = any(candidate == m or candidate.startswith(m + "/") for m in private_mounts)
+            if inside and os.path.exists(candidate) and candidate not in private_mounts:
                 found.add(candidate)
     # Keep only the outermost paths (a bind of /tmp/x already carries /tmp/x/y).
     return sorted(p for p in found if not any(p.startswith(q + "/") for q in found))
@@ -72,15 +75,19 @@ def _hidden_by_private_mounts(config: SandboxConfig) -> list[str]:
 
 def worker_command(config: SandboxConfig, use_bwrap: bool, workdir: str | None) -> list[str]:
     """argv that starts one worker; `workdir` is the fallback mode's scratch directory."""
-    binds = _hidden_by_private_mounts(config) if use_bwrap else []
+    private = _BWRAP_PRIVATE_MOUNTS if use_bwrap else _FALLBACK_PRIVATE_MOUNTS
+    binds = _hidden_by_private_mounts(config, private)
     setup = {
+        "mode": "bwrap" if use_bwrap else "fallback",
+        "namespaces": not use_bwrap and config.fallback_namespaces,
         "preimport": list(config.preimport),
         "chmod_tmp": use_bwrap,
         "parent_death_signal": not use_bwrap,
-        # Private to this worker in both modes, so it is wiped after every call.
+        # Private to this worker in both modes, so it is wiped after every call (the fallback's
+        # 'namespaces' tier replaces it with a private /tmp).
         "scratch_dir": "/tmp" if use_bwrap else workdir,
         "sandbox_uid": config.sandbox_uid,
-        # Bound back into the private /tmp: the per-call scratch wipe leaves them alone.
+        # Bound back into the private mounts: the per-call scratch wipe leaves them alone.
         "keep": binds,
     }
     python = [config.python_executable, "-s", "-B", WORKER_SCRIPT, json.dumps(setup)]

@@ -28,6 +28,11 @@ class SandboxConfig:
         set to "" for the reference's silent cut.
       use_bwrap: run workers under bubblewrap. False forces the degraded fallback (rlimits,
         process group, uid drop when root) and logs a loud warning.
+      fallback_namespaces: in fallback mode, contain the worker in private mount and network
+        namespaces (read-only filesystem, private /tmp, /var/tmp and /dev/shm, a loopback that
+        reaches nothing) when the host allows it. False, or a host that refuses, gives the
+        'guarded' tier: a private scratch directory, IP sockets refused by seccomp and an audit
+        hook that also refuses writes outside the scratch directory.
       require_bwrap: raise `SandboxStartError` instead of falling back when bwrap is unusable.
       bwrap_path: the bubblewrap binary.
       preimport: modules imported once in each warm worker and bound in the code's globals
@@ -50,6 +55,7 @@ class SandboxConfig:
     max_output_chars: int = 1000
     truncation_marker: str = "\n... [output truncated]"
     use_bwrap: bool = True
+    fallback_namespaces: bool = True
     require_bwrap: bool = False
     bwrap_path: str = "/usr/bin/bwrap"
     preimport: tuple[str, ...] = ("math", "itertools", "collections", "numpy", "sympy")

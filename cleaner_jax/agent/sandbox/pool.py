@@ -28,7 +28,7 @@ import threading
 import time
 import weakref
 
-from cleaner_jax.agent.sandbox import bwrap
+from cleaner_jax.agent.sandbox import _contain, bwrap
 from cleaner_jax.agent.sandbox import worker as wire
 from cleaner_jax.agent.sandbox.config import SandboxConfig
 from cleaner_jax.agent.sandbox.result import (
@@ -109,6 +109,10 @@ class SandboxPool:
 
     Attributes:
       sandbox_mode: 'bwrap' or 'fallback'.
+      containment: 'bwrap'; in fallback mode 'namespaces' (private mount and network
+        namespaces: read-only filesystem, private /tmp, no network) or 'guarded' (private
+        scratch directory, IP sockets refused, writes outside the scratch directory refused by
+        a Python-level guard). See `_contain.py`.
       degraded_reason: why the pool runs without bubblewrap (None in 'bwrap' mode).
       preimported: modules bound in the code's globals.
       infra_failures: infrastructure failures seen so far (each retried or reported).
@@ -150,14 +154,16 @@ class SandboxPool:
                 "root inside the sandbox and RLIMIT_NPROC does not apply to it.",
                 self.config.sandbox_uid,
             )
+        self.containment: str = workers[0].info.get("tier", "unknown")
         if self.degraded_reason:
             logger.warning(
                 "SANDBOX DEGRADED: running %d Python workers WITHOUT bubblewrap (%s). Code runs "
-                "with rlimits, its own process group%s, but with the host's filesystem and "
-                "network visible. Install bubblewrap or fix its error for isolation.",
+                "with rlimits, its own process group%s; %s Install bubblewrap or fix its error "
+                "for full isolation.",
                 self.config.num_workers,
                 self.degraded_reason,
                 " and an unprivileged uid" if self._drop_uid(workers[0]) is not None else "",
+                _contain.describe(workers[0].info),
             )
 
     # ---------------------------------------------------------------------------------------

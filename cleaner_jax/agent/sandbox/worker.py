@@ -23,9 +23,10 @@ import sys
 import time
 
 if __package__:
-    from cleaner_jax.agent.sandbox import _child
-else:  # run as a script: the sibling module is importable from the script's directory
+    from cleaner_jax.agent.sandbox import _child, _contain
+else:  # run as a script: the sibling modules are importable from the script's directory
     import _child
+    import _contain
 
 # ---------------------------------------------------------------------------------------------
 # Framing, shared with the parent: 4-byte big-endian length, then a UTF-8 JSON object.
@@ -212,8 +213,9 @@ class _Capture:
             self.data += chunk[:room]
 
 
-def _arm(prelude: dict, scratch_dir: str) -> dict:
-    """Forks the next child ahead of its request (the fork cost leaves the critical path)."""
+def _arm(prelude: dict, scratch_dir: str, guards: dict | None = None) -> dict:
+    """Forks the next child ahead of its request (the fork cost leaves the critical path).
+    `guards` (the fallback's 'guarded' tier) says which guards the child installs."""
     req_r, req_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
@@ -224,6 +226,7 @@ def _arm(prelude: dict, scratch_dir: str) -> dict:
         "stderr": err_w,
         "result": res_w,
         "scratch_dir": scratch_dir,
+        "guards": guards,
     }
     pid = os.fork()
     if pid == 0:
@@ -372,6 +375,24 @@ def _build_reply(
 # ---------------------------------------------------------------------------------------------
 # Main loop.
 # ---------------------------------------------------------------------------------------------
+def _contain_fallback(setup: dict, scratch_dir: str, keep: tuple[str, ...]):
+    """Picks the containment tier; returns (ready-message fields, dirs wiped after each call,
+    the child's guards or None). Must run while the worker is still single-threaded."""
+    if setup.get("mode") == "bwrap":
+        return {"tier": "bwrap"}, [scratch_dir, "/dev/shm"], None
+    note = "disabled by SandboxConfig(fallback_namespaces=False)"
+    if setup.get("namespaces"):
+        note = _contain.probe_namespaces(list(keep))
+        if note == "ok":
+            private = _contain.enter_namespaces(list(keep))
+            os.environ["HOME"] = os.environ["TMPDIR"] = "/tmp"
+            return {"tier": "namespaces"}, private, None
+    seccomp = _contain.probe_seccomp()
+    guards = {"dir": scratch_dir, "seccomp": seccomp == "ok"}
+    fields = {"tier": "guarded", "namespaces_note": note, "seccomp": seccomp}
+    return fields, [scratch_dir], guards
+
+
 def main() -> None:
     # This directory holds the pool's own modules; user `import config` must not find them.
     if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
@@ -387,6 +408,9 @@ def main() -> None:
     os.close(devnull)
     scratch_dir = setup.get("scratch_dir") or "/tmp"
     keep = tuple(setup.get("keep", ()))
+    containment, wipe, guards = _contain_fallback(setup, scratch_dir, keep)
+    if containment["tier"] == "namespaces":
+        scratch_dir = "/tmp"
     if setup.get("chmod_tmp") and os.getuid() == 0:
         os.chmod(scratch_dir, 0o1777)
     subreaper = _set_child_subreaper()
@@ -408,8 +432,9 @@ def main() -> None:
     privilege_drop = "not root" if os.getuid() != 0 else "disabled"
     if drop_uid is not None and os.getuid() == 0:
         privilege_drop = _child.probe_privilege_drop(drop_uid)
-    armed = _arm(prelude, scratch_dir)
+    armed = _arm(prelude, scratch_dir, guards)
     ready = {
+        **containment,
         "privilege_drop": privilege_drop,
         "kind": _READY_KIND,
         "pid": os.getpid(),
@@ -436,8 +461,9 @@ def main() -> None:
         _child.write_all(proto_out, encode_frame(reply))
         # After answering: reap the call's processes, wipe scratch, fork the next child.
         _kill_all_descendants(armed["pid"])
-        _clean_scratch(scratch_dir, keep)
-        armed = _arm(prelude, scratch_dir)
+        for directory in wipe:
+            _clean_scratch(directory, keep)
+        armed = _arm(prelude, scratch_dir, guards)
 
 
 if __name__ == "__main__":
