@@ -7,28 +7,37 @@ chat messages and re-templates them, so there is no token checkpoint to roll bac
 learner offers no public hook to change the engine class; the narrowest override is
 `_build_orchestrator` (private), which `SaarGRPOLearner` overrides to swap `engine_cls` for
 `SaarCollectEngine` and keep Tunix's engine kwargs. Everything else (advantages, loss, update,
-weight sync, evaluation) is Tunix's own. The override is checked against the installed version
-at import: on any other version this module raises ImportError instead of running a private
-hook whose contract may have changed.
+weight sync, evaluation, the sampler-IS correction) is Tunix's own. Tunix's `train()` builds the
+training orchestrator first and one more per evaluation; the evaluation ones roll out without
+SAAR unless `SaarRollout.saar_in_eval` (the paper validates without rollback). The override
+is checked against the installed version at import: on any other version this module raises
+ImportError instead of running a private hook whose contract may have changed.
 
 Semantics, read from Tunix's config instead of restated:
   * response budget: `GRPOConfig.max_response_length` is SAAR's `max_response_tokens` (retries
-    and rolled-back error messages included); a `RolloutLimits` that disagrees is refused;
+    and rolled-back error messages included); `SaarRollout.limits=None` derives the limits from
+    it, an explicit `RolloutLimits` that disagrees is refused;
   * prompt budget: a prompt longer than `RolloutConfig.max_prompt_length` is refused (Tunix
     would cut its head off without a word);
   * reward: `SaarRollout.reward_fn(row, trajectory)` is the trajectory reward and Tunix's
     `reward_fns` must be None (Tunix would add them on top of it);
   * overlong filter: with `overlong_filter=True` a trajectory whose status is in
     `filter_statuses` gets loss mask 0 and reward 0, as Tunix's engine does;
-  * old log-probs: with `use_rollout_logps=True` (Tunix's default) spliced turns must be
-    re-scored (`SaarConfig(recompute_spliced_logprobs=True)` and a policy with a score
-    function, e.g. `tunix_score_fn(rl_cluster)`); otherwise construction fails.
+  * behaviour log-probs (μ, Token-mode `old_logprobs`): sampled tokens carry the sampler's,
+    spliced spans the score function's re-scoring under the purified context, tool tokens 0
+    (loss mask 0). With `use_rollout_logps=True` (Tunix's default) Tunix trains against them,
+    and with `sampler_is="token"` it weights each token by min(π_prox / μ, threshold), so
+    spliced spans must be re-scored (`SaarConfig(recompute_spliced_logprobs=True)` and a policy
+    with a score function, e.g. `tunix_score_fn(rl_cluster)`); otherwise construction fails;
+  * `metric_fns` get the dataset row's own keys, as under Tunix's engine (the policy version is
+    stamped on the environment's task, not on the row returned as `original_input`).
 `episode_timeout` is not applied to SAAR rollouts (bound the sandbox's per-call timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import functools
 import importlib.metadata
@@ -92,8 +101,11 @@ class SaarRollout:
         length 1) -> chat-formatted prompt token ids ending with the assistant header.
       reward_fn: (row, trajectory) -> float, the whole GRPO reward of the trajectory.
       saar_config: None for the baseline rollout.
-      limits: turn and per-turn call budgets; `max_response_tokens` must be left at its default
-        or equal Tunix's `max_response_length` (it is set from it).
+      limits: None (default) derives SAAR's budgets from Tunix: `RolloutLimits`'s defaults with
+        `max_response_tokens = GRPOConfig.max_response_length`. An explicit `RolloutLimits` is
+        used as given and its `max_response_tokens` must equal `max_response_length`.
+      saar_in_eval: roll out Tunix's evaluation with SAAR too; False (default) evaluates with
+        the baseline rollout, as the paper validates.
     """
 
     policy: saar.Policy
@@ -103,27 +115,41 @@ class SaarRollout:
     reward_fn: Callable[[Mapping[str, Any], saar.Trajectory], float]
     saar_config: saar.SaarConfig | None = saar.SaarConfig()
     limits: saar.RolloutLimits | None = None
+    saar_in_eval: bool = False
 
 
 def _rollout_limits(limits: saar.RolloutLimits | None, max_response_length: int):
-    """SAAR's budgets with Tunix's response budget; refuses a disagreeing one."""
-    default = saar.RolloutLimits().max_response_tokens
+    """SAAR's budgets: derived from Tunix's response budget when None, else checked against it."""
     if limits is None:
         return saar.RolloutLimits(max_response_tokens=max_response_length)
-    if limits.max_response_tokens not in (default, max_response_length):
+    if not isinstance(limits, saar.RolloutLimits):
+        raise TypeError(f"SaarRollout.limits must be a saar.RolloutLimits or None, got {limits!r}")
+    if limits.max_response_tokens != max_response_length:
         raise ValueError(
             f"RolloutLimits.max_response_tokens={limits.max_response_tokens} disagrees with "
             f"Tunix's GRPOConfig.max_response_length={max_response_length}; Tunix would cut "
-            "longer trajectories and keep their reward. Leave it unset (it is read from Tunix) "
-            "or make them equal."
+            "longer trajectories and keep their reward. Pass limits=None (derived from Tunix) "
+            f"or RolloutLimits(max_response_tokens={max_response_length}, ...)."
         )
-    return dataclasses.replace(limits, max_response_tokens=max_response_length)
+    return limits
+
+
+def _rescores_spliced(saar_rollout: SaarRollout) -> bool:
+    """Whether every spliced span gets a behaviour log-prob re-scored under the purified
+    context (SAAR off, or rescoring on with a policy that can score)."""
+    config, policy = saar_rollout.saar_config, saar_rollout.policy
+    if config is None:
+        return True
+    if not config.recompute_spliced_logprobs:
+        return False
+    return not (isinstance(policy, CallablePolicy) and policy.score_fn is None)
 
 
 class SaarCollectEngine:
     """Stands where `TrajectoryCollectEngine` stands: built per (agent, env) with Tunix's engine
     kwargs, `collect("Token")` returns Tunix's Token-mode dict for one SAAR rollout of the
-    environment's task. The agent is unused (SAAR talks to the policy in tokens)."""
+    environment's task (`saar_config=None`: the baseline rollout, as for evaluation). The
+    agent is unused (SAAR talks to the policy in tokens)."""
 
     def __init__(
         self,
@@ -131,6 +157,7 @@ class SaarCollectEngine:
         env: Any,
         *,
         saar_rollout: SaarRollout,
+        saar_config: saar.SaarConfig | None,
         limits: saar.RolloutLimits,
         policy_version_fn: Callable[[], int],
         max_prompt_length: int,
@@ -142,6 +169,7 @@ class SaarCollectEngine:
         del agent, tunix_engine_kwargs  # model_call, tokenizer, chat_parser, timeout, perf_v2
         self.env = env
         self.saar_rollout = saar_rollout
+        self.saar_config = saar_config
         self.limits = limits
         self.policy_version_fn = policy_version_fn
         self.max_prompt_length = max_prompt_length
@@ -153,11 +181,14 @@ class SaarCollectEngine:
         if mode != "Token":
             raise ValueError(f"SaarCollectEngine only produces mode='Token' output, got {mode!r}")
         r = self.saar_rollout
-        row = self.env.task
+        # Tunix's agent keeps a copy of the task taken at reset as `original_input`, before
+        # its _model_call stamps the policy version on the environment's task: metric_fns
+        # receive exactly the row's keys.
+        row = copy.deepcopy(self.env.task)
         group_id = self.env.extra_kwargs["group_id"]
         pair_index = self.env.extra_kwargs["pair_index"]
-        # What Tunix's _model_call does before sampling: stamp the policy version on the task.
-        row["policy_version"] = self.policy_version_fn()
+        policy_version = self.policy_version_fn()
+        self.env.task["policy_version"] = policy_version
         prompt = [int(t) for t in r.prompt_tokens_fn(row)]
         if len(prompt) > self.max_prompt_length:
             raise ValueError(
@@ -171,7 +202,7 @@ class SaarCollectEngine:
                 r.policy,
                 r.tools,
                 r.codec,
-                saar=r.saar_config,
+                saar=self.saar_config,
                 limits=self.limits,
                 seed=f"{group_id}/{pair_index}",
             )
@@ -187,7 +218,7 @@ class SaarCollectEngine:
             codec=r.codec,
             original_input=row,
             group_id=group_id,
-            policy_version=row["policy_version"],
+            policy_version=policy_version,
             prompt_messages=[{"role": "user", "content": str(prompts[0])}],
             allow_stale_logprobs=self.allow_stale_logprobs,
             masked_out=masked_out,
@@ -204,7 +235,7 @@ class SaarGRPOLearner(agentic_grpo_learner.GRPOLearner):
 
     Same constructor as `GRPOLearner` plus `saar_rollout`; `reward_fns` must be None (the reward
     is `saar_rollout.reward_fn`), agent_class/env_class stay Tunix's defaults (the environment
-    only carries the dataset row).
+    only carries the dataset row). `GRPOConfig.sampler_is` needs every spliced span re-scored.
     """
 
     def __init__(
@@ -223,6 +254,14 @@ class SaarGRPOLearner(agentic_grpo_learner.GRPOLearner):
                 "reward_fns on top of it. Fold them into reward_fn and pass reward_fns=None."
             )
         self.saar_limits = _rollout_limits(saar_rollout.limits, algo_config.max_response_length)
+        if algo_config.sampler_is is not None and not _rescores_spliced(saar_rollout):
+            raise ValueError(
+                f"GRPOConfig.sampler_is={algo_config.sampler_is!r} weights each token by "
+                "pi_prox / mu, and with SAAR on a spliced span has a valid mu only when it is "
+                "re-scored under the purified context. Set SaarConfig("
+                "recompute_spliced_logprobs=True) with a policy that scores (CallablePolicy("
+                "sample_fn, score_fn=tunix_score_fn(rl_cluster))), or sampler_is=None."
+            )
         recompute = (
             saar_rollout.saar_config is None or saar_rollout.saar_config.recompute_spliced_logprobs
         )
@@ -246,6 +285,7 @@ class SaarGRPOLearner(agentic_grpo_learner.GRPOLearner):
                 "Tunix model), or set GRPOConfig.use_rollout_logps=False."
             )
         self.saar_rollout = saar_rollout
+        self._saar_train_orchestrator_built = False
         super().__init__(
             rl_cluster=rl_cluster,
             algo_config=algo_config,
@@ -254,13 +294,26 @@ class SaarGRPOLearner(agentic_grpo_learner.GRPOLearner):
             metric_fns=metric_fns,
         )
 
+    def train(self, train_dataset: Any, eval_dataset: Any = None, skip_jit: bool = False) -> None:
+        """Tunix's `train()`; the first orchestrator it builds is the training one."""
+        self._saar_train_orchestrator_built = False
+        return super().train(train_dataset, eval_dataset, skip_jit)
+
     def _build_orchestrator(self):
-        # The one private override: Tunix's orchestrator with SAAR's engine class.
+        # The one private override: Tunix's orchestrator with SAAR's engine class. Tunix 0.1.7's
+        # train() builds the training orchestrator before its loop and a fresh one for each
+        # evaluation inside it, with no mode argument; the first call per train() is training.
+        training = not self._saar_train_orchestrator_built
+        self._saar_train_orchestrator_built = True
+        r = self.saar_rollout
+        saar_config = r.saar_config if training or r.saar_in_eval else None
+        mode = rl_cluster_lib.Mode.TRAIN if training else rl_cluster_lib.Mode.EVAL
         orchestrator = super()._build_orchestrator()
-        rollout_config = self.rl_cluster.get_rollout_config(mode=rl_cluster_lib.Mode.TRAIN)
+        rollout_config = self.rl_cluster.get_rollout_config(mode=mode)
         orchestrator.engine_cls = functools.partial(
             SaarCollectEngine,
-            saar_rollout=self.saar_rollout,
+            saar_rollout=r,
+            saar_config=saar_config,
             limits=self.saar_limits,
             policy_version_fn=lambda: int(self.policy_version),
             max_prompt_length=rollout_config.max_prompt_length,
