@@ -1,14 +1,20 @@
-"""Hostile code through the sandbox pool (issue 4 evidence), in bubblewrap and fallback mode.
+"""Hostile code through the sandbox pool (issues 4 and 32 evidence), in bubblewrap mode and in
+fallback mode with bubblewrap hidden from PATH, in both of the fallback's containment tiers.
 
 Each snippet must give a clear result (a failure naming what happened, or for output abuse a
 truncated/replaced success), leave the pool healthy (the next call succeeds), leave no stray
-process behind, and leave the calling process untouched.
+process behind, leave nothing in the host's /tmp, /var/tmp or /dev/shm, and leave the calling
+process untouched. A listener on the host's loopback must stay unreachable.
 """
 
+import glob
 import os
+import select
+import shutil
 import socket
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -34,6 +40,25 @@ while pid > 1:
     pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])
 print('survived')
 """
+
+# Unique per test run, so leftovers from anything else cannot be mistaken for ours.
+TMP_TOKEN = f"cleaner_sandbox_leak_{uuid.uuid4().hex[:12]}"
+HOST_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+WRITE_TEMP_FILES = f"""\
+import os, tempfile
+written = []
+for d in {HOST_TEMP_DIRS!r} + ('.', tempfile.gettempdir()):
+    try:
+        os.makedirs(os.path.join(d, '{TMP_TOKEN}_dir'), exist_ok=True)
+        for i in range(4):
+            with open(os.path.join(d, f'{TMP_TOKEN}_{{i}}'), 'wb') as f:
+                f.write(b'x' * 2**20)
+        written.append(d)
+    except OSError as e:
+        print(type(e).__name__, e)
+print(written)
+"""
+GUARD_REFUSAL = "writing outside the sandbox's scratch directory is disabled"
 
 # name -> (code, check(result)); checks name the expected failure precisely.
 HOSTILE = {
@@ -106,6 +131,16 @@ HOSTILE = {
         "        time.sleep(1000)\n    os._exit(0)\nprint('parent done')",
         lambda r: r.ok and r.stdout == "parent done\n",
     ),
+    "write_temp_files": (
+        WRITE_TEMP_FILES,
+        # A private /tmp takes every write; the 'guarded' tier refuses the host's temp dirs
+        # with a message that says why, and takes the writes to its scratch directory.
+        lambda r: (
+            r.ok
+            and "'.'" in r.stdout
+            and ("'/tmp'" in r.stdout or r.stdout.count(GUARD_REFUSAL) == 3)
+        ),
+    ),
     "scribble_on_fds": (
         "import os\nfor fd in range(3, 256):\n    try:\n"
         "        os.write(fd, b'\\x00\\x00\\x00\\x02{}')\n"
@@ -115,14 +150,29 @@ HOSTILE = {
 }
 
 
-@pytest.fixture(scope="module", params=["bwrap", "fallback"])
-def hostile_pool(request):
-    cfg = SandboxConfig(num_workers=2, timeout_s=1.0, use_bwrap=request.param == "bwrap")
-    missing = bwrap_unusable_reason(cfg)
-    if request.param == "bwrap" and missing:
-        pytest.skip(f"bwrap mode not testable on this machine: {missing}")
-    with SandboxPool(cfg) as p:
-        assert p.sandbox_mode == request.param
+@pytest.fixture(scope="module", params=["bwrap", "namespaces", "guarded"])
+def hostile_pool(request, tmp_path_factory):
+    """'bwrap', or bwrap hidden from PATH: the fallback in its 'namespaces' tier (where the host
+    allows it) and in its 'guarded' tier."""
+    cfg = SandboxConfig(
+        num_workers=2,
+        timeout_s=1.0,
+        bwrap_path="bwrap",  # looked up on PATH
+        fallback_namespaces=request.param == "namespaces",
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "bwrap":
+            missing = bwrap_unusable_reason(cfg)
+            if missing:
+                pytest.skip(f"bwrap mode not testable on this machine: {missing}")
+        else:
+            mp.setenv("PATH", str(tmp_path_factory.mktemp("path_without_bwrap")))
+            assert shutil.which("bwrap") is None
+        pool = SandboxPool(cfg)
+    with pool as p:
+        if p.containment != request.param:
+            pytest.skip(f"containment {request.param!r} unavailable here: {p.containment}")
+        assert p.sandbox_mode == ("bwrap" if request.param == "bwrap" else "fallback")
         yield p
 
 
@@ -165,6 +215,21 @@ def _sandbox_uid_processes() -> list[int]:
     return pids
 
 
+def _host_leftovers() -> list[str]:
+    found = []
+    for directory in HOST_TEMP_DIRS + tuple(glob.glob("/tmp/cleaner-sandbox-*")):
+        found += glob.glob(os.path.join(directory, f"*{TMP_TOKEN}*"))
+    return found
+
+
+def _wait_no_leftovers(deadline_s: float = 5.0) -> list[str]:
+    # The worker wipes its scratch directory right after replying, so allow it a moment.
+    end = time.monotonic() + deadline_s
+    while (left := _host_leftovers()) and time.monotonic() < end:
+        time.sleep(0.02)
+    return left
+
+
 def _wait_no_stray(deadline_s: float = 10.0) -> list[int]:
     # Code runs as the sandbox uid and only there; armed children still run as root. The worker
     # reaps right after replying, so allow it a moment.
@@ -200,6 +265,55 @@ def test_hostile_code(hostile_pool, name):
     # The calling process is untouched.
     assert (os.getpid(), os.getppid(), os.getcwd()) == (me, parent, cwd)
     assert not os.path.exists(PROBE_FILE)
+    assert _wait_no_leftovers() == []
+
+
+# How the code tries to reach the host's loopback: Python's socket module, raw libc through
+# ctypes (past any Python-level guard), and a separate program it starts.
+CONNECT = {
+    "python": "import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=0.5)\n"
+    "print('connected')",
+    "ctypes": (
+        "import ctypes, socket, struct\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "fd = libc.socket(2, 1, 0)\n"
+        "addr = struct.pack('=HH4s8x', 2, socket.htons({port}), bytes([127, 0, 0, 1]))\n"
+        "rc = libc.connect(fd, addr, len(addr)) if fd >= 0 else -1\n"
+        "print('connected' if rc == 0 else f'failed errno {{ctypes.get_errno()}}')"
+    ),
+    "subprocess": (
+        'import subprocess, sys\ncode = "import socket; '
+        "socket.create_connection(('127.0.0.1', {port}), timeout=0.5); print('connected')\"\n"
+        "p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)\n"
+        "print(p.stdout, p.stderr.strip().splitlines()[-1])"
+    ),
+}
+
+
+@pytest.mark.parametrize("how", sorted(CONNECT))
+def test_host_loopback_listener_is_unreachable(hostile_pool, how):
+    server = socket.socket()
+    try:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        res = hostile_pool.run_sync(CONNECT[how].format(port=server.getsockname()[1]))
+        # A completed handshake would make the listener readable even without accept().
+        reached = select.select([server], [], [], 0.2)[0]
+    finally:
+        server.close()
+    assert not reached and "connected" not in res.stdout.replace("not connected", ""), res
+    guarded = hostile_pool.containment == "guarded"
+    if how == "python":
+        if guarded:
+            assert (res.error_type, res.error_line) == ("PermissionError", 2), res
+            assert "networking is disabled" in res.stderr, res
+        else:
+            assert (res.error_type, res.error_line) == ("ConnectionRefusedError", 2), res
+    elif how == "ctypes":
+        # EACCES from the seccomp filter, ECONNREFUSED from a loopback of its own.
+        assert res.ok and res.stdout == f"failed errno {13 if guarded else 111}\n", res
+    else:
+        expected = "PermissionError" if guarded else "ConnectionRefusedError"
+        assert res.ok and expected in res.stdout, res
 
 
 def test_network_is_unreachable_including_host_loopback():

@@ -30,9 +30,18 @@ def pool():
         yield p
 
 
-@pytest.fixture(scope="module")
-def fallback_pool():
-    with SandboxPool(SandboxConfig(num_workers=1, timeout_s=1.0, use_bwrap=False)) as p:
+@pytest.fixture(scope="module", params=["namespaces", "guarded"])
+def fallback_pool(request):
+    """Both containment tiers of the fallback (the host here allows the namespaces one)."""
+    cfg = SandboxConfig(
+        num_workers=1,
+        timeout_s=1.0,
+        use_bwrap=False,
+        fallback_namespaces=request.param == "namespaces",
+    )
+    with SandboxPool(cfg) as p:
+        if p.containment != request.param:
+            pytest.skip(f"fallback tier {request.param!r} unavailable here: {p.containment}")
         yield p
 
 
@@ -208,6 +217,7 @@ def test_modes_are_reported(pool, fallback_pool):
     else:
         assert pool.sandbox_mode == "bwrap" and pool.degraded_reason is None
     assert fallback_pool.sandbox_mode == "fallback"
+    assert fallback_pool.containment in ("namespaces", "guarded")
     assert "use_bwrap=False" in fallback_pool.degraded_reason
 
 
