@@ -9,12 +9,20 @@ Side by side in one run, for trivial snippets at concurrency 1, 2 and 8:
     (math, numpy, sympy), i.e. the same environment the policy's code gets from the pool (the
     reference code-judge service also starts one interpreter per call).
 Latency is per call from submission to result (queueing included when concurrency exceeds the
-worker count); calls/s is calls over wall time. Then the SAAR section: host milliseconds per
-rollback event on a 20k-token trajectory and the similarity timings (cleaner_jax/saar/bench.py).
+worker count); calls/s is calls over wall time. Then the SAAR section (cleaner_jax/saar/bench.py):
+host milliseconds per rollback event on a ~20k-token trajectory with typical (~700-character)
+calls, the same with ~3k-character calls under each similarity mode ("tokens", the default, and
+"reference", difflib with autojunk as the reference computes it), and the similarity timings.
+Every SAAR number is a median over --saar_repeats runs (>= 5). `--skip_tools` runs the SAAR
+section alone:
+
+    python launch/bench_tools.py --skip_tools --out=/tmp/bench_saar.json
 
 Keys include `sandbox_speedup_vs_fresh_process` (fresh_preimport p50 / sandbox p50 at
 concurrency 1; target >= 10), `sandbox_speedup_vs_bare_python_c` (same against bare `python -c`),
-`sandbox_p50_ms_c1` (target <= 20 ms on 2 cores) and `saar_ms_per_rollback_20k` (target <= 1 ms).
+`sandbox_p50_ms_c1` (target <= 20 ms on 2 cores), `saar_ms_per_rollback_20k` and
+`saar_ms_per_rollback_3k_tokens` (target <= 1 ms each). The JSON records the machine (CPU model,
+cores, load average before and after, Python version).
 """
 
 from __future__ import annotations
@@ -40,6 +48,11 @@ _FRESH_PREIMPORT_CALLS = flags.DEFINE_integer(
 _CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "2", "8"], "Concurrency levels.")
 _NUM_WORKERS = flags.DEFINE_integer("num_workers", 2, "Sandbox pool workers.")
 _SKIP_SAAR = flags.DEFINE_bool("skip_saar", False, "Skip the SAAR host-time section.")
+_SKIP_TOOLS = flags.DEFINE_bool("skip_tools", False, "Skip the sandbox section (SAAR only).")
+_SAAR_REPEATS = flags.DEFINE_integer(
+    "saar_repeats", 5, "Runs per SAAR measurement (the median is reported); at least 5."
+)
+flags.register_validator("saar_repeats", lambda n: n >= 5, "--saar_repeats must be >= 5.")
 
 SNIPPETS = (
     "1 + 1",
@@ -141,15 +154,65 @@ def _bench_tools(levels: list[int]) -> dict:
 # =============================================================================================
 # SAAR section (host time of the rollback controller); provided by cleaner_jax/saar/bench.py.
 # =============================================================================================
-def _bench_saar() -> dict:
-    from cleaner_jax.saar.bench import bench_rollback_host_time, bench_similarity
+def _bench_saar(repeats: int) -> dict:
+    from cleaner_jax.saar.bench import (
+        bench_rollback_host_time,
+        bench_rollback_host_time_3k,
+        bench_similarity,
+    )
 
-    results = dict(bench_rollback_host_time())
-    results.update(bench_similarity())
+    results = dict(bench_rollback_host_time(repeats=repeats))
+    results.update(bench_rollback_host_time_3k(repeats=repeats))
+    results.update(bench_similarity(repeats=repeats))
+    results["saar_repeats"] = repeats
     return results
 
 
-def _print_table(results: dict, levels: list[int]) -> None:
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _print_saar_table(results: dict) -> None:
+    print(f"\nSAAR host time per rollback (median of {results['saar_repeats']} runs)")
+    header = f"{'calls':<22}{'similarity':<12}{'ms/rollback':>12}{'max':>9}{'traj tokens':>13}"
+    print(header)
+    print("-" * len(header))
+    typical = f"typical ({results['code_chars']:.0f} chars)"
+    long = f"long ({results['code_chars_3k']:.0f} chars)"
+    print(
+        f"{typical:<22}{'tokens':<12}"
+        f"{results['saar_ms_per_rollback_20k']:>12.3f}{results['saar_ms_per_rollback_max']:>9.3f}"
+        f"{results['trajectory_tokens']:>13.0f}"
+    )
+    for mode in ("tokens", "reference"):
+        print(
+            f"{long:<22}{mode:<12}"
+            f"{results[f'saar_ms_per_rollback_3k_{mode}']:>12.3f}"
+            f"{results[f'saar_ms_per_rollback_3k_{mode}_max']:>9.3f}"
+            f"{results['trajectory_tokens_3k']:>13.0f}"
+        )
+    print("target: <= 1 ms per rollback with the default similarity (tokens)")
+    cases = sorted({k.rsplit("_", 1)[1] for k in results if k.startswith("similarity_tokens_ms_")})
+    header = f"{'similarity case':<18}{'tokens ms':>11}{'score':>8}{'reference ms':>14}{'score':>8}"
+    print("\n" + header)
+    print("-" * len(header))
+    for case in cases:
+        print(
+            f"{case:<18}{results[f'similarity_tokens_ms_{case}']:>11.3f}"
+            f"{results[f'similarity_tokens_score_{case}']:>8.3f}"
+            f"{results[f'similarity_reference_ms_{case}']:>14.3f}"
+            f"{results[f'similarity_reference_score_{case}']:>8.3f}"
+        )
+
+
+def _print_tools_table(results: dict, levels: list[int]) -> None:
     print(
         f"\nsandbox mode: {results['sandbox_mode']}  (workers: {_NUM_WORKERS.value}, "
         f"cpus: {os.cpu_count()}, load average at start: {results['load_average_start']})"
@@ -180,13 +243,6 @@ def _print_table(results: dict, levels: list[int]) -> None:
         f"sandbox_p50_ms_c{levels[0]}: {results[f'sandbox_p50_ms_c{levels[0]}']:.2f} ms   "
         "(target <= 20 ms on 2 cores)"
     )
-    if "saar_ms_per_rollback_20k" in results:
-        print(
-            f"saar_ms_per_rollback_20k: {results['saar_ms_per_rollback_20k']:.3f} ms   "
-            "(target <= 1 ms)"
-        )
-        for key in sorted(k for k in results if k.startswith("similarity_")):
-            print(f"  {key}: {results[key]:.4g}")
 
 
 def main(argv: list[str]) -> None:
@@ -195,14 +251,21 @@ def main(argv: list[str]) -> None:
     results: dict = {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "snippets": list(SNIPPETS),
     }
-    results.update(_bench_tools(levels))
+    if not _SKIP_TOOLS.value:
+        results.update(_bench_tools(levels))
     if not _SKIP_SAAR.value:
-        results.update(_bench_saar())
+        results.update(_bench_saar(_SAAR_REPEATS.value))
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    _print_table(results, levels)
+    print(f"machine: {results['cpu_model']}, {results['cpus']} cpus, {results['platform']}")
+    if not _SKIP_TOOLS.value:
+        _print_tools_table(results, levels)
+    if not _SKIP_SAAR.value:
+        _print_saar_table(results)
     with open(_OUT.value, "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
     print(f"\nwrote {_OUT.value}")

@@ -4,9 +4,17 @@ import difflib
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cleaner_jax.saar import SaarConfig, ToolCall, call_similarity, is_shallow
-from cleaner_jax.saar.similarity import lexical_tokens, reference_similarity, token_similarity
+from cleaner_jax.saar.similarity import (
+    lcs_length,
+    lcs_ratio,
+    lexical_tokens,
+    reference_similarity,
+    token_similarity,
+)
 
 GAMMA = SaarConfig().gamma
 
@@ -288,3 +296,112 @@ def test_call_similarity_options():
     # A call without readable code falls back to its text.
     broken = ToolCall(name="", code=None, text=a.text, error="bad", error_type="X")
     assert call_similarity(broken, a, SaarConfig()) == 1.0
+
+
+def test_lcs_ratio_golden_value_where_difflib_counts_less():
+    # Tokens [c, a, b, c] vs [a, c]. LCS = "a c" = 2, ratio 2 * 2 / 6. difflib's first longest
+    # block is the leading "c" of the first list against the "c" of the second (size 1), which
+    # leaves nothing on either side: M = 1, ratio 2 * 1 / 6.
+    assert token_similarity("c a b c", "a c") == pytest.approx(4 / 6)
+    assert difflib.SequenceMatcher(None, ["c", "a", "b", "c"], ["a", "c"]).ratio() == (
+        pytest.approx(2 / 6)
+    )
+    assert lcs_length(list("abcbdab"), list("bdcaba")) == 4  # the textbook example (CLRS 15.4)
+
+
+def test_token_similarity_rejects_non_strings():
+    with pytest.raises(TypeError, match="two strings"):
+        token_similarity(["print"], "print")
+
+
+def _naive_lcs(a, b):
+    row = [0] * (len(b) + 1)
+    for x in a:
+        diag, row[0] = 0, 0
+        for j, y in enumerate(b, 1):
+            diag, row[j] = row[j], diag + 1 if x == y else max(row[j], row[j - 1])
+    return row[-1]
+
+
+_small_tokens = st.lists(st.sampled_from(["x", "(", ")", "=", "1", "total", "\n"]), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_small_tokens, _small_tokens, _small_tokens, _small_tokens)
+def test_lcs_length_is_exact(prefix, a, b, suffix):
+    """Affix stripping + bit-parallel LCS == the textbook DP, with and without shared ends."""
+    assert lcs_length(a, b) == _naive_lcs(a, b)
+    assert lcs_length(prefix + a + suffix, prefix + b + suffix) == _naive_lcs(
+        prefix + a + suffix, prefix + b + suffix
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_small_tokens, _small_tokens)
+def test_lcs_ratio_bounds_difflib_token_ratio(a, b):
+    """The bound the default relies on: difflib's matching blocks form a common subsequence, so
+    the LCS ratio is >= the previous measure (difflib over tokens, autojunk off). A pair that
+    measure called shallow stays shallow; only the deep side can move (see the calibration)."""
+    old = difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() if a or b else 1.0
+    assert lcs_ratio(a, b) >= old - 1e-12
+
+
+# Word characters (ASCII, accented, non-ASCII digits), punctuation and whitespace: the cuts of
+# the shared text must never split a `\w+` token.
+_code_text = st.text(alphabet="ab_9é٣ \n\t(),.=+-*'\"#", max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_code_text, _code_text, _code_text, _code_text)
+def test_token_similarity_is_the_lcs_ratio_of_the_token_lists(prefix, a, b, suffix):
+    for old, new in ((a, b), (prefix + a + suffix, prefix + b + suffix)):
+        expected = lcs_ratio(lexical_tokens(old), lexical_tokens(new))
+        assert token_similarity(old, new) == pytest.approx(expected, abs=1e-12), (old, new)
+
+
+def _named_table(name, n_rows):
+    rng = random.Random(0)
+    rows = "\n".join(
+        f"    ({rng.randint(10, 99)}, {rng.randint(10, 99)}, {rng.randint(10, 99)}),"
+        for _ in range(n_rows)
+    )
+    return f"{name} = [\n{rows}\n]\nprint(sum(a * b - c for a, b, c in points))\n"
+
+
+def test_reference_autojunk_one_character_fix_scores_near_zero():
+    """A 2.5k-character call fails with NameError ('point' defined, 'points' used); the fix adds
+    one 's'. In the 2.5k-character fix every digit, space, parenthesis and comma occurs more than
+    len // 100 + 1 = 25 times, so autojunk drops them from difflib's index; the longest run of
+    indexed characters is then "points", which pairs the old call's *last* "points" with the new
+    call's *first*, and nothing is left to match on either side: ratio ~0.002, a deep rollback of
+    a one-character fix. Without autojunk, or with the default similarity, it scores ~1."""
+    old, new = _named_table("point", 135), _named_table("points", 135)
+    assert 2400 < len(old) < 2600
+    assert len(new) == len(old) + 1
+    reference = reference_similarity(old, new)
+    assert reference == difflib.SequenceMatcher(None, old, new).ratio()
+    assert reference < 0.01, reference
+    blocks = difflib.SequenceMatcher(None, old, new).get_matching_blocks()
+    assert blocks[0].size == len("points") and blocks[0].b == 0  # the crossed match
+    assert difflib.SequenceMatcher(None, old, new, autojunk=False).ratio() > 0.99
+    assert token_similarity(old, new) > 0.99
+    reference_config = SaarConfig(similarity="reference", similarity_on="call_text")
+    call = ToolCall("code_interpreter", old, old)
+    fixed = ToolCall("code_interpreter", new, new)
+    assert not is_shallow(call_similarity(call, fixed, reference_config), GAMMA)
+    assert is_shallow(call_similarity(call, fixed, SaarConfig()), GAMMA)
+
+
+def test_reference_similarity_golden_values():
+    # Under 200 characters autojunk does nothing. "abcd" vs "abed": blocks "ab" and "d", M = 3.
+    assert reference_similarity("abcd", "abed") == 2 * 3 / 8
+    # The first call is a prefix of the second: one block of 9 characters.
+    assert reference_similarity("print(6*7", "print(6*7)") == 2 * 9 / 19
+    assert reference_similarity("", "") == 1.0
+    assert reference_similarity("a", "") == 0.0
+
+
+@pytest.mark.parametrize("name, old, new, shallow", CALIBRATION, ids=[c[0] for c in CALIBRATION])
+def test_reference_similarity_is_difflib_on_calibration_set(name, old, new, shallow):
+    del shallow
+    assert reference_similarity(old, new) == difflib.SequenceMatcher(None, old, new).ratio(), name
