@@ -1,12 +1,18 @@
 """Math and multiple-choice answer checking: `\\boxed{}` extraction, math-verify, GPQA letters.
 
-Two math modes:
-  * ``strict`` (paper parity, DAPO ``math_dapo``-style strictness): only the LAST ``\\boxed{...}``
-    of the response counts; no box means wrong. The boxed content is compared with the ground
-    truth by math-verify (so ``\\boxed{\\frac{1}{2}}`` matches ``0.5``).
+Three math modes:
+  * ``strict`` (our default): only the LAST ``\\boxed{...}`` of the response counts; no box
+    means wrong. The boxed content is compared with the ground truth by math-verify (so
+    ``\\boxed{\\frac{1}{2}}`` matches ``0.5``): the reference's box rule, not its exact-string
+    comparison (that is ``reference``).
   * ``lenient``: math-verify parses the whole response with its default extraction (boxed, then
     ``$...$``/plain expressions), so "The answer is 0.5" also counts. Note math-verify joins
     several boxed answers into one set, so "\\boxed{2} ... \\boxed{3}" does not match 3 here.
+  * ``reference``: the reference implementation's score, verl's ``math_dapo.compute_score`` with
+    ``strict_box_verify=True`` (`reference_strict_verdict`): only the last 100 characters of the
+    response are read, the last literal ``\\boxed{`` in them is taken, and its content must equal
+    the ground-truth string exactly (no normalisation, no math-verify), so ``\\boxed{ 42 }``,
+    ``\\boxed{10^3}`` for 1000 or ``\\boxed{\\frac12}`` for 0.5 are wrong.
 
 math-verify times out with ``signal.alarm``, which only works in the main thread. Reward code runs
 from trainer threads and the asyncio loop, so verification runs in `MathVerifierPool` worker
@@ -31,8 +37,13 @@ from typing import Literal
 
 logger = logging.getLogger(__name__)
 
-MathMode = Literal["strict", "lenient"]
-MATH_MODES: tuple[str, ...] = ("strict", "lenient")
+MathMode = Literal["strict", "lenient", "reference"]
+MATH_MODES: tuple[str, ...] = ("strict", "lenient", "reference")
+
+# verl's math_dapo.compute_score keeps the last 300 characters, then its strict-box check keeps
+# the last 100 of those: the last 100 characters of the response.
+_REFERENCE_TAIL_CHARS = 100
+_REFERENCE_BOX = "\\boxed{"
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 # A fresh worker imports math-verify/sympy and warms them up (~1-2 s, more on a loaded machine),
@@ -90,6 +101,35 @@ def last_boxed_content(text: str) -> str | None:
     return None
 
 
+def reference_strict_verdict(response: str, ground_truth: str) -> MathVerdict:
+    """The reference's strict score: verl ``math_dapo.compute_score(strict_box_verify=True)``.
+
+    Reads only the last 100 characters of `response`; takes the last literal ``\\boxed{`` there
+    (``\\boxed {x}``, ``\\fbox{x}`` or a box opened before the window do not count) and its
+    content up to the matching brace (every ``{``/``}`` counts, escaped or not); the answer is
+    correct when that content is exactly `ground_truth` (same characters, spaces included).
+    """
+    if not isinstance(response, str) or not isinstance(ground_truth, str):
+        raise TypeError(
+            "reference_strict_verdict takes the response and the ground truth as strings, got "
+            f"{type(response).__name__} and {type(ground_truth).__name__}"
+        )
+    tail = response[-_REFERENCE_TAIL_CHARS:]
+    start = tail.rfind(_REFERENCE_BOX)
+    if start < 0:
+        return MathVerdict(False, None)
+    depth = 0
+    for j in range(start + len(_REFERENCE_BOX) - 1, len(tail)):
+        if tail[j] == "{":
+            depth += 1
+        elif tail[j] == "}":
+            depth -= 1
+            if depth == 0:
+                content = tail[start + len(_REFERENCE_BOX) : j]
+                return MathVerdict(content == ground_truth, content)
+    return MathVerdict(False, None)  # the box is never closed
+
+
 def _parse_gold(ground_truth: str, timeout: int | None) -> list:
     from math_verify import parse
 
@@ -107,10 +147,12 @@ def verify_math(
     `timeout_s` uses math-verify's ``signal.alarm`` timeouts, so it must be None unless this runs
     in the main thread; from other threads use `MathVerifierPool` instead.
     """
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-
     if mode not in MATH_MODES:
         raise ValueError(f"unknown math reward mode {mode!r}; use one of {MATH_MODES}")
+    if mode == "reference":
+        return reference_strict_verdict(response, ground_truth)
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
     timeout = None if timeout_s is None else max(1, math.ceil(timeout_s))
     if timeout is not None and threading.current_thread() is not threading.main_thread():
         raise RuntimeError(
