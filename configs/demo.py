@@ -1,10 +1,11 @@
 r"""The embedded miniature CLEANER study (DESIGN §4): a tiny Qwen3-shaped model, synthetic task.
 
 Variants: a mode, `quick` (a smoke run of every stage, CI), `full` (the default; 12 min on a
-2-core CPU) or `long` (more seeds, steps and prompts; 31 min), `arm=cleaner|baseline|switch`
-(SAAR from the start, never, or from step total_steps // 2 on), `seed=N`, and `runlocal`
-(a 2-step smoke run of the real train path on a random tiny model, assets prepared in the
-workdir). `study.*` sizes the whole study (`launch/demo.py` runs SFT once, then `study.arms` for
+2-core CPU), `long` (more seeds, steps and prompts; 31 min) or `correction` (long's sizes, arms
+cleaner and correction), `arm=cleaner|baseline|switch|correction` (SAAR from the start, never,
+from step total_steps // 2 on, or from the start with the off-policy correction on), `seed=N`,
+and `runlocal` (a 2-step smoke run of the real train path on a random tiny model, assets
+prepared in the workdir). `study.*` sizes the whole study (`launch/demo.py` runs SFT once, then `study.arms` for
 each seed, then the held-out evaluation); every other field is one GRPO run.
 
 The whole study (data, tokenizer, SFT, premise, design, arms x seeds, held-out eval, report):
@@ -22,6 +23,7 @@ Print a variant:
 
 import ml_collections
 
+from cleaner_jax.rl import off_policy
 from cleaner_jax.runtime.config import parse_arg
 
 MODES = {
@@ -96,12 +98,25 @@ MODES = {
     ),
 }
 
-ARMS = ("cleaner", "baseline", "switch")
+# `correction` mode: the long mode's sizes with the SAAR arm beside the same arm with the
+# off-policy correction on (token TIS, C = 2, against the trainer's recompute): issue #30.
+MODES["correction"] = dict(
+    MODES["long"], study=dict(MODES["long"]["study"], arms=("cleaner", "correction"))
+)
+
+ARMS = ("cleaner", "baseline", "switch", "correction")
 
 
 def get_config(arg=None):
     args = parse_arg(
-        arg, quick=False, full=False, long=False, arm="cleaner", seed=0, runlocal=False
+        arg,
+        quick=False,
+        full=False,
+        long=False,
+        correction=False,
+        arm="cleaner",
+        seed=0,
+        runlocal=False,
     )
     if args["arm"] not in ARMS:
         raise ValueError(f"arm must be one of {'|'.join(ARMS)}, got {args['arm']!r}")
@@ -186,7 +201,7 @@ def get_config(arg=None):
         ),
     )
     c.saar = dict(
-        enabled=args["arm"] in ("cleaner", "switch"),
+        enabled=args["arm"] in ("cleaner", "switch", "correction"),
         # The train step (0-based) from which SAAR is applied; `switch` turns it on halfway
         # (the paper's post-introduction arm).
         start_step=c.total_steps // 2 if args["arm"] == "switch" else 0,
@@ -208,7 +223,14 @@ def get_config(arg=None):
     # DAPO dynamic sampling: drop groups whose rewards are all equal and sample more batches
     # until prompts_per_step informative groups are kept (at most max_sampling_rounds batches).
     c.advantage = dict(estimator="grpo", dynamic_sampling=False, max_sampling_rounds=3)
-    c.loss = dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=10.0, entropy_coef=0.0)
+    corrected = args["arm"] == "correction"
+    c.loss = dict(
+        clip_eps_low=0.2,
+        clip_eps_high=0.28,
+        dual_clip_c=10.0,
+        entropy_coef=0.0,
+        **off_policy.preset_fields("tis" if corrected else "none"),
+    )
     # With the 8-epoch SFT model (held-out acc ~0.66 at step 0), 1e-3 made both arms worse in
     # 6 steps (mean held-out acc 0.55 baseline / 0.48 cleaner, 3 seeds); 3e-4 kept it at
     # 0.63-0.69 (2 seeds each). (With the weaker 5-epoch model 5e-5 and 2e-4 changed nothing.)
@@ -222,12 +244,13 @@ def get_config(arg=None):
     )
     # fp32 sampler and trainer: their log-probs differ by ~5e-8 nats on average (7e-6 at most,
     # measured in the demo's GRPO runs), so recomputing them (1-8 s a step on 2 cores) buys
-    # nothing here; groups with stale spliced log-probs are still scored by the trainer.
+    # nothing here; groups with stale spliced log-probs are still scored by the trainer. The
+    # correction arm recomputes: its weights need π_prox beside the sampler's μ.
     c.train = dict(
         mini_batch_prompts=mode["prompts_per_step"],
         row_len=640,
         rows_per_micro=8,
-        old_logprobs="sampler",
+        old_logprobs="recompute" if corrected else "sampler",
         logprob_chunk=1024,
     )
     c.validation = dict(

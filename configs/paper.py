@@ -1,8 +1,10 @@
 r"""The paper's GRPO/DAPO runs, with SAAR (CLEANER) or without (baseline), for each model.
 
 Variants (big_vision-style args): `model=qwen3_4b|qwen2_7b` (default qwen3_4b),
-`arm=cleaner|baseline` (default cleaner), `runlocal`. Every field a run reads is stated here,
-so a mistyped `--config.x.y` override fails against the locked config.
+`arm=cleaner|baseline` (default cleaner), `correction=tis|none|seq_tis|seq_mis|geo_mis|decoupled`
+(the off-policy correction, default tis; `none` is the reference's setting), `runlocal`.
+Every field a run reads is stated here, so a mistyped `--config.x.y` override fails against the
+locked config.
 
 Needs local files (nothing is downloaded): an HF checkpoint dir (e.g. Qwen3-4B-RA-SFT) and
 Open-AgentRL-30K and validation parquet files, both in the Open-AgentRL (verl) schema (plain
@@ -32,6 +34,7 @@ Print a variant:
 
 import ml_collections
 
+from cleaner_jax.rl import off_policy
 from cleaner_jax.runtime.config import parse_arg
 
 # Per-model paper settings (DESIGN §1): the architecture, learning rate, rollback probability.
@@ -52,7 +55,7 @@ MODELS = {
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, model="qwen3_4b", arm="cleaner", runlocal=False)
+    args = parse_arg(arg, model="qwen3_4b", arm="cleaner", correction="tis", runlocal=False)
     if args["model"] not in MODELS or args["arm"] not in ("cleaner", "baseline"):
         raise ValueError(f"model must be one of {sorted(MODELS)} and arm cleaner|baseline: {args}")
     m = MODELS[args["model"]]
@@ -152,7 +155,18 @@ def get_config(arg=None):
     # DAPO dynamic sampling: drop groups whose rewards are all equal and sample more batches
     # until prompts_per_step informative groups are kept (at most max_sampling_rounds batches).
     c.advantage = dict(estimator="grpo", dynamic_sampling=False, max_sampling_rounds=3)
-    c.loss = dict(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip_c=10.0, entropy_coef=0.0)
+    # Off-policy correction between the sampler's μ (fp16, spliced spans rescored under the
+    # purified context) and the trainer's π_prox (rl/off_policy.py): `correction=` picks a
+    # preset, default token TIS with C = 2 (Tunix sampler_is="token", slime, SkyRL); the
+    # reference turns it off with CLEANER (`correction=none`), since its splices carry copied
+    # log-probs no one sampled.
+    c.loss = dict(
+        clip_eps_low=0.2,
+        clip_eps_high=0.28,
+        dual_clip_c=10.0,
+        entropy_coef=0.0,
+        **off_policy.preset_fields(args["correction"]),
+    )
     c.optim = dict(
         learning_rate=m["learning_rate"],
         warmup_steps=20,
@@ -167,8 +181,9 @@ def get_config(arg=None):
         mini_batch_prompts=32,
         row_len=23040,  # packed row length (tokens); >= prompt + response budget
         rows_per_micro=1,
-        # "recompute" (the trainer's prefix-shared forward; verl's) or "sampler" (the sampler's
-        # own log-probs; only groups with stale spliced log-probs are scored).
+        # "recompute" (the trainer's packed forward gives π_prox; verl's) or "sampler" (bypass:
+        # the ratio is taken against the sampler's μ; only groups with stale spliced log-probs
+        # are scored; needs correction=none).
         old_logprobs="recompute",
         logprob_chunk=1024,  # tokens per chunk of log-probs/entropy/loss, never [T, V] logits
     )

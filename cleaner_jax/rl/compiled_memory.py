@@ -59,19 +59,15 @@ def abstract_model(cfg: ModelConfig):
     return graphdef, state
 
 
-def _train_arrays(rows: int, row_len: int) -> dict[str, jax.ShapeDtypeStruct]:
-    i32, f32 = jnp.int32, jnp.float32
-    shape = (rows, row_len)
-    dtypes = dict(
-        inputs_RT=i32,
-        targets_RT=i32,
-        positions_RT=i32,
-        segment_ids_RT=i32,
-        loss_mask_RT=f32,
-        old_logprobs_RT=f32,
-        advantages_RT=f32,
-    )
-    return {k: jax.ShapeDtypeStruct(shape, dtypes[k]) for k in update_lib._ARRAY_FIELDS}
+def _train_arrays(
+    rows: int, row_len: int, loss_cfg: update_lib.LossConfig | None = None
+) -> dict[str, jax.ShapeDtypeStruct]:
+    fields = (loss_cfg or update_lib.LossConfig()).array_fields
+    ints = ("inputs_RT", "targets_RT", "positions_RT", "segment_ids_RT")
+    return {
+        k: jax.ShapeDtypeStruct((rows, row_len), jnp.int32 if k in ints else jnp.float32)
+        for k in fields
+    }
 
 
 def train_step_memory(
@@ -85,7 +81,7 @@ def train_step_memory(
     lowered = update_lib._grad_step.lower(
         state,
         graphdef,
-        _train_arrays(rows, row_len),
+        _train_arrays(rows, row_len, loss_cfg),
         jax.ShapeDtypeStruct((), jnp.float32),
         loss_cfg or update_lib.LossConfig(),
     )
@@ -112,7 +108,7 @@ def saved_residual_bytes(
 
         return jax.vjp(loss, st)[1]
 
-    closure = jax.eval_shape(vjp_closure, state, _train_arrays(rows, row_len))
+    closure = jax.eval_shape(vjp_closure, state, _train_arrays(rows, row_len, loss_cfg))
     total = sum(_nbytes(x) for x in jax.tree.leaves(closure))
     # The closure also holds the parameters themselves (inputs, not activations).
     return total - sum(_nbytes(x) for x in jax.tree.leaves(state))

@@ -331,6 +331,7 @@ def policy_loss(
     entropy_BT: jax.Array | None = None,
     entropy_coef: float = 0.0,
     num_tokens: jax.Array | float | None = None,
+    is_weights_BT: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Token-mean clipped surrogate (+ kl_coef * k3 KL - entropy_coef * entropy).
 
@@ -344,6 +345,9 @@ def policy_loss(
       entropy_BT: per-token entropy (from `token_logprobs_and_entropy`), for the metric and the
         optional entropy bonus.
       num_tokens: token-mean denominator (see module docstring); default the mask sum.
+      is_weights_BT: the off-policy correction's per-token weight w (`rl/off_policy.py`; no
+        gradient flows into it): each token's surrogate is multiplied by it. None = no weights
+        (the program is then exactly the uncorrected one).
 
     Returns:
       (loss scalar, metrics) with masked-mean metrics ``pg_loss``, ``clip_frac_low`` (A < 0 and
@@ -380,6 +384,11 @@ def policy_loss(
         pg_loss_BT = clipped_loss_BT
         dual_clipped_BT = jnp.zeros_like(negative_BT)
 
+    extra = {}
+    if is_weights_BT is not None:
+        w_BT = jax.lax.stop_gradient(jnp.asarray(is_weights_BT, dtype))
+        pg_loss_BT = pg_loss_BT * w_BT
+        extra["is_weight_mean"] = masked_mean(w_BT, mask_BT)
     pg_loss = masked_mean(pg_loss_BT, mask_BT, num_tokens)
     loss = pg_loss
     metrics = {
@@ -394,6 +403,7 @@ def policy_loss(
         "dual_clip_frac": masked_mean(dual_clipped_BT.astype(dtype), mask_BT),
         "approx_kl": masked_mean(-log_ratio_BT, mask_BT),
         "ratio_mean": masked_mean(ratio_BT, mask_BT),
+        **extra,
     }
     if ref_logp_BT is not None:
         safe_ref_BT = jnp.where(valid_BT, jax.lax.stop_gradient(ref_logp_BT), 0.0)

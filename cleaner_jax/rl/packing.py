@@ -20,9 +20,14 @@ import numpy as np
 class TrainSample:
     """One trajectory as the trainer sees it (all per-token arrays have the same length n).
 
-    `logprobs[i]` is the behaviour log-prob of `tokens[i]` given `tokens[:i]` (meaningful where
-    `loss_mask[i]` is 1). `group` identifies the prompt (for prefix-shared recompute),
-    `prompt_len` the number of leading prompt tokens.
+    `logprobs[i]` is the old log-prob of `tokens[i]` given `tokens[:i]` that the clipped ratio
+    is taken against (meaningful where `loss_mask[i]` is 1): the sampler's, until the trainer's
+    recompute replaces it with π_prox. `behaviour_logprobs` keep the sampler's μ (a copy of
+    `logprobs` when not given), valid where `behaviour_mask` is 1; `span_kinds` says what
+    produced each token (`off_policy.SPAN_*`), `versions` the policy version behind its μ (-1:
+    none); `is_weights` is the off-policy correction's weight (`rl/off_policy.py`, 1 = none).
+    `group` identifies the prompt (for prefix-shared recompute), `prompt_len` the number of
+    leading prompt tokens.
     """
 
     tokens: np.ndarray
@@ -31,20 +36,37 @@ class TrainSample:
     logprobs: np.ndarray | None = None
     group: int = 0
     prompt_len: int = 0
+    behaviour_logprobs: np.ndarray | None = None
+    behaviour_mask: np.ndarray | None = None
+    span_kinds: np.ndarray | None = None
+    versions: np.ndarray | None = None
+    is_weights: np.ndarray | None = None
 
     def __post_init__(self):
+        n = len(self.tokens)
         self.tokens = np.asarray(self.tokens, np.int32)
         self.loss_mask = np.asarray(self.loss_mask, np.float32)
-        if self.logprobs is None:
-            self.logprobs = np.zeros(len(self.tokens), np.float32)
-        self.logprobs = np.asarray(self.logprobs, np.float32)
-        if not (len(self.tokens) == len(self.loss_mask) == len(self.logprobs)):
-            raise ValueError(
-                f"tokens/loss_mask/logprobs lengths differ: {len(self.tokens)}, "
-                f"{len(self.loss_mask)}, {len(self.logprobs)}"
-            )
+        self.logprobs = _per_token(self.logprobs, n, np.float32, 0)
+        if self.behaviour_logprobs is None:
+            self.behaviour_logprobs = self.logprobs.copy()
+        self.behaviour_logprobs = np.asarray(self.behaviour_logprobs, np.float32)
+        self.behaviour_mask = _per_token(self.behaviour_mask, n, np.float32, 1)
+        self.span_kinds = _per_token(self.span_kinds, n, np.int8, 0)
+        self.versions = _per_token(self.versions, n, np.int32, -1)
+        self.is_weights = _per_token(self.is_weights, n, np.float32, 1)
+        lengths = {
+            f: len(getattr(self, f))
+            for f in ("loss_mask", "logprobs", "behaviour_logprobs", "behaviour_mask",
+                      "span_kinds", "versions", "is_weights")
+        }  # fmt: skip
+        if any(v != n for v in lengths.values()):
+            raise ValueError(f"per-token arrays must have {n} entries (one per token): {lengths}")
         if len(self.tokens) < 2:
             raise ValueError("a training sample needs at least 2 tokens")
+
+
+def _per_token(x, n: int, dtype, fill) -> np.ndarray:
+    return np.full(n, fill, dtype) if x is None else np.asarray(x, dtype)
 
 
 @dataclasses.dataclass
@@ -59,6 +81,21 @@ class PackedBatch:
     old_logprobs_RT: np.ndarray
     advantages_RT: np.ndarray
     sample_RT: np.ndarray
+    # The off-policy correction's weight per slot (1 = none), and what it was computed from
+    # (host-side: the sampler's μ and its policy version, -1 where there is none).
+    is_weights_RT: np.ndarray | None = None
+    behaviour_logprobs_RT: np.ndarray | None = None
+    versions_RT: np.ndarray | None = None
+
+    def __post_init__(self):
+        shape = self.inputs_RT.shape
+        for name, fill, dtype in (
+            ("is_weights_RT", 1.0, np.float32),
+            ("behaviour_logprobs_RT", 0.0, np.float32),
+            ("versions_RT", -1, np.int32),
+        ):
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(shape, fill, dtype))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -109,6 +146,7 @@ def pack(samples: list[TrainSample], row_len: int, rows_multiple: int = 1) -> Pa
         advantages_RT=np.zeros(shape, np.float32),
         sample_RT=np.full(shape, -1, np.int32),
     )
+
     for r, members in enumerate(rows):
         col = 0
         for seg, i in enumerate(members, start=1):
@@ -123,6 +161,9 @@ def pack(samples: list[TrainSample], row_len: int, rows_multiple: int = 1) -> Pa
             out.old_logprobs_RT[r, sl] = s.logprobs[1:]
             out.advantages_RT[r, sl] = s.advantage
             out.sample_RT[r, sl] = i
+            out.is_weights_RT[r, sl] = s.is_weights[1:]
+            out.behaviour_logprobs_RT[r, sl] = s.behaviour_logprobs[1:]
+            out.versions_RT[r, sl] = s.versions[1:]
             col += n
     used = sum(len(s.tokens) - 1 for s in samples)
     logging.debug(
@@ -134,6 +175,9 @@ def pack(samples: list[TrainSample], row_len: int, rows_multiple: int = 1) -> Pa
     return out
 
 
+_PAD = {"sample_RT": -1, "versions_RT": -1, "is_weights_RT": 1}  # fill of padding rows
+
+
 def split_rows(batch: PackedBatch, rows_per_micro: int) -> list[PackedBatch]:
     """Splits a packed batch into micro-batches of `rows_per_micro` rows (pads the last)."""
     n = batch.num_rows
@@ -142,7 +186,7 @@ def split_rows(batch: PackedBatch, rows_per_micro: int) -> list[PackedBatch]:
     if total != n:
         arrays = {
             k: np.concatenate(
-                [v, np.full((total - n, v.shape[1]), -1 if k == "sample_RT" else 0, v.dtype)]
+                [v, np.full((total - n, v.shape[1]), _PAD.get(k, 0), v.dtype)]
             )
             for k, v in arrays.items()
         }

@@ -203,6 +203,15 @@ class LossConfig:
     # Tokens per row whose logits exist at once in the loss (forward and backward); <= 0: the
     # whole row, [R, T, V] float32 (small vocabularies and tests only).
     logprob_chunk: int = 1024
+    # `loss.off_policy` (rl/off_policy.py): anything but "none" multiplies each token's surrogate
+    # by the packed `is_weights_RT`; "none" leaves them out of the program.
+    off_policy: str = "none"
+
+    @property
+    def array_fields(self) -> tuple[str, ...]:
+        """The packed arrays the loss reads (sent to the device per micro-batch)."""
+        weighted = self.kind != "sft" and self.off_policy != "none"
+        return _ARRAY_FIELDS + (("is_weights_RT",) if weighted else ())
 
 
 _MINIBATCH_NORMALIZED = frozenset({"loss", "pg_loss", "kl", "entropy"})
@@ -250,6 +259,7 @@ def _loss(state, graphdef, arrays, num_tokens, cfg: LossConfig, mesh=None, batch
             entropy_BT=entropy_RT,
             entropy_coef=cfg.entropy_coef,
             num_tokens=num_tokens,
+            is_weights_BT=arrays.get("is_weights_RT"),
         )
     # Metrics already divided by the mini-batch token count sum up as they are; per-micro means
     # are weighted by their token share so the accumulated value is the mini-batch token mean.
@@ -350,7 +360,7 @@ class Updater:
         return state, opt_state, (metrics, gnorm, finite, scale)
 
     def _device_arrays(self, micro: PackedBatch) -> dict[str, jax.Array]:
-        arrays = {k: getattr(micro, k) for k in _ARRAY_FIELDS}
+        arrays = {k: getattr(micro, k) for k in self.loss_cfg.array_fields}
         if self._batch_sharding is None:
             return {k: jnp.asarray(v) for k, v in arrays.items()}
         # Every process holds the same host batch; each fills only its own shards (device_put

@@ -275,7 +275,7 @@ def tree_bytes_per_device(tree) -> int:
 def batch_structs(fields, rows: int, row_len: int, mesh, batch_axes=("data", "fsdp")) -> dict:
     """A packed micro-batch's arrays as ShapeDtypeStructs, rows sharded over `batch_axes`."""
     sharding = NamedSharding(mesh, PartitionSpec(batch_axes, None))
-    floats = {"loss_mask_RT", "old_logprobs_RT", "advantages_RT"}
+    floats = {"loss_mask_RT", "old_logprobs_RT", "advantages_RT", "is_weights_RT"}
     return {
         k: jax.ShapeDtypeStruct(
             (rows, row_len), jnp.float32 if k in floats else jnp.int32, sharding=sharding
@@ -288,7 +288,7 @@ def update_programs(graphdef, params, opt_state, optimizer, loss_cfg, mesh, rows
     """The update's two programs as the trainer runs them with gradient accumulation: the
     gradient of one micro-batch added into the donated accumulator, then AdamW."""
     batch_axes = ("data", "fsdp")
-    arrays = batch_structs(update_lib._ARRAY_FIELDS, rows, row_len, mesh, batch_axes)
+    arrays = batch_structs(loss_cfg.array_fields, rows, row_len, mesh, batch_axes)
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec()))
     grads = with_shardings(
         jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params),

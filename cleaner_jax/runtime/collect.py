@@ -20,6 +20,7 @@ from cleaner_jax.agent.chat import ChatFormat
 from cleaner_jax.agent.loop import ChatTurnCodec, EnginePolicy, SandboxToolRunner, run_rollouts
 from cleaner_jax.agent.tools import TOOLS
 from cleaner_jax.data.readers import Example, filter_overlong
+from cleaner_jax.rl.off_policy import SPAN_DEEP, SPAN_NONE, SPAN_SAMPLED, SPAN_SHALLOW
 from cleaner_jax.rl.packing import TrainSample
 from cleaner_jax.rl.rewards import RewardInput
 from cleaner_jax.saar import Provenance, RolloutLimits, SaarConfig, Trajectory
@@ -31,12 +32,20 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
+_SPAN_KIND = {
+    Provenance.SAMPLED: SPAN_SAMPLED,
+    Provenance.SPLICED_SHALLOW: SPAN_SHALLOW,
+    Provenance.SPLICED_DEEP: SPAN_DEEP,
+}
+
+
 @dataclasses.dataclass
 class Rollout:
     example: Example
     group: int
     trajectory: Trajectory
     prompt_len: int
+    temperature: float = 1.0  # the sampling temperature of its log-probs (and rescorings)
 
     def final_text(self, chat: ChatFormat) -> str:
         """The assistant text after the last tool message (what the reward checks)."""
@@ -57,14 +66,26 @@ class Rollout:
         )
 
     def train_sample(self, advantage: float) -> TrainSample:
+        """The trajectory as the trainer sees it: its sampler log-probs are both the old
+        log-probs (until a recompute replaces them) and μ, valid on policy tokens that are not
+        stale; span kinds and policy versions per token."""
         t = self.trajectory
+        kinds, valid = [], []
+        for seg in t.segments:
+            kinds += [_SPAN_KIND.get(seg.provenance, SPAN_NONE)] * len(seg.tokens)
+            valid += [seg.loss_mask and not seg.stale_logprobs] * len(seg.tokens)
+        logprobs = np.asarray(t.logprobs, np.float32)
         return TrainSample(
             tokens=np.asarray(t.tokens, np.int32),
             loss_mask=np.asarray(t.loss_mask, np.float32),
-            logprobs=np.asarray(t.logprobs, np.float32),
+            logprobs=logprobs,
             advantage=advantage,
             group=self.group,
             prompt_len=self.prompt_len,
+            behaviour_logprobs=logprobs.copy(),
+            behaviour_mask=np.asarray(valid, np.float32),
+            span_kinds=np.asarray(kinds, np.int8),
+            versions=np.asarray(t.versions, np.int32),
         )
 
     @property
@@ -162,7 +183,7 @@ class Collector:
             )
         )
         out = [
-            Rollout(ex, g, t, len(p))
+            Rollout(ex, g, t, len(p), float(sampling.get("temperature", 1.0)))
             for (ex, g), t, p in zip(groups, trajectories, prompts, strict=True)
         ]
         logging.debug("collected %d rollouts (tag %s)", len(out), tag)

@@ -15,6 +15,9 @@ import os
 
 import ml_collections
 
+from cleaner_jax.rl import off_policy
+from cleaner_jax.rl.off_policy import OffPolicyConfig
+
 
 class ConfigError(ValueError):
     """A config that cannot run as given: its message names the field and what to set."""
@@ -204,6 +207,7 @@ class TrainSettings:
     row_len: int
     rows_per_micro: int
     old_logprobs: str  # "recompute" | "sampler"
+    off_policy: OffPolicyConfig  # `loss.off_policy*`: the sampler/trainer correction
     logprob_chunk: int
     train_files: tuple[str, ...]
     val_files: tuple[str, ...]
@@ -223,6 +227,7 @@ def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
         raise ConfigError(
             f"train.old_logprobs must be 'recompute' or 'sampler', got {c.train.old_logprobs!r}"
         )
+    correction = off_policy_settings(c)
     return TrainSettings(
         total_steps=c.total_steps,
         prompts_per_step=c.rollout.prompts_per_step,
@@ -237,6 +242,7 @@ def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
         row_len=c.train.row_len,
         rows_per_micro=c.train.rows_per_micro,
         old_logprobs=c.train.old_logprobs,
+        off_policy=correction,
         logprob_chunk=c.train.logprob_chunk,
         train_files=tuple(c.data.train_files),
         val_files=tuple(c.data.val_files),
@@ -244,6 +250,29 @@ def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
         validation=ValidationSettings(**c.validation),
         export_hf=c.checkpoint.export_hf,
     )
+
+
+def off_policy_settings(c: ml_collections.ConfigDict) -> OffPolicyConfig:
+    """`loss.off_policy*` checked against what the correction needs from the rest of the run."""
+    try:
+        cfg = off_policy.config_from(c.loss)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not cfg.enabled:
+        return cfg
+    if c.train.old_logprobs != "recompute":
+        raise ConfigError(
+            f"loss.off_policy={cfg.mode!r} weighs tokens by π_prox/μ and needs the trainer's "
+            "π_prox: set train.old_logprobs='recompute' (old_logprobs='sampler' is the bypass "
+            "mode, the ratio taken against μ itself: use it with loss.off_policy='none')"
+        )
+    if c.saar.enabled and not c.saar.recompute_spliced_logprobs:
+        raise ConfigError(
+            f"loss.off_policy={cfg.mode!r} with SAAR needs μ for spliced spans: set "
+            "saar.recompute_spliced_logprobs=True (the sampler rescores them under the purified "
+            "context); without it their log-probs were sampled under another context"
+        )
+    return cfg
 
 
 @dataclasses.dataclass(frozen=True)

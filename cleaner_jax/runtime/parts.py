@@ -308,6 +308,7 @@ def loss_config_from(config: ml_collections.ConfigDict, role: str) -> LossConfig
         temperature=config.rollout.temperature,
         entropy_coef=lo.entropy_coef,
         logprob_chunk=config.train.logprob_chunk,
+        off_policy=lo.off_policy,
     )
 
 
@@ -348,12 +349,13 @@ class Runtime:
             state, self.placement, self.model.cfg, self.sampler_dtype
         )
 
-    def sync_sampler(self, state) -> None:
+    def sync_sampler(self, state, version: int | None = None) -> None:
         """Hands `state` (the trainer's fp32 masters) to the engine as its new weights (the
-        weight-sync program); the prefix cache is invalidated. A collective with several
-        processes: every process calls it at the same point."""
+        weight-sync program); the prefix cache is invalidated. `version`: the weights' policy
+        version (the trainer's update count), recorded on every token sampled with them. A
+        collective with several processes: every process calls it at the same point."""
         self.sampler_state = self.sampler_params(state)
-        self.engine.update_params(self.sampler_state)
+        self.engine.update_params(self.sampler_state, version)
 
     def sft_updater(self, total_steps: int) -> tuple[Updater, Any]:
         """SFT's updater and learning-rate schedule; its cosine decay needs the run's length."""

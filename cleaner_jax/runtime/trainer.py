@@ -7,8 +7,9 @@
 2. score them (`rl/rewards.py`; a failing reward is an error result, never a dead step) and
    compute group advantages;
 3. old log-probs: from the sampler (spliced segments re-scored under the purified context) or
-   recomputed by the trainer with the packed training forward (one compiled shape); the
-   sampler/trainer mismatch is logged either way;
+   recomputed by the trainer with the packed training forward (one compiled shape); with the
+   recompute, the off-policy correction (`loss.off_policy`: TIS, MIS or decoupled weights of
+   π_prox / μ) and the mismatch per span kind (sampled, spliced shallow / deep);
 4. one optimizer step per mini-batch of prompts, micro-batched by rows;
 5. hand the new parameters to the sampler, log metrics, validate, checkpoint.
 Resuming restores params, optimizer state, step and the data iterator position; rollout seeds
@@ -29,6 +30,7 @@ from cleaner_jax.data.readers import EpochIterator, read_agentrl
 from cleaner_jax.models import hf_io
 from cleaner_jax.rl import distributed
 from cleaner_jax.rl import logprobs as logprobs_lib
+from cleaner_jax.rl import off_policy
 from cleaner_jax.rl.advantages import DynamicSamplingState, compute_advantages
 from cleaner_jax.rl.credit import call_outcome, credit_diagnostics
 from cleaner_jax.rl.packing import pack, split_rows
@@ -87,6 +89,22 @@ def _old_logprobs(
     )
 
 
+def _correct(settings: TrainSettings, rollouts: list[Rollout], samples) -> dict:
+    """The off-policy correction (`loss.off_policy`, rl/off_policy.py) on samples whose
+    `logprobs` now hold the trainer's π_prox; the per-span mismatch metrics either way."""
+    if settings.old_logprobs != "recompute":
+        return {}  # no π_prox: the ratio is taken against μ itself (bypass)
+    cfg = settings.off_policy
+    hot = sorted({r.temperature for r in rollouts} - {settings.temperature})
+    if cfg.enabled and hot:
+        raise ValueError(
+            f"loss.off_policy={cfg.mode!r}: rollouts sampled (and rescored) at temperature "
+            f"{hot} but the trainer scores at {settings.temperature}; μ and π_prox must be "
+            "taken at one temperature"
+        )
+    return off_policy.apply(samples, cfg)
+
+
 def _exchange(rollouts: list[Rollout], results: list) -> tuple[list[Rollout], list]:
     """Every process's rollouts and reward results, in global prompt order (a collective)."""
     if jax.process_count() == 1:
@@ -142,7 +160,7 @@ class Trainer:
         )
         self.step = int(meta["step"])
         self.iterator.set_state(meta["data"])
-        self.rt.sync_sampler(self.state)
+        self.rt.sync_sampler(self.state, version=self.step)
         logging.info("resumed from step %d", self.step)
 
     def _collect_share(self, examples, n, *, tag, **sampling) -> list[Rollout]:
@@ -253,6 +271,7 @@ class Trainer:
                     c, self.bundle.graphdef, self.state, rollouts, samples, n, self.bundle.mesh
                 )
             )
+            metrics.update(_correct(c, rollouts, samples))
         with timer("update"):
             per_mb = c.mini_batch_prompts * n
             for mb in split_minibatches(samples, max(1, len(samples) // per_mb)):
@@ -263,7 +282,7 @@ class Trainer:
                 )
             metrics.update({f"train/{k}": v for k, v in upd.items()})
         with timer("sync_weights"):
-            self.rt.sync_sampler(self.state)
+            self.rt.sync_sampler(self.state, version=self.step + 1)
         outcomes = [
             call_outcome(r.trajectory, s.acc) for r, s in zip(rollouts, results, strict=True)
         ]

@@ -250,7 +250,9 @@ def test_fixes_fall_on_the_right_side_of_saar_gamma(default_corpus, error_corpus
                 assert fix["content"] == first["content"]  # same reasoning, corrected code
                 assert e.fix_approach == e.approach
             else:
-                assert similarity <= 0.4
+                # The LCS token ratio (issue #32) scores rewrites higher than difflib's did
+                # (a factorial -> loop fix: 0.426, was 0.255); still clear of gamma 0.5.
+                assert similarity <= 0.45
                 assert fix["content"] != first["content"]
                 assert e.fix_approach != e.approach
 
