@@ -5,8 +5,8 @@ Variants: a mode, `quick` (a smoke run of every stage, CI), `full` (the default;
 cleaner and correction), `arm=cleaner|baseline|switch|correction` (SAAR from the start, never,
 from step total_steps // 2 on, or from the start with the off-policy correction on), `seed=N`,
 and `runlocal` (a 2-step smoke run of the real train path on a random tiny model, assets
-prepared in the workdir). `study.*` sizes the whole study (`launch/demo.py` runs SFT once, then `study.arms` for
-each seed, then the held-out evaluation); every other field is one GRPO run.
+prepared in the workdir). `study.*` sizes the whole study (`launch/demo.py` runs SFT once, then
+`study.arms` for each seed, then the held-out evaluation); every other field is one GRPO run.
 
 The whole study (data, tokenizer, SFT, premise, design, arms x seeds, held-out eval, report):
   bash launch/quickstart.sh demo            # or: python launch/demo.py --mode=full --workdir=DIR

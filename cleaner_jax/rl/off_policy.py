@@ -199,7 +199,7 @@ def mismatch_by_span(samples: Sequence, corrections: Sequence[Correction] | None
         for q in (5, 50, 95):
             out[f"{p}/log_ratio_p{q}"] = float(np.percentile(d, q))
         out[f"{p}/log_ratio_abs_max"] = float(np.abs(d).max())
-        # Tokens come from μ, so with r = π_prox/μ: KL(μ‖π_prox) ≈ E[-log r] (k1), E[r-1-log r] (k3).
+        # Tokens come from μ; with r = π_prox/μ, KL(μ‖π_prox) ≈ E[-log r] (k1), E[r-1-log r] (k3).
         out[f"{p}/kl_k1"] = float(np.mean(-d))
         out[f"{p}/kl_k3"] = float(np.mean(np.exp(d) - 1.0 - d))
         if corrections is not None:

@@ -185,9 +185,7 @@ def split_rows(batch: PackedBatch, rows_per_micro: int) -> list[PackedBatch]:
     arrays = batch.arrays()
     if total != n:
         arrays = {
-            k: np.concatenate(
-                [v, np.full((total - n, v.shape[1]), _PAD.get(k, 0), v.dtype)]
-            )
+            k: np.concatenate([v, np.full((total - n, v.shape[1]), _PAD.get(k, 0), v.dtype)])
             for k, v in arrays.items()
         }
     return [

@@ -28,9 +28,8 @@ import numpy as np
 
 from cleaner_jax.data.readers import EpochIterator, read_agentrl
 from cleaner_jax.models import hf_io
-from cleaner_jax.rl import distributed
+from cleaner_jax.rl import distributed, off_policy
 from cleaner_jax.rl import logprobs as logprobs_lib
-from cleaner_jax.rl import off_policy
 from cleaner_jax.rl.advantages import DynamicSamplingState, compute_advantages
 from cleaner_jax.rl.credit import call_outcome, credit_diagnostics
 from cleaner_jax.rl.packing import pack, split_rows

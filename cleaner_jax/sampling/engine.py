@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import itertools
 import logging
 import time
@@ -37,6 +36,7 @@ from flax import nnx
 from cleaner_jax.sampling.engine_steps import engine_steps_for, resolve_num_pages
 from cleaner_jax.sampling.engine_types import (
     EngineConfig,
+    EngineRequest,
     GenerationResult,
     RequestTooLargeError,
     SamplingParams,
@@ -45,25 +45,6 @@ from cleaner_jax.sampling.engine_types import (
 from cleaner_jax.sampling.paged_cache import PagedKVCache
 from cleaner_jax.sampling.placement import SamplerPlacement, sampler_placement
 from cleaner_jax.sampling.radix_cache import PageManager, SequencePages
-
-
-@dataclasses.dataclass(eq=False)
-class _Request:
-    kind: str  # 'generate' | 'score'
-    tokens: list[int]
-    params: SamplingParams
-    future: asyncio.Future
-    arrival: int
-    prompt_len: int
-    start: int = 0
-    generated: list[int] = dataclasses.field(default_factory=list)
-    logprobs: list[float] = dataclasses.field(default_factory=list)
-    versions: list[int] = dataclasses.field(default_factory=list)
-    scores: dict[int, float] = dataclasses.field(default_factory=dict)
-    cached: int | None = None
-    seq: SequencePages | None = None
-    slot: int = -1
-    prefilling: bool = True
 
 
 class Engine:
@@ -111,8 +92,8 @@ class Engine:
         )
         self._k, self._v = pool.k_pages, pool.v_pages
         self.pages = PageManager(num_pages, c.page_size)
-        self._slots: list[_Request | None] = [None] * c.max_slots
-        self._waiting: collections.deque[_Request] = collections.deque()
+        self._slots: list[EngineRequest | None] = [None] * c.max_slots
+        self._waiting: collections.deque[EngineRequest] = collections.deque()
         self._arrivals = itertools.count()
         self._driver: asyncio.Task | None = None
         self.stats: collections.Counter[str] = collections.Counter()
@@ -256,7 +237,7 @@ class Engine:
 
     async def _submit(self, kind, tokens, params, start):
         loop = asyncio.get_running_loop()
-        req = _Request(
+        req = EngineRequest(
             kind, tokens, params, loop.create_future(), next(self._arrivals), len(tokens), start
         )
         self._waiting.append(req)
@@ -396,7 +377,7 @@ class Engine:
                     self._accept(req, int(tok[row]), float(lp[row]))
         self.stats["prefill_time"] += time.perf_counter() - t0
 
-    def _accept(self, req: _Request, token: int, logprob: float) -> bool:
+    def _accept(self, req: EngineRequest, token: int, logprob: float) -> bool:
         """Append a sampled token; finish the request if it is done. True if it continues."""
         req.tokens.append(token)
         req.generated.append(token)
@@ -412,7 +393,7 @@ class Engine:
             return True
         return False
 
-    def _finish(self, req: _Request, reason: str | None) -> None:
+    def _finish(self, req: EngineRequest, reason: str | None) -> None:
         self.pages.finish(req.seq, req.tokens)
         self._slots[req.slot] = None
         req.seq, req.slot = None, -1
@@ -428,7 +409,7 @@ class Engine:
                 )
             )
 
-    def _preempt(self, req: _Request) -> None:
+    def _preempt(self, req: EngineRequest) -> None:
         logging.info("KV pool exhausted: preempting request %d for recompute", req.arrival)
         self.stats["preemptions"] += 1
         self.pages.finish(req.seq, req.tokens)
@@ -437,7 +418,7 @@ class Engine:
         req.scores.clear()
         self._waiting.appendleft(req)
 
-    def _reserve_decode(self) -> tuple[list[_Request], int]:
+    def _reserve_decode(self) -> tuple[list[EngineRequest], int]:
         """Reserve pages for the next K positions of every decoding slot (preempting when the
         pool is short). Returns the running requests and the positions the longest one needs."""
         k = self.config.decode_steps

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from cleaner_jax.sampling.attention_kernels import ATTENTION_IMPLS
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from cleaner_jax.sampling.radix_cache import SequencePages
 
 
 class RequestTooLargeError(ValueError):
@@ -150,3 +155,24 @@ class SamplingRows(NamedTuple):
             rows.top_k[row] = p.top_k
             rows.greedy[row] = p.greedy or p.temperature == 0
         return rows
+
+
+@dataclasses.dataclass(eq=False)
+class EngineRequest:
+    """One `generate` or `score` request inside the engine (its slot, pages and results)."""
+
+    kind: str  # 'generate' | 'score'
+    tokens: list[int]
+    params: SamplingParams
+    future: asyncio.Future
+    arrival: int
+    prompt_len: int
+    start: int = 0
+    generated: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    versions: list[int] = dataclasses.field(default_factory=list)
+    scores: dict[int, float] = dataclasses.field(default_factory=dict)
+    cached: int | None = None
+    seq: SequencePages | None = None
+    slot: int = -1
+    prefilling: bool = True

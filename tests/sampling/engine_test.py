@@ -216,3 +216,60 @@ def test_update_params_invalidates_prefix_cache(engine, model):
     np.testing.assert_allclose(r.logprobs, -np.log(CFG.vocab_size), atol=1e-5)  # uniform
     engine.update_params(state)
     engine.pages.check_invariants([])
+
+
+def _logp_at(full_logp, tokens, temperature):
+    """log p_T(tokens[i] | tokens[:i]) for i >= 1 from the full forward's T = 1 log-probs."""
+    lp1 = full_logp(tokens)[:-1] / temperature
+    lp_t = lp1 - jax.nn.logsumexp(lp1, axis=-1, keepdims=True)
+    return np.asarray(lp_t)[np.arange(len(tokens) - 1), tokens[1:]]
+
+
+def test_spliced_mu_is_a_fresh_rescore_at_the_sampling_temperature(engine, full_logp):
+    """Issue #30: a SAAR-spliced span's μ is the engine's rescoring under the purified context
+    at the sampling temperature (T = 0.7), equal to a fresh rescore and to the full forward."""
+    from cleaner_jax.agent.loop import EnginePolicy
+    from cleaner_jax.saar import Provenance, SaarConfig, rollout
+    from cleaner_jax.saar.testing import (
+        CharCodec,
+        ScriptedPolicy,
+        ScriptedTools,
+        call_text,
+        failure,
+    )
+
+    t = 0.7
+    sampler = EnginePolicy(engine, stop_token_ids=[1], temperature=t, seed=5)
+
+    # The sampler's own log-probs at T equal its rescoring of the same tokens at T.
+    prompt = [7, 3, 11, 2, 9]
+    gen = asyncio.run(sampler.generate(prompt, 6))
+    assert gen.versions == [engine.policy_version] * len(gen.tokens)
+    rescored = asyncio.run(sampler.score(prompt, gen.tokens))
+    np.testing.assert_allclose(gen.logprobs, rescored, atol=1e-5)
+
+    class Scripted(ScriptedPolicy):  # scripted turns, scored by the real engine
+        policy_version = None
+
+        async def score(self, context_tokens, tokens):
+            self.policy_version = engine.policy_version
+            return await sampler.score(context_tokens, tokens)
+
+    codec = CharCodec()
+    bad, good = "1+", "1+1"  # a typo-level fix: shallow (short: the engine holds 64 tokens)
+    turns = [f"A{call_text(bad)}<|im_end|>", f"B{call_text(good)}<|im_end|>", "ok<|im_end|>"]
+    policy = Scripted(codec, turns)
+    tools = ScriptedTools({bad: failure("SyntaxError", "'(' was never closed")})
+    head = codec.encode("q:")
+    traj = asyncio.run(rollout(head, policy, tools, codec, saar=SaarConfig(), seed=0))
+    (i,) = [k for k, s in enumerate(traj.segments) if s.provenance is Provenance.SPLICED_SHALLOW]
+    spliced = traj.segments[i]
+    context = [tok for s in traj.segments[:i] for tok in s.tokens]
+    engine.update_params(engine._state)  # empty prefix cache: the fresh rescore prefills again
+    fresh = asyncio.run(sampler.score(context, spliced.tokens))
+    np.testing.assert_allclose(spliced.logprobs, fresh, atol=1e-5)
+    full = _logp_at(full_logp, np.asarray(context + spliced.tokens), t)[len(context) - 1 :]
+    np.testing.assert_allclose(spliced.logprobs, full, atol=1e-5)
+    at_one = _logp_at(full_logp, np.asarray(context + spliced.tokens), 1.0)[len(context) - 1 :]
+    assert np.abs(np.asarray(spliced.logprobs) - at_one).max() > 1e-3  # T matters here
+    assert spliced.versions == [engine.policy_version - 1] * len(spliced.tokens)
