@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from .config import SaarConfig
 from .protocols import TurnCodec
-from .similarity import call_similarity, is_shallow
+from .similarity import call_similarity, is_shallow, text_similarity
 from .stats import TrajectoryStats
 from .types import Provenance, Segment, ToolCall, Trajectory, head_segments
 
@@ -35,7 +35,8 @@ def purify(
     """Purified copy of `trajectory` (see the module docstring, including its caveat).
 
     The returned trajectory's `stats` counts rollbacks triggered/recovered/failed and shallow
-    vs deep splices; `codec` needs only `call_start` and `parse_calls`.
+    vs deep splices; `codec` needs only `call_start` and `parse_calls` (and `decode` with
+    `similarity_on="turn_tail"`).
     """
     config = config or SaarConfig()
     stats = TrajectoryStats(saar_enabled=True)
@@ -89,10 +90,16 @@ def _recover(
         new_calls = codec.parse_calls(new_tokens)
         if not new_calls:
             return None
-        failed = _first_failed(calls)
-        similarity = max(call_similarity(failed, c, config) for c in new_calls)
         old_start = codec.call_start(turn_tokens)
         new_start = codec.call_start(new_tokens)
+        if config.similarity_on != "turn_tail":
+            failed = _first_failed(calls)
+            similarity = max(call_similarity(failed, c, config) for c in new_calls)
+        elif old_start is None or new_start is None:
+            similarity = 0.0  # no marker: deep, as the reference does
+        else:
+            old_tail = codec.decode(turn_tokens[old_start:])
+            similarity = text_similarity(old_tail, codec.decode(new_tokens[new_start:]), config)
         if is_shallow(similarity, config.gamma) and old_start is not None and new_start is not None:
             kept = head_segments(turn, old_start)
             call_part = segs[j].slice(new_start)

@@ -24,8 +24,15 @@ replaced by a shallow splice runs from the first call to the end of the turn.
 
 Budgets: every generated token and every tool-message token counts against
 `max_response_tokens`, including retries and error messages that are rolled back, so a
-trajectory never exceeds it. Every generation, retries included, counts against `max_turns`.
-Infrastructure failures are shown to the model but are not model errors: no rollback.
+trajectory never exceeds it. Every generation, retries included, counts against `max_turns`
+(unless `retries_count_as_turns=False`). Infrastructure failures are shown to the model but are
+not model errors: no rollback (unless `infra_failures_roll_back`).
+
+The reference implementation's behaviour where it differs is a switch (`SaarConfig`,
+`RolloutLimits` fields marked "reference:"): infrastructure failures rolled back, no call cap
+but rollback off after 30 tool rounds, one call per turn with extra calls ignored, the tool text
+cut to 256 characters, the turn tails compared, the reference's exhaustion note, retries outside
+the turn budget.
 
 Spliced segments were sampled after the error message, so their behaviour log-probs are stale;
 they are re-scored under the purified context with `Policy.score` right after the splice (the
@@ -35,6 +42,7 @@ engine needs that prefill for the next turn anyway) or left marked stale.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -43,7 +51,7 @@ from typing import TypeVar
 
 from .config import RolloutLimits, SaarConfig
 from .protocols import Policy, ToolRunner, TurnCodec
-from .similarity import call_similarity, is_shallow
+from .similarity import call_similarity, is_shallow, text_similarity
 from .stats import TrajectoryStats
 from .types import (
     ATTEMPT_LIMIT_ERROR,
@@ -62,11 +70,38 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+TRUNCATION_MIDDLE = "...(truncated)..."
+
 
 def is_model_error(result: ToolResult) -> bool:
     """A failure the model caused (SAAR rolls these back); infra failures and the global
     attempt cap are not the model's fault."""
     return not result.ok and not result.infra_failure and result.error_type != ATTEMPT_LIMIT_ERROR
+
+
+def is_rollback_error(result: ToolResult, saar: SaarConfig | None) -> bool:
+    """A failure SAAR rolls back: a model error, or any failure but the attempt cap when
+    `saar.infra_failures_roll_back` (the reference's "no `Tool call success`" rule)."""
+    if saar is not None and saar.infra_failures_roll_back and result.infra_failure:
+        return True
+    return is_model_error(result)
+
+
+def truncate_middle(text: str, max_chars: int) -> str:
+    """`text` longer than `max_chars`: its first and last `max_chars // 2` characters around
+    "...(truncated)..." (the reference's middle cut of tool texts); 0 = unchanged."""
+    if max_chars <= 0 or len(text) <= max_chars:
+        return text
+    half = max_chars // 2
+    return text[:half] + TRUNCATION_MIDDLE + text[len(text) - half :]
+
+
+def reference_exhaustion_note(retries: int) -> str:
+    """The reference's note after a position's `retries` re-samples all failed."""
+    return (
+        f"Note: This approach has been attempted {retries} times with the same type of error. "
+        "Consider trying a different algorithm, method, or approach to solve this problem."
+    )
 
 
 def draw_saar_enabled(seed: int | str, rollback_probability: float) -> bool:
@@ -105,6 +140,7 @@ class _Rollout:
         self.tokens_used = 0
         self.turns_used = 0
         self.attempts = 0
+        self.rounds = 0  # turns whose calls were executed, retries included
         self.termination = ""
         # Time spent awaiting the policy/tools, subtracted from SAAR's host time.
         self.awaited_s = 0.0
@@ -130,7 +166,27 @@ class _Rollout:
             return "max_turns"
         return ""
 
-    async def _generate(self, context: list[int]) -> Generation:
+    def _error(self, result: ToolResult) -> bool:
+        return is_rollback_error(result, self.saar)
+
+    def _capped(self) -> bool:
+        """The global attempt cap is reached (never with `max_tool_attempts=0`)."""
+        return 0 < self.attempt_cap <= self.attempts
+
+    def _rounds_exceeded(self) -> bool:
+        """More tool rounds than `max_rounds_before_disable` (the reference's safeguard)."""
+        limit = self.saar.max_rounds_before_disable if self.saar is not None else 0
+        return 0 < limit < self.rounds
+
+    def _parse(self, tokens: Sequence[int]) -> list[ToolCall]:
+        """The turn's calls; with `extra_calls="ignore"` those past `max_calls_per_turn` are
+        dropped here (never executed, never answered)."""
+        calls = self.codec.parse_calls(tokens)
+        if self.limits.extra_calls == "ignore":
+            calls = calls[: self.limits.max_calls_per_turn]
+        return calls
+
+    async def _generate(self, context: list[int], counts_turn: bool = True) -> Generation:
         remaining = self.limits.max_response_tokens - self.tokens_used
         gen = await self._timed(self.policy.generate(context, remaining))
         if len(gen.tokens) > remaining:
@@ -140,10 +196,11 @@ class _Rollout:
                 "cannot be guaranteed."
             )
         self.tokens_used += len(gen.tokens)
-        self.turns_used += 1
+        self.turns_used += int(counts_turn)
         return gen
 
     async def _execute(self, calls: Sequence[ToolCall], first_attempt: bool) -> list[ToolResult]:
+        self.rounds += 1
         results: list[ToolResult | None] = [None] * len(calls)
         counted: list[int] = []
         to_run: list[int] = []
@@ -161,7 +218,7 @@ class _Rollout:
                     error_type=TOO_MANY_CALLS_ERROR,
                 )
                 continue
-            if self.attempts >= self.attempt_cap:
+            if self._capped():
                 self.stats.attempt_cap_hits += 1
                 results[i] = ToolResult(
                     ok=False,
@@ -186,7 +243,12 @@ class _Rollout:
             ran = await self._timed(asyncio.gather(*(self.tools.run(calls[i]) for i in to_run)))
             for i, result in zip(to_run, ran, strict=True):
                 results[i] = result
-        final = [r for r in results if r is not None]
+        cut = self.limits.max_tool_response_chars
+        final = [
+            dataclasses.replace(r, text=truncate_middle(r.text, cut)) if cut else r
+            for r in results
+            if r is not None
+        ]
         if len(final) != len(calls):
             raise RuntimeError("internal error: a tool call got no result")
         for i in counted:
@@ -205,7 +267,7 @@ class _Rollout:
         if self.tokens_used + len(tokens) > self.limits.max_response_tokens:
             return False
         self.tokens_used += len(tokens)
-        failures = sum(is_model_error(r) for r in results)
+        failures = sum(self._error(r) for r in results)
         self.segments.append(Segment.tool(tokens, failures))
         self.last_tool_failed = failures > 0
         return True
@@ -223,7 +285,7 @@ class _Rollout:
             if gen.finish_reason == "length":
                 self.termination = "length"
                 break
-            calls = self.codec.parse_calls(gen.tokens)
+            calls = self._parse(gen.tokens)
             if not calls:
                 self.termination = "answer"
                 break
@@ -233,8 +295,11 @@ class _Rollout:
                 break
             # A call written right after a visible tool failure is a correction, in either arm.
             results = await self._execute(calls, first_attempt=not self.last_tool_failed)
+            if self.rollback_on and self._rounds_exceeded():
+                self.rollback_on = False
+                logger.debug("SAAR off after %d tool rounds", self.rounds)
             note = None
-            if self.rollback_on and any(is_model_error(r) for r in results):
+            if self.rollback_on and any(self._error(r) for r in results):
                 outcome = await self._rollback(context, calls, results)
                 if outcome is None:
                     break
@@ -281,7 +346,7 @@ class _Rollout:
     ) -> tuple[list[ToolResult], str | None] | None:
         saar = self.saar
         assert saar is not None  # rollback_on implies a config
-        if saar.max_retries == 0 or self.attempts >= self.attempt_cap:
+        if saar.max_retries == 0 or self._capped():
             return results, None
         self.stats.rollbacks_triggered += 1
         checkpoint = len(self.segments) - 1
@@ -290,20 +355,24 @@ class _Rollout:
         turn_tokens = list(self.segments[-1].tokens)
         failed_attempts = 1
         retries = 0
-        while retries < saar.max_retries and self.attempts < self.attempt_cap:
+        counts_turn = self.limits.retries_count_as_turns
+        while retries < saar.max_retries and not self._capped() and not self._rounds_exceeded():
             feedback = self.codec.encode_tool_response([r.text for r in results])
             budget_hit = self._out_of_budget(len(feedback))
             if budget_hit:
                 return self._terminate_at_checkpoint(base, budget_hit)
             self.tokens_used += len(feedback)
-            gen = await self._generate(base_tokens + turn_tokens + feedback)
+            gen = await self._generate(base_tokens + turn_tokens + feedback, counts_turn)
             retries += 1
             self.stats.retries += 1
             if gen.finish_reason == "length":
                 return self._terminate_at_checkpoint(base, "length")
-            new_calls = self.codec.parse_calls(gen.tokens)
+            new_calls = self._parse(gen.tokens)
+            if new_calls and not counts_turn and self.turns_used + 1 >= self.limits.max_turns:
+                # The reference's turn check on the retry (kept turns + the retry).
+                return self._terminate_at_checkpoint(base, "max_turns")
             if not new_calls:
-                failures = sum(is_model_error(r) for r in results)
+                failures = sum(self._error(r) for r in results)
                 answer = gen.segment()
                 self.segments = [*base, *turn, Segment.tool(feedback, failures), answer]
                 self.rollback_on = False
@@ -311,10 +380,12 @@ class _Rollout:
                 self.termination = "answer"
                 logger.debug("SAAR retry answered without a call; rollback off")
                 return None
-            failed_call = next(c for c, r in zip(calls, results, strict=True) if is_model_error(r))
-            similarity = max(call_similarity(failed_call, c, saar) for c in new_calls)
             old_start = self.codec.call_start(turn_tokens)
             new_start = self.codec.call_start(gen.tokens)
+            tails = None
+            if old_start is not None and new_start is not None:
+                tails = (turn_tokens[old_start:], gen.tokens[new_start:])
+            similarity = self._similarity(calls, results, new_calls, tails)
             if (
                 is_shallow(similarity, saar.gamma)
                 and old_start is not None
@@ -340,7 +411,7 @@ class _Rollout:
             calls = new_calls
             results = await self._execute(calls, first_attempt=False)
             failed_attempts += 1
-            if not any(is_model_error(r) for r in results):
+            if not any(self._error(r) for r in results):
                 self.stats.rollbacks_recovered += 1
                 return results, None
         # Retries (or the global attempt cap) exhausted: the last failed turn stays.
@@ -349,8 +420,32 @@ class _Rollout:
             self.stats.exhaustions += 1
         if saar.disable_after_exhaustion:
             self.rollback_on = False
-        note = self.codec.exhaustion_note(failed_attempts) if failed_attempts >= 2 else None
+        if saar.exhaustion_note == "reference":
+            note = reference_exhaustion_note(retries) if retries >= 2 else None
+        else:
+            note = self.codec.exhaustion_note(failed_attempts) if failed_attempts >= 2 else None
         return results, note
+
+    def _similarity(
+        self,
+        calls: list[ToolCall],
+        results: list[ToolResult],
+        new_calls: list[ToolCall],
+        tails: tuple[Sequence[int], Sequence[int]] | None,
+    ) -> float:
+        """Similarity of the failing turn and the retry as `saar.similarity_on` says: the first
+        failed call against each retry call (highest), or the two turns' tokens from their first
+        call marker on, decoded ("turn_tail"; 0.0, i.e. deep, when a turn has no marker, as in
+        the reference)."""
+        saar = self.saar
+        assert saar is not None
+        if saar.similarity_on == "turn_tail":
+            if tails is None:
+                return 0.0
+            old_tail, new_tail = (self.codec.decode(t) for t in tails)
+            return text_similarity(old_tail, new_tail, saar)
+        failed_call = next(c for c, r in zip(calls, results, strict=True) if self._error(r))
+        return max(call_similarity(failed_call, c, saar) for c in new_calls)
 
     def _terminate_at_checkpoint(self, base: list[Segment], reason: str) -> None:
         self.segments = list(base)

@@ -155,8 +155,20 @@ def reference_similarity(old: str, new: str) -> float:
     return difflib.SequenceMatcher(None, old, new).ratio()
 
 
+def text_similarity(old: str, new: str, config: SaarConfig) -> float:
+    """The configured measure (`config.similarity`) on two strings.
+
+    `similarity_on="turn_tail"` compares these strings: each turn decoded from its first
+    tool-call token to its end, special tokens kept (`<tool_call>{json}</tool_call>`, any
+    further calls and text, `<|im_end|>`), as the reference does.
+    """
+    if config.similarity == "reference":
+        return reference_similarity(old, new)
+    return token_similarity(old, new)
+
+
 def call_similarity(old: ToolCall, new: ToolCall, config: SaarConfig) -> float:
-    """Similarity of two calls as configured.
+    """Similarity of two calls as configured (`similarity_on` "code" or "call_text").
 
     With `similarity_on="code"` a call without readable code (malformed JSON, missing argument)
     is compared through its whole call text instead, so such calls still get a meaningful score.
@@ -165,9 +177,7 @@ def call_similarity(old: ToolCall, new: ToolCall, config: SaarConfig) -> float:
         a, b = old.code, new.code
     else:
         a, b = old.text, new.text
-    if config.similarity == "reference":
-        return reference_similarity(a, b)
-    return token_similarity(a, b)
+    return text_similarity(a, b, config)
 
 
 def is_shallow(similarity: float, gamma: float) -> bool:

@@ -24,13 +24,30 @@ def test_saar_config_rejects_bad_values(kwargs, message):
         SaarConfig(**kwargs)
 
 
-@pytest.mark.parametrize(
-    "name", ["max_turns", "max_response_tokens", "max_calls_per_turn", "max_tool_attempts"]
-)
+@pytest.mark.parametrize("name", ["max_turns", "max_response_tokens", "max_calls_per_turn"])
 @pytest.mark.parametrize("value", [0, 1.5])
 def test_rollout_limits_reject_bad_values(name, value):
     with pytest.raises(ValueError, match=name):
         RolloutLimits(**{name: value})
+
+
+@pytest.mark.parametrize("name", ["max_tool_attempts", "max_tool_response_chars"])
+@pytest.mark.parametrize("value", [-1, 1.5])
+def test_rollout_limits_where_zero_means_off_reject_bad_values(name, value):
+    RolloutLimits(**{name: 0})
+    with pytest.raises(ValueError, match=name):
+        RolloutLimits(**{name: value})
+
+
+def test_reference_switches_reject_bad_values():
+    with pytest.raises(ValueError, match="extra_calls"):
+        RolloutLimits(extra_calls="drop")
+    with pytest.raises(ValueError, match="max_rounds_before_disable"):
+        SaarConfig(max_rounds_before_disable=-1)
+    with pytest.raises(ValueError, match="exhaustion_note"):
+        SaarConfig(exhaustion_note="verl")
+    with pytest.raises(ValueError, match="similarity_on"):
+        SaarConfig(similarity_on="turn")
 
 
 def test_tool_attempt_cap_is_a_rollout_limit_only():

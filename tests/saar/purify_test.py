@@ -81,3 +81,17 @@ def test_unrecovered_chains_are_untouched():
     kept = [CODEC.decode(s.tokens)[:3] for s in out.segments[1:] if s.role == "assistant"]
     assert kept == ["T0.", "T1.", "T2.", "T3.", "<to"]  # T3's reasoning + the spliced call
     assert out.segments[-2].provenance is SH and out.segments[-1].provenance is T
+
+
+def test_turn_tail_similarity_compares_the_tails_as_the_rollout_does():
+    """`similarity_on="turn_tail"`: the paragraph after the fixed call is part of the compared
+    string, so the fix that `call_text` keeps shallow goes deep."""
+    paragraph = " I will now explain at length why this works. " * 8
+    a = assistant("A. " + call_text("print(x)") + "<|im_end|>", 1)
+    b = assistant("B. " + call_text("x = 6\nprint(x * 7)") + paragraph + "<|im_end|>", 2)
+    ans = assistant("\\boxed{42}<|im_end|>", 3)
+    traj = recorded(a, tool("err", 1), b, tool("42", 0), ans)
+    by_call = purify(traj, CODEC, SaarConfig(similarity="reference", similarity_on="call_text"))
+    by_tail = purify(traj, CODEC, SaarConfig(similarity="reference", similarity_on="turn_tail"))
+    assert (by_call.stats.shallow, by_tail.stats.deep) == (1, 1)
+    assert [p for p, _, _ in layout(by_tail)][1:] == [DP, T, S]
