@@ -3,6 +3,8 @@ r"""The embedded default: the miniature CLEANER study on a CPU (README Quick sta
   python launch/demo.py --mode=full --workdir=/tmp/cleaner_demo   # ~12 min on 2 cores
   python launch/demo.py --mode=quick --workdir=/tmp/cleaner_quick # ~3 min, one seed
   python launch/demo.py --mode=long --workdir=/tmp/cleaner_long   # more seeds/steps, 31 min
+  python launch/demo.py --mode=correction --workdir=/tmp/cleaner_corr  # long's sizes: SAAR
+                                                  # alone vs SAAR + off-policy correction (#30)
 The study is `configs/demo.py:<mode>` (its `study.*` fields) and, per arm and seed, the variant
 `configs/demo.py:<mode>,arm=...,seed=...`; print one with
   python launch/train.py --config=configs/demo.py:full,arm=baseline --print_config
@@ -25,7 +27,10 @@ _DEMO_CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"
 )
 _MODE = flags.DEFINE_enum(
-    "mode", "full", ["quick", "full", "long"], "Study size (a configs/demo.py variant)."
+    "mode",
+    "full",
+    ["quick", "full", "long", "correction"],
+    "Study size and arms (a configs/demo.py variant).",
 )
 _CONFIG_FILE = flags.DEFINE_string("config_file", _DEMO_CONFIG, "The study's config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output dir (report.md lands here).", required=True)

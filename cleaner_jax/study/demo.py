@@ -8,16 +8,20 @@
    `study.premise_prompts` RL-train prompts, `study.premise_n` samples each; E[A | recovered]
    with its interval, recovery rate and accuracies in `premise.json`;
 4. the design's power, stated before any GRPO run (`study/design.py`): the smallest change in
-   the first-attempt failure rate (cleaner - baseline) the seeds can detect, in `design.json`;
+   the first-attempt failure rate (cleaner - baseline; correction - cleaner in the correction
+   mode, which has no baseline arm) the seeds can detect, in `design.json`;
 5. GRPO from that checkpoint for each arm of `study.arms` — SAAR off (baseline), on (cleaner),
-   or on from step total_steps // 2 (switch) — same seeds, through the real trainer
-   (`runtime/trainer.py`): one run per (arm, seed);
+   on from step total_steps // 2 (switch), or on with the off-policy correction (correction,
+   issue #30) — same seeds, through the real trainer (`runtime/trainer.py`): one run per
+   (arm, seed);
 6. held-out evaluation (`runtime/evaluation.py`) of the SFT model and of each arm's final
    checkpoint of the first seed, with and without test-time SAAR: pass@k and SAAR's latency
    overhead in `eval/<name>/summary.json`;
 7. `report.md` + PNG plots (`study/report.py`).
 Everything lands in one workdir; a finished stage is not redone when the command is re-run
-(the design is stated once: a re-run keeps the design.json written before the runs).
+(the design is stated once: a re-run keeps the design.json written before the runs), so re-running
+the same command on a finished workdir only rewrites the report. Wall times go to `timings.json`
+(and each run's `DONE`) as the stages finish, so such a report keeps them.
 
 How the miniature was made to learn (measured Nov 2026 on a 2-core CPU; per-token copy
 accuracy of the SFT model on 45 held-out corpus conversations, question number into the code /
@@ -140,7 +144,7 @@ from cleaner_jax.data.readers import read_records
 from cleaner_jax.rl.passk import DEFAULT_KS, valid_ks
 from cleaner_jax.runtime import evaluation, sft, trainer
 from cleaner_jax.study import design as design_lib
-from cleaner_jax.study import premise, report
+from cleaner_jax.study import plots, premise, report
 
 
 def _with_assets(c: ml_collections.ConfigDict, paths: dict, sft_export: str | None):
@@ -166,7 +170,17 @@ def run_demo(
     study = config.study
     say = progress or logging.info
     os.makedirs(workdir, exist_ok=True)
+    # Wall times persist across invocations, so a re-run that only rewrites the report keeps them.
+    timings_path = os.path.join(workdir, "timings.json")
     timings: dict[str, float] = {}
+    if os.path.exists(timings_path):
+        with open(timings_path) as f:
+            timings.update(json.load(f))
+
+    def record(stage: str, seconds: float) -> None:
+        timings[stage] = seconds
+        with open(timings_path, "w") as f:
+            json.dump(timings, f, indent=1)
 
     t0 = time.time()
     say("1/7 preparing the synthetic task, SFT corpus (real sandbox runs) and tokenizer")
@@ -178,7 +192,8 @@ def run_demo(
         sft_copies=study.sft_copies,
         **study.corpus,
     )
-    timings["assets"] = time.time() - t0
+    if "assets" not in timings:  # a re-run finds them prepared: keep the first build's time
+        record("assets", time.time() - t0)
 
     t0 = time.time()
     sft_dir = os.path.join(workdir, "sft")
@@ -186,7 +201,7 @@ def run_demo(
     if not os.path.exists(os.path.join(sft_export, "config.json")):
         say("2/7 cold-start SFT of the tiny model")
         sft.run(_with_assets(get_config(mode), paths, None), sft_dir)
-    timings["sft"] = time.time() - t0
+        record("sft", time.time() - t0)
 
     premise_path = os.path.join(workdir, "premise.json")
     if not os.path.exists(premise_path):
@@ -203,7 +218,7 @@ def run_demo(
             prompts=study.premise_prompts,
             n=study.premise_n,
         )
-        timings["premise"] = time.time() - t0
+        record("premise", time.time() - t0)
         ci = result["adv_recovered_ci"]
         say(
             "   E[A | recovered] = "
@@ -224,6 +239,7 @@ def run_demo(
             m=config.rollout.prompts_per_step * config.rollout.n,
             steps=config.total_steps,
             seeds=len(study.seeds),
+            comparison=plots.comparison(study.arms),
         )
         with open(design_path, "w") as f:
             json.dump(design, f, indent=1)
@@ -237,15 +253,19 @@ def run_demo(
             name = f"{arm}_seed{seed}"
             run_dir = os.path.join(workdir, name)
             runs[name] = run_dir
-            if os.path.exists(os.path.join(run_dir, "DONE")):
+            done = os.path.join(run_dir, "DONE")
+            if os.path.exists(done):
+                if f"grpo/{name}" not in timings:  # a run finished by an earlier invocation
+                    with open(done) as f:
+                        record(f"grpo/{name}", float(f.read().strip() or "nan"))
                 continue
             c = _with_assets(get_config(f"{mode},arm={arm},seed={seed}"), paths, sft_export)
             say(f"5/7 GRPO {arm} seed {seed}: {c.total_steps} steps")
             t0 = time.time()
             trainer.run(c, run_dir)
-            timings[f"grpo/{name}"] = time.time() - t0
-            with open(os.path.join(run_dir, "DONE"), "w") as f:
-                f.write(f"{time.time() - t0:.1f}\n")
+            record(f"grpo/{name}", time.time() - t0)
+            with open(done, "w") as f:
+                f.write(f"{timings[f'grpo/{name}']:.1f}\n")
 
     checkpoints = {"sft": sft_export}
     first = study.seeds[0]
@@ -262,7 +282,7 @@ def run_demo(
             )
             t0 = time.time()
             _evaluate(_with_assets(get_config(mode), paths, sft_export), e, checkpoint, out_dir)
-            timings[f"eval/{name}"] = time.time() - t0
+            record(f"eval/{name}", time.time() - t0)
         with open(summary_path) as f:
             evals[name] = json.load(f)
         # The per-problem records give the report its pass@1 intervals (problems as the units).

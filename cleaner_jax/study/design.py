@@ -1,5 +1,6 @@
 """The study's power, stated before the GRPO runs: the smallest first-attempt failure-rate effect
-(cleaner - baseline) the design can detect.
+(treatment - reference: cleaner - baseline, or correction - cleaner in the correction mode) the
+design can detect.
 
 The design is paired by seed and step (both arms of a seed start from the same SFT checkpoint and
 draw the same prompts) and its independent units are the seeds. With p the SFT model's
@@ -35,22 +36,31 @@ ASSUMPTIONS = (
 
 
 def plan(
-    p: float, m: int, steps: int, seeds: int, alpha: float = 0.05, power: float = 0.8
+    p: float,
+    m: int,
+    steps: int,
+    seeds: int,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    comparison: tuple[str, str] = ("cleaner", "baseline"),
 ) -> dict[str, Any]:
     """The design's MDE on the first-attempt failure rate; a JSON-ready dict.
 
     p: first-call failure rate before RL; m: rollouts per (arm, seed, step) (prompts x n);
-    steps: GRPO steps per run; seeds: seeds per arm (the pairs). Returns the inputs, `sd_step`,
+    steps: GRPO steps per run; seeds: seeds per arm (the pairs); comparison: the (treatment,
+    reference) arms whose paired difference is the effect. Returns the inputs, `sd_step`,
     `sd_seed`, `mde` (exact t; None with `mde_reason` when it cannot be computed: fewer than 2
     seeds, or p at 0 / 1 / not a number), `mde_normal`, `required_pairs` {effect: seeds} (exact
     t) and `assumptions`.
     """
     if m < 1 or steps < 1 or seeds < 0:
         raise ValueError(f"need m >= 1, steps >= 1 and seeds >= 0, got {m}, {steps}, {seeds}")
+    if len(comparison) != 2 or comparison[0] == comparison[1]:
+        raise ValueError(f"comparison is (treatment, reference), two arms, got {comparison}")
     if not (math.isnan(p) or 0.0 <= p <= 1.0):
         raise ValueError(f"p is a failure rate in [0, 1], got {p}")
     out: dict[str, Any] = {
-        "effect": "first-attempt tool failure rate, cleaner - baseline",
+        "effect": f"first-attempt tool failure rate, {comparison[0]} - {comparison[1]}",
         "units": "seeds (paired by seed and step; a seed's mean difference over its steps)",
         "p": p,
         "m": m,
@@ -99,8 +109,9 @@ def describe(design: dict[str, Any]) -> str:
     if design["mde"] is None:
         return f"design ({size}): no minimum detectable effect: {design['mde_reason']}"
     need = ", ".join(f"{e} needs {n} seeds" for e, n in sorted(design["required_pairs"].items()))
+    pair = design.get("effect", "cleaner - baseline").split(", ")[-1]
     return (
         f"design ({size}): the smallest detectable change in the first-attempt failure rate "
-        f"(cleaner - baseline) is {design['mde']:.3f} (normal approx. {design['mde_normal']:.3f}; "
+        f"({pair}) is {design['mde']:.3f} (normal approx. {design['mde_normal']:.3f}; "
         f"alpha {design['alpha']}, power {design['power']}, binomial approximation); {need}"
     )

@@ -8,6 +8,7 @@ the switch arm turned SAAR on (its first step logging `saar/active` == 1).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -18,8 +19,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from cleaner_jax.study import stats  # noqa: E402
 
-ARM_ORDER = ("baseline", "cleaner", "switch")
-COLORS = {"baseline": "tab:blue", "cleaner": "tab:red", "switch": "tab:green"}
+FAR = "saar/first_attempt_failure_rate"
+VAL_ACC = "val/reward/acc"
+ARM_ORDER = ("baseline", "cleaner", "switch", "correction")
+COLORS = {
+    "baseline": "tab:blue",
+    "cleaner": "tab:red",
+    "switch": "tab:green",
+    "correction": "tab:purple",
+}
 
 Runs = Mapping[str, list[dict]]
 
@@ -34,9 +42,44 @@ def seed_of(name: str) -> str:
 
 
 def arms(runs: Runs) -> list[str]:
-    """The arms present, in the order baseline, cleaner, switch, then any other alphabetically."""
+    """The arms present in `ARM_ORDER` order (baseline, cleaner, switch, correction), then any
+    other alphabetically."""
     present = {arm_of(n) for n in runs}
     return [a for a in ARM_ORDER if a in present] + sorted(present - set(ARM_ORDER))
+
+
+def comparison(arm_names) -> tuple[str, str]:
+    """(treatment, reference) of a study's arms: cleaner vs baseline where the study has a
+    baseline, otherwise the second arm vs the first in `ARM_ORDER` order (the correction mode:
+    correction vs cleaner). Raises with fewer than two arms."""
+    present = {arm_of(n) for n in arm_names}
+    ordered = [a for a in ARM_ORDER if a in present] + sorted(present - set(ARM_ORDER))
+    if len(ordered) < 2:
+        raise ValueError(f"a comparison needs two arms, got {ordered}")
+    reference = ordered[0]
+    if reference == "baseline" and "cleaner" in present:
+        return "cleaner", reference
+    return ordered[1], reference
+
+
+def reference_arm(runs: Runs) -> str:
+    """The arm the others are compared with: baseline if the study ran it, else the first arm in
+    `ARM_ORDER` order (cleaner in the correction mode)."""
+    present = arms(runs)
+    return "baseline" if "baseline" in present or not present else present[0]
+
+
+def last(rows: list[dict], key: str) -> float:
+    """The last finite value of `key` (NaN if none)."""
+    vals = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
+    return float(vals[-1]) if vals else math.nan
+
+
+def mean_over(rows: list[dict], key: str) -> float:
+    """Mean over the training steps (> 0) that logged a finite `key`."""
+    vals = [r[key] for r in rows if r.get(key) is not None and r["step"] > 0]
+    vals = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(vals)) if vals else math.nan
 
 
 def series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,13 +1,17 @@
 """The study report: `report.md` with PNG figures comparing GRPO with and without SAAR.
 
 Reads each run's `metrics.jsonl` (runs named `<arm>_seed<s>`; arms baseline, cleaner and, if
-run, switch: SAAR switched on mid-training) and writes: a table per run; the premise check; the
+run, switch: SAAR switched on mid-training; or, in the correction mode, cleaner and correction:
+SAAR with the off-policy correction on) and writes: a table per run; the premise check; the
 pre-run power design; per-arm means over seeds and the steps each arm needs to reach the
-baseline's final held-out accuracy (bootstrap interval over seeds); held-out pass@k with and
-without test-time SAAR and its latency overhead; the claims, each an effect with a 95% interval
-and a verdict in plain words; where GRPO's credit on failed calls went; wall times; figures
-(`study/plots.py`). Differences are always treatment - baseline, and the seeds, not the steps,
-are the independent units of a training effect.
+reference arm's final held-out accuracy (bootstrap interval over seeds); held-out pass@k with and
+without test-time SAAR and its latency overhead; where the study has an off-policy arm, the
+per-arm key table and the correction's clipped / rejected tokens and log-ratio quantiles
+(`study/report_correction.py`); the claims, each an effect with a 95% interval and a verdict in
+plain words; where GRPO's credit on failed calls went; wall times; figures (`study/plots.py`).
+Differences are always treatment - reference (the baseline arm; without one, the first arm:
+correction - cleaner), and the seeds, not the steps, are the independent units of a training
+effect.
 """
 
 from __future__ import annotations
@@ -21,13 +25,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from cleaner_jax.runtime.metrics import read_metrics
-from cleaner_jax.study import plots, stats
-from cleaner_jax.study.plots import arm_of, seed_of
+from cleaner_jax.study import plots, report_correction, stats
+from cleaner_jax.study.plots import FAR, VAL_ACC, arm_of, last, mean_over, seed_of
+from cleaner_jax.study.report_diagnostics import credit_section, timing_section
 from cleaner_jax.study.report_evals import evals_section, test_time_claims
 from cleaner_jax.study.report_evals import fmt as _f
 
-FAR = "saar/first_attempt_failure_rate"
-VAL_ACC = "val/reward/acc"
 _ALL_FAILURES = "saar/tool_failures_per_traj"
 _FIGURES = (
     (FAR, "first-attempt tool failure rate"),
@@ -38,6 +41,8 @@ _FIGURES = (
     ("saar/tool_calls_per_traj", "tool calls per trajectory"),
     ("response_length/mean", "response length (tokens)"),
     ("credit/adv_recovered", "E[advantage | recovered failed call]"),
+    ("off_policy/sampled/clipped_frac", "off-policy correction: sampled tokens clipped"),
+    ("train/is_weight_mean", "off-policy correction: mean importance weight"),
 )
 _ONE = "one seed, no interval"
 
@@ -52,19 +57,6 @@ def _with_derived(rows: list[dict]) -> list[dict]:
             r = {**r, _ALL_FAILURES: errors / r["saar/trajectories"]}
         out.append(r)
     return out
-
-
-def _last(rows: list[dict], key: str) -> float:
-    """The last finite value of `key` (NaN if none)."""
-    vals = [r[key] for r in rows if r.get(key) is not None and np.isfinite(r[key])]
-    return float(vals[-1]) if vals else math.nan
-
-
-def _mean_over(rows: list[dict], key: str) -> float:
-    """Mean over the training steps (> 0) that logged a finite `key`."""
-    vals = [r[key] for r in rows if r.get(key) is not None and r["step"] > 0]
-    vals = [v for v in vals if np.isfinite(v)]
-    return float(np.mean(vals)) if vals else math.nan
 
 
 def _steps_to(rows: list[dict], key: str, target: float) -> str:
@@ -83,10 +75,15 @@ def _spread(vals: list[float]) -> str:
     return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}"
 
 
-def _runs_table(runs: plots.Runs, target: float) -> list[str]:
+def _whose(reference: str) -> str:
+    """ "baseline's" / "cleaner arm's": the owner of the held-out accuracy target."""
+    return "baseline's" if reference == "baseline" else f"{reference} arm's"
+
+
+def _runs_table(runs: plots.Runs, target: float, reference: str) -> list[str]:
     lines = [
         "| run | first-attempt failure rate (mean over steps) | last step | tool failures / "
-        "trained traj (mean) | held-out acc (final) | steps to baseline's final acc "
+        f"trained traj (mean) | held-out acc (final) | steps to {_whose(reference)} final acc "
         f"({_f(target)}) | shallow | deep | rollbacks recovered / triggered |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -96,9 +93,9 @@ def _runs_table(runs: plots.Runs, target: float) -> list[str]:
             for k in ("shallow", "deep", "rollbacks_recovered", "rollbacks_triggered")
         ]
         lines.append(
-            f"| {name} | {_f(_mean_over(rows, FAR))} | {_f(_last(rows, FAR))} | "
-            f"{_f(_mean_over(rows, 'saar/final_tool_failures_per_traj'))} | "
-            f"{_f(_last(rows, VAL_ACC))} | {_steps_to(rows, VAL_ACC, target)} | "
+            f"| {name} | {_f(mean_over(rows, FAR))} | {_f(last(rows, FAR))} | "
+            f"{_f(mean_over(rows, 'saar/final_tool_failures_per_traj'))} | "
+            f"{_f(last(rows, VAL_ACC))} | {_steps_to(rows, VAL_ACC, target)} | "
             f"{sums[0]:.0f} | {sums[1]:.0f} | {sums[2]:.0f} / {sums[3]:.0f} |"
         )
     return lines
@@ -186,7 +183,7 @@ def _design_section(design: Mapping) -> list[str]:
     return lines
 
 
-def _arms_section(runs: plots.Runs, target: float) -> list[str]:
+def _arms_section(runs: plots.Runs, target: float, reference: str) -> list[str]:
     """Per arm: mean ± sd over seeds, then steps to the target with a bootstrap over seeds."""
     lines = [
         "",
@@ -201,14 +198,14 @@ def _arms_section(runs: plots.Runs, target: float) -> list[str]:
         switched = sorted({s for r in arm_runs if (s := plots.switch_step(r)) is not None})
         lines.append(
             f"| {arm} | {len(arm_runs)} | "
-            f"{_spread([_mean_over(r, FAR) for r in arm_runs])} | "
-            f"{_spread([_mean_over(r, 'saar/final_tool_failures_per_traj') for r in arm_runs])} "
-            f"| {_spread([_last(r, VAL_ACC) for r in arm_runs])} | "
+            f"{_spread([mean_over(r, FAR) for r in arm_runs])} | "
+            f"{_spread([mean_over(r, 'saar/final_tool_failures_per_traj') for r in arm_runs])} "
+            f"| {_spread([last(r, VAL_ACC) for r in arm_runs])} | "
             f"{', '.join(map(str, switched)) or '-'} |"
         )
-    lines += ["", f"## Steps to the baseline's final held-out accuracy ({_f(target)})", ""]
+    lines += ["", f"## Steps to the {_whose(reference)} final held-out accuracy ({_f(target)})", ""]
     if not np.isfinite(target):
-        return lines + ["No baseline held-out accuracy was logged: no target."]
+        return lines + [f"No {reference} held-out accuracy was logged: no target."]
     lines += [
         "Steps at which the arm's mean-over-seeds held-out accuracy first reaches the target; "
         "the interval is a percentile bootstrap over seeds.",
@@ -237,14 +234,15 @@ def _paired_by_step(
     arm: str,
     since: Mapping[str, int] | None = None,
     until: Mapping[str, int] | None = None,
+    reference: str = "baseline",
 ) -> dict[str, list[float]]:
-    """Per seed: `arm` - baseline in `key` at each step > 0 both logged, from the seed's `since`
-    step on and before its `until` step where given. The arms of a seed train on the same
-    prompts at every step, so the difference removes the prompt-batch noise."""
+    """Per seed: `arm` - `reference` in `key` at each step > 0 both logged, from the seed's
+    `since` step on and before its `until` step where given. The arms of a seed train on the
+    same prompts at every step, so the difference removes the prompt-batch noise."""
     out = {}
     for name, rows in runs.items():
         other = runs.get(f"{arm}_{seed_of(name)}")
-        if arm_of(name) != "baseline" or other is None:
+        if arm_of(name) != reference or other is None:
             continue
         first = max(1, (since or {}).get(seed_of(name), 1))
         stop = (until or {}).get(seed_of(name), math.inf)
@@ -292,11 +290,52 @@ def _mde_comparison(effect: stats.PairedEffect | None, design: Mapping | None) -
     )
 
 
+def _final_diffs(runs: plots.Runs, arm: str, reference: str) -> dict[str, list[float]]:
+    """Per seed: `arm` - `reference` in the final held-out accuracy."""
+    finals = {}
+    for name, rows in runs.items():
+        other = runs.get(f"{arm}_{seed_of(name)}")
+        if arm_of(name) == reference and other is not None:
+            d = last(other, VAL_ACC) - last(rows, VAL_ACC)
+            if np.isfinite(d):
+                finals[seed_of(name)] = [d]
+    return finals
+
+
+_ABSENT = "not tested: no seed ran both arms."
+_SUBJECTS = {"cleaner": "SAAR", "switch": "switching SAAR on", "correction": "the correction"}
+
+
+def _pair_claims(runs: plots.Runs, design: Mapping | None, reference: str) -> list[str]:
+    """Without a baseline arm: each other arm - `reference`, failure rate and final accuracy."""
+    lines = []
+    for arm in (a for a in plots.arms(runs) if a != reference):
+        subject = _SUBJECTS.get(arm, f"the {arm} arm")
+        diffs = _paired_by_step(runs, FAR, arm, reference=reference)
+        text, effect = (
+            _verdict(diffs, "first-attempt failure rate", subject) if diffs else (_ABSENT, None)
+        )
+        lines.append(
+            f"- **(a) First-attempt failure rate, {arm} vs {reference}** ({arm} - {reference}, "
+            f"paired by seed and step): {text}{_mde_comparison(effect, design)}"
+        )
+        finals = _final_diffs(runs, arm, reference)
+        text = _verdict(finals, "final held-out accuracy", subject)[0] if finals else _ABSENT
+        lines.append(
+            f"- **(b) Held-out accuracy, {arm} vs {reference}** ({arm} - {reference}, final, "
+            f"paired by seed): {text}"
+        )
+    return lines
+
+
 def _claims_section(
     runs: plots.Runs, design: Mapping | None, evals: Mapping[str, Mapping] | None
 ) -> list[str]:
-    lines = ["", "## Claims (treatment - baseline, 95% intervals, seeds as the units)", ""]
-    absent = "not tested: no seed ran both arms."
+    reference = plots.reference_arm(runs)
+    lines = ["", f"## Claims (treatment - {reference}, 95% intervals, seeds as the units)", ""]
+    if reference != "baseline":
+        return lines + _pair_claims(runs, design, reference) + test_time_claims(evals or {})
+    absent = _ABSENT
     diffs = _paired_by_step(runs, FAR, "cleaner")
     text, effect = (
         _verdict(diffs, "first-attempt failure rate", "SAAR") if diffs else (absent, None)
@@ -305,13 +344,7 @@ def _claims_section(
         "- **(a) SAAR lowers the first-attempt failure rate** (cleaner - baseline, paired by "
         f"seed and step): {text}{_mde_comparison(effect, design)}"
     ]
-    finals = {}
-    for name, rows in runs.items():
-        other = runs.get(f"cleaner_{seed_of(name)}")
-        if arm_of(name) == "baseline" and other is not None:
-            d = _last(other, VAL_ACC) - _last(rows, VAL_ACC)
-            if np.isfinite(d):
-                finals[seed_of(name)] = [d]
+    finals = _final_diffs(runs, "cleaner", "baseline")
     text = _verdict(finals, "final held-out accuracy", "SAAR")[0] if finals else absent
     lines += [f"- **(b) Held-out accuracy** (cleaner - baseline, final, paired by seed): {text}"]
     since = {
@@ -336,59 +369,6 @@ def _claims_section(
     elif any(arm_of(n) == "switch" for n in runs):
         lines += ["- **(c) Switching SAAR on mid-training**: no step logged saar/active = 1."]
     lines += test_time_claims(evals or {})
-    return lines
-
-
-def _credit_section(runs: plots.Runs) -> list[str]:
-    """Where GRPO's credit on failed calls went (`credit/*`, see `rl/credit.py`)."""
-    cols = (
-        ("accuracy", "train acc"),
-        ("first_call_failure_rate", "failed first call"),
-        ("recovery_rate", "of which recovered"),
-        ("acc_clean", "acc, clean"),
-        ("acc_recovered", "acc, recovered"),
-        ("adv_recovered", "E[A \\| recovered]"),
-        ("failed_call_credit_baseline", "credit on failed calls, unpurified"),
-        ("failed_call_credit_saar", "credit on failed calls, purified"),
-    )
-    if not any(k.startswith("credit/") for rows in runs.values() for r in rows for k in r):
-        return []
-    lines = [
-        "",
-        "## Credit on failed calls",
-        "",
-        "Means over training steps of the trainer's `credit/*` metrics (`rl/credit.py`). "
-        '"Recovered": a later call succeeded in context (baseline) or SAAR spliced a successful '
-        "retry in (cleaner). SAAR moves a recovered trajectory's advantage from its failed call "
-        "to the clean correction, so it lowers the first-attempt failure rate faster than the "
-        "baseline only if E[A | recovered] > 0 (recovered trajectories beat their group's "
-        "mean). Negative credit on failed calls means GRPO pushes against them; the baseline "
-        "trains on the unpurified trajectories, the cleaner arm on the purified ones.",
-        "",
-        "| run | " + " | ".join(label for _, label in cols) + " |",
-        "|---|" + "---|" * len(cols),
-    ]
-    for name, rows in runs.items():
-        vals = [_mean_over(rows, f"credit/{key}") for key, _ in cols]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    return lines
-
-
-def _timing_section(runs: plots.Runs, timings: Mapping[str, float]) -> list[str]:
-    lines = ["", "## Wall time", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
-    phases = sorted({k for rows in runs.values() for r in rows for k in r if k.startswith("time/")})
-    if phases:
-        lines += [
-            "",
-            "Mean seconds per step and phase:",
-            "",
-            "| run | " + " | ".join(k[5:] for k in phases) + " |",
-            "|---|" + "---|" * len(phases),
-        ]
-        for name, rows in runs.items():
-            lines.append(f"| {name} | " + " | ".join(_f(_mean_over(rows, k), 2) for k in phases))
-            lines[-1] += " |"
     return lines
 
 
@@ -422,31 +402,39 @@ def write_report(
         if plots.plot_metric(runs, key, title, os.path.join(workdir, fname), switch_at=switch_at):
             figures.append((title, fname))
 
-    base = [rows for n, rows in runs.items() if arm_of(n) == "baseline"]
-    finals = [v for r in base if np.isfinite(v := _last(r, VAL_ACC))]
+    reference = plots.reference_arm(runs)
+    base = [rows for n, rows in runs.items() if arm_of(n) == reference]
+    finals = [v for r in base if np.isfinite(v := last(r, VAL_ACC))]
     target = float(np.mean(finals)) if finals else math.nan
     switch_text = (
         ", and switched on mid-training (switch)"
         if any(arm_of(n) == "switch" for n in runs)
         else ""
     )
+    arms_text = (
+        f"SAAR off (baseline) and on (cleaner){switch_text}"
+        if reference == "baseline"
+        else ", ".join(report_correction.ARM_TEXT.get(a, a) for a in plots.arms(runs))
+    )
     lines = [
         f"# CLEANER miniature study ({mode} mode)",
         "",
         "Tiny Qwen3-shaped model, synthetic tool-use arithmetic, cold-start SFT then GRPO with "
-        f"SAAR off (baseline) and on (cleaner){switch_text}, same SFT checkpoint and seeds.",
+        f"{arms_text}, same SFT checkpoint and seeds.",
         "",
         f"SFT corpus: {dict(corpus_stats)}",
         "",
     ]
-    lines += _runs_table(runs, target)
+    lines += _runs_table(runs, target, reference)
     lines += _premise_section(premise) if premise else []
     lines += _design_section(design) if design else []
-    lines += _arms_section(runs, target)
+    lines += _arms_section(runs, target, reference)
+    lines += report_correction.key_table(runs, evals or {}, timings, reference)
+    lines += report_correction.off_policy_section(runs)
     lines += evals_section(evals) if evals else []
     lines += _claims_section(runs, design, evals)
-    lines += _credit_section(runs)
-    lines += _timing_section(runs, timings)
+    lines += credit_section(runs)
+    lines += timing_section(runs, timings)
     lines += ["", "## Figures", ""]
     lines += [
         "Mean over seeds (thick), 95% band over seeds (shaded; none with one seed), each seed "

@@ -21,7 +21,7 @@ def fmt(v: float, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if v is not None and np.isfinite(v) else "n/a"
 
 
-def _pass1_cell(summary: Mapping | None, records: list[Mapping] | None) -> str:
+def pass1_cell(summary: Mapping | None, records: list[Mapping] | None) -> str:
     """pass@1 with a bootstrap over problems (samples of one problem are not independent)."""
     if summary is None:
         return "n/a"
@@ -63,7 +63,7 @@ def evals_section(evals: Mapping[str, Mapping]) -> list[str]:
         modes, records = modes_of[name], e.get("records") or {}
         any_mode = next(iter(modes.values()), {})
         size = f"{any_mode.get('problems', '?')} x {any_mode.get('n', '?')}"
-        cells = [_pass1_cell(modes.get(m), records.get(m)) for m in ("off", "on")]
+        cells = [pass1_cell(modes.get(m), records.get(m)) for m in ("off", "on")]
         off, on = modes.get("off", {}), modes.get("on", {})
         for k in ks:
             cells.append(f"{fmt(off.get('pass@k', {}).get(str(k)))} / ")

@@ -77,11 +77,18 @@ def test_quick_mode_produces_the_report(tmp_path):
     # The report gets the per-problem records: pass@1 with an interval over problems.
     assert "## Held-out pass@k" in text and "records not given" not in text
     assert os.listdir(tmp_path / "jax_cache")  # compiled programs are cached in the workdir
-    # Re-running skips every finished stage.
+    with open(tmp_path / "timings.json") as f:
+        timed = json.load(f)
+    assert {"assets", "sft", "premise", "grpo/baseline_seed0", "eval/sft"} <= set(timed)
+    # Re-running skips every finished stage and keeps the first run's wall times in the report.
     assert _run_quick(tmp_path) == ["1/7", "7/7"]
+    assert (
+        f"| grpo/cleaner_seed0 | {timed['grpo/cleaner_seed0']:.1f} |"
+        in open(tmp_path / "report.md").read()
+    )
 
 
-@pytest.mark.parametrize("mode", ["quick", "full", "long"])
+@pytest.mark.parametrize("mode", ["quick", "full", "long", "correction"])
 def test_task_sizes_fit_the_demo_ranges(mode):
     """Every mode's problem counts can be drawn, and every question number and answer is below
     1000, so the demo tokenizer (digit groups of 3) makes each one a single token."""

@@ -84,3 +84,13 @@ def test_describe_states_the_mde_and_the_seeds_needed():
     line = design.describe(design.plan(0.25, 32, 6, 3))
     assert "0.144" in line and "0.071" in line and "0.05 needs 9 seeds" in line
     assert "cleaner - baseline" in line
+
+
+def test_the_compared_arms_are_named():
+    """The correction mode compares correction with cleaner; the effect and the log line say so."""
+    d = design.plan(0.25, 32, 6, 3, comparison=("correction", "cleaner"))
+    assert d["effect"] == "first-attempt tool failure rate, correction - cleaner"
+    assert "(correction - cleaner)" in design.describe(d)
+    assert d["mde"] == design.plan(0.25, 32, 6, 3)["mde"]
+    with pytest.raises(ValueError, match="two arms"):
+        design.plan(0.25, 32, 6, 3, comparison=("cleaner", "cleaner"))

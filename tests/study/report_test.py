@@ -5,8 +5,9 @@ import math
 import os
 
 import numpy as np
+import pytest
 
-from cleaner_jax.study import report, stats
+from cleaner_jax.study import plots, report, stats
 
 
 def _write(run_dir, rows):
@@ -282,3 +283,105 @@ def test_report_survives_nan_missing_keys_and_partial_inputs(tmp_path):
     assert "(a) SAAR lowers the first-attempt failure rate** (cleaner - baseline, paired by " \
         "seed and step): not tested" in text  # fmt: skip
     assert os.path.getsize(tmp_path / "val_reward_acc.png") > 1000
+
+
+def _correction_study(tmp_path):
+    """2 seeds x arms cleaner and correction (the correction mode: no baseline arm). Failure
+    rates at steps 1, 2: cleaner 0.4, 0.2 (seed0) and 0.3, 0.1 (seed1): per-seed means 0.3 and
+    0.2; correction 0.3, 0.1 and 0.3, 0.1: 0.2 and 0.2. Final held-out accuracy cleaner 0.5, 0.6,
+    correction 0.6, 0.6. Only the correction arm logs off_policy/* (the cleaner arm trains
+    against the sampler's log-probs): seed0 clips 2 of 100 sampled tokens and 1 of 10 shallow
+    spliced ones at step 1, 0 of 100 at step 2; seed1 2 of 200 at step 1 and rejects none."""
+    rates = {
+        "cleaner": {0: (0.4, 0.2), 1: (0.3, 0.1)},
+        "correction": {0: (0.3, 0.1), 1: (0.3, 0.1)},
+    }
+    acc = {"cleaner": (0.5, 0.6), "correction": (0.6, 0.6)}
+    spans = {
+        (0, 1): {"sampled": (100, 0.02, -0.01), "spliced_shallow": (10, 0.1, 0.05)},
+        (0, 2): {"sampled": (100, 0.0, 0.01)},
+        (1, 1): {"sampled": (200, 0.01, 0.0)},
+    }
+    runs = {}
+    for seed in (0, 1):
+        for arm in ("cleaner", "correction"):
+            rows = [{"step": 0, "val/reward/acc": 0.4}]
+            for step in (1, 2):
+                row = {"step": step, "saar/first_attempt_failure_rate": rates[arm][seed][step - 1]}
+                if step == 2:
+                    row["val/reward/acc"] = acc[arm][seed]
+                if arm == "correction":
+                    row |= {"train/is_weight_mean": 0.99, "off_policy/rejected_frac": 0.0}
+                    for span, (n, clipped, p50) in spans.get((seed, step), {}).items():
+                        p = f"off_policy/{span}"
+                        row |= {f"{p}/tokens": n, f"{p}/clipped_frac": clipped}
+                        row |= {f"{p}/rejected_frac": 0.0, f"{p}/samples_fully_rejected": 0}
+                        row |= {f"{p}/log_ratio_p5": p50 - 0.1, f"{p}/log_ratio_p50": p50}
+                        row |= {f"{p}/log_ratio_p95": p50 + 0.1, f"{p}/log_ratio_abs_max": 0.5}
+                        row |= {f"{p}/kl_k1": 0.001, f"{p}/kl_k3": 0.002}
+                rows.append(row)
+            runs[f"{arm}_seed{seed}"] = str(tmp_path / f"{arm}_seed{seed}")
+            _write(runs[f"{arm}_seed{seed}"], rows)
+    return runs
+
+
+def test_correction_mode_compares_with_the_cleaner_arm(tmp_path):
+    runs = _correction_study(tmp_path)
+    timings = {"grpo/cleaner_seed0": 100.0, "grpo/cleaner_seed1": 120.0}
+    timings |= {"grpo/correction_seed0": 150.0, "grpo/correction_seed1": 170.0}
+    evals = {"correction_seed0": _summary(0.5, 0.625, 0.75, 0.875, 0.5, 0.25)}
+    evals["correction_seed0"]["records"] = {"off": _records([1, 2, 3, 2])}
+    path = report.write_report(
+        str(tmp_path), runs, timings=timings, corpus_stats={}, mode="correction", evals=evals
+    )
+    text = open(path).read()
+    assert "SAAR on (cleaner), SAAR on with the off-policy correction (correction)" in text
+    # The target is the cleaner arm's mean final accuracy (0.55), not a baseline's.
+    assert "## Steps to the cleaner arm's final held-out accuracy (0.550)" in text
+    assert "steps to cleaner arm's final acc (0.550)" in text
+    # (a) correction - cleaner per seed: -0.1 and 0.0; mean -0.05, sd 0.0707, se 0.05, t = -1
+    # with 1 df: half-width 12.706 * 0.05 = 0.635, p = 1 - 2 atan(1) / pi = 0.5.
+    assert "## Claims (treatment - cleaner, 95% intervals, seeds as the units)" in text
+    assert (
+        "**(a) First-attempt failure rate, correction vs cleaner** (correction - cleaner, paired "
+        "by seed and step): per-seed mean differences seed0: -0.100, seed1: +0.000; mean -0.050. "
+        "Over 2 seeds: the correction lowers the first-attempt failure rate by 0.050 (95% CI "
+        "-0.585 to 0.685, p = 0.500): not significant."
+    ) in text
+    # (b) final accuracy correction - cleaner: +0.1, 0.0.
+    assert "seed0: +0.100, seed1: +0.000; mean +0.050. Over 2 seeds: the correction raises" in text
+    assert "(a) SAAR lowers" not in text and "baseline" not in text.split("## Claims")[1]
+    # Key table: cleaner failure rate 0.3, 0.2 -> 0.25 +- 0.635; accuracy 0.5, 0.6 -> 0.55 +-
+    # 0.635; correction failure rate 0.2, 0.2 (no spread: a zero-width interval).
+    key = text.split("## Arms at a glance")[1].split("\n## ")[0]
+    assert "| cleaner | 2 | 0.250 [-0.385, 0.885] | 0.550 [-0.085, 1.185] | n/a | not measured " \
+        "| not measured | 110 s a run (2 runs, 220 s in all) |" in key  # fmt: skip
+    # Clipped: 2 + 1 + 0 + 2 of 410 tokens = 0.0122; seed0 3 / 210 = 0.0143, seed1 2 / 200.
+    off_ci = stats.bootstrap_ci([0.25, 0.5, 0.75, 0.5], np.mean)
+    assert (
+        "| correction | 2 | 0.200 [0.200, 0.200] | 0.600 [0.600, 0.600] | 0.500 "
+        f"[{off_ci.low:.3f}, {off_ci.high:.3f}] (correction_seed0) | 0.0122 (seeds 0.0100 to "
+        "0.0143) | 0.0000 (seeds 0.0000 to 0.0000) | 160 s a run (2 runs, 320 s in all) |"
+    ) in key
+    # Per span: sampled 4 of 400 clipped; its p50 token-weighted over steps
+    # (-0.01 * 100 + 0.01 * 100 + 0 * 200) / 400 = 0; shallow 1 of 10.
+    section = text.split("## Off-policy correction")[1].split("\n## ")[0]
+    assert "| correction | sampled | 400 | 0.0100 | 0.0000 | -1.00e-01 / +0.00e+00 / " \
+        "+1.00e-01 | 5.00e-01 | 1.00e-03 / 2.00e-03 | 0 |" in section  # fmt: skip
+    assert "| correction | spliced_shallow | 10 | 0.1000 | 0.0000 | -5.00e-02 / +5.00e-02 / " \
+        "+1.50e-01 |" in section  # fmt: skip
+    assert "spliced_deep" not in section
+    assert "- cleaner: no `off_policy/*` metrics" in section
+    assert "(`train/is_weight_mean`, mean over seeds) 0.9900" in section
+    assert os.path.getsize(tmp_path / "off_policy_sampled_clipped_frac.png") > 1000
+    assert os.path.getsize(tmp_path / "train_is_weight_mean.png") > 1000
+
+
+def test_reference_arm_and_comparison():
+    assert plots.comparison(("baseline", "cleaner", "switch")) == ("cleaner", "baseline")
+    assert plots.comparison(("cleaner", "correction")) == ("correction", "cleaner")
+    assert plots.comparison(("correction", "cleaner")) == ("correction", "cleaner")
+    assert plots.reference_arm({"baseline_seed0": [], "cleaner_seed0": []}) == "baseline"
+    assert plots.reference_arm({"correction_seed0": [], "cleaner_seed0": []}) == "cleaner"
+    with pytest.raises(ValueError, match="two arms"):
+        plots.comparison(("cleaner",))
