@@ -11,7 +11,13 @@ from cleaner_jax.agent import chat as chat_lib
 from cleaner_jax.agent import tokenizer as tokenizer_lib
 from cleaner_jax.agent.loop import ChatTurnCodec, EnginePolicy, SandboxToolRunner, run_rollouts
 from cleaner_jax.agent.sandbox import SandboxConfig, SandboxPool
-from cleaner_jax.saar import Generation, Provenance, SaarConfig, find_marker_in_pieces
+from cleaner_jax.saar import (
+    Generation,
+    Provenance,
+    RolloutLimits,
+    SaarConfig,
+    find_marker_in_pieces,
+)
 
 
 def corpus(n=200, seed=0):
@@ -138,6 +144,71 @@ def test_run_rollouts_with_real_sandbox_and_saar(chat, pool):
     assert second.response_loss_mask.count(1) == sum(
         len(seg.tokens) for seg in second.segments if seg.role == "assistant"
     )
+
+
+# Appends a line to a file in the sandbox's temp dir and prints how many lines it holds: 2 if
+# a re-execution saw the first execution's file.
+APPEND = (
+    "import os, tempfile\n"
+    "path = os.path.join(tempfile.gettempdir(), 'log.txt')\n"
+    "open(path, 'a').write('line\\n')\n"
+    "print(len(open(path).read().splitlines()))"
+)
+
+
+def _two_call_rollout(chat, pool, limits):
+    codec = ChatTurnCodec(chat)
+    scripts = {
+        "two calls": [
+            "let me compute" + call(APPEND) + call("print(y + 1)"),
+            "fix it now" + call(APPEND) + call("y = 41\nprint(y + 1)"),
+            "the answer is \\boxed{42}.",
+        ]
+    }
+    prompt = chat.prompt_tokens([{"role": "user", "content": "two calls"}])
+    tools = SandboxToolRunner(pool)
+    (traj,) = asyncio.run(
+        run_rollouts([prompt], TextPolicy(chat, scripts), tools, codec, SaarConfig(), limits=limits)
+    )
+    return traj
+
+
+def test_shallow_retry_of_a_two_call_turn_reruns_the_succeeded_call_in_a_fresh_sandbox(chat):
+    """The spliced turn's calls are answered by outputs of that turn, so the call that had
+    succeeded runs again (as in the reference, which re-executes every call of the retry turn).
+    Each call gets a fresh child with its own temp dir, so its side effects do not pile up: the
+    appended file holds one line on the re-run too."""
+    # One worker: a temp dir that outlived its call would be seen by the re-run.
+    with SandboxPool(SandboxConfig(num_workers=1, timeout_s=10.0, preimport=())) as one:
+        traj = _two_call_rollout(chat, one, None)
+    assert [s.provenance for s in traj.segments] == [
+        Provenance.PROMPT,
+        Provenance.SAMPLED,
+        Provenance.SPLICED_SHALLOW,
+        Provenance.TOOL,
+        Provenance.SAMPLED,
+    ]
+    assert traj.stats.tool_calls == 4  # 2 in the failed turn, 2 in the spliced one
+    assert chat.decode(traj.segments[3].tokens) == chat.decode(
+        chat.tool_response_tokens(
+            ["Tool call success\nstdout: 1\n", "Tool call success\nstdout: 42\n"]
+        )
+    )
+
+
+def test_reference_runs_only_the_first_call_of_a_turn(chat, pool):
+    """Reference (`max_parallel_calls=1`): the second call is neither run nor answered, so the
+    failing call never fails and nothing is rolled back."""
+    limits = RolloutLimits(max_calls_per_turn=1, extra_calls="ignore")
+    traj = _two_call_rollout(chat, pool, limits)
+    # The script's second turn now comes as a normal turn (nothing failed), then the answer.
+    assert [s.provenance for s in traj.segments] == [Provenance.PROMPT] + [
+        Provenance.SAMPLED,
+        Provenance.TOOL,
+    ] * 2 + [Provenance.SAMPLED]
+    one_result = chat.tool_response_tokens(["Tool call success\nstdout: 1\n"])
+    assert [chat.decode(traj.segments[i].tokens) for i in (2, 4)] == [chat.decode(one_result)] * 2
+    assert (traj.stats.tool_calls, traj.stats.rollbacks_triggered) == (2, 0)
 
 
 @dataclasses.dataclass
