@@ -187,7 +187,17 @@ def get_config(arg=None):
         top_k=0,
         max_turns=6,
         max_response_tokens=384,
+        # Async rollouts (runtime/async_rollout.py): 0 = synchronous (sample, then update); S >= 1
+        # = the sampler runs up to S rounds ahead, every trained token at most S versions old.
+        max_staleness=0,
+        # At a weight push, in-flight trajectories continue on their K/V from the old weights
+        # ("keep") or re-prefill under the new ones ("reprefill").
+        push_kv="keep",
+        max_calls_per_turn=4,
+        extra_calls="fail",
         max_tool_attempts=8,
+        max_tool_response_chars=0,
+        retries_count_as_turns=True,
         dtype="",
         engine=dict(
             page_size=16,
@@ -212,8 +222,16 @@ def get_config(arg=None):
         similarity="tokens",
         disable_after_exhaustion=True,
         recompute_spliced_logprobs=True,
+        infra_failures_roll_back=False,
+        max_rounds_before_disable=0,
+        exhaustion_note="ours",
     )
-    c.sandbox = dict(num_workers=2, timeout_s=4.0)
+    c.sandbox = dict(
+        num_workers=2,
+        timeout_s=4.0,
+        preimport=("math", "itertools", "collections", "numpy", "sympy"),
+        truncation_marker="\n... [output truncated]",
+    )
     c.reward = dict(
         math_mode="strict",
         overlong_buffer=64,

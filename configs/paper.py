@@ -2,7 +2,8 @@ r"""The paper's GRPO/DAPO runs, with SAAR (CLEANER) or without (baseline), for e
 
 Variants (big_vision-style args): `model=qwen3_4b|qwen2_7b` (default qwen3_4b),
 `arm=cleaner|baseline` (default cleaner), `correction=tis|none|seq_tis|seq_mis|geo_mis|decoupled`
-(the off-policy correction, default tis; `none` is the reference's setting), `runlocal`.
+(the off-policy correction, default tis; `none` is the reference's setting), `reference`,
+`runlocal`.
 Every field a run reads is stated here, so a mistyped `--config.x.y` override fails against the
 locked config.
 
@@ -26,6 +27,19 @@ workdir):
 
   python launch/train.py --config=configs/paper.py:model=qwen2_7b,arm=cleaner,runlocal \
     --workdir=/tmp/runlocal
+
+Variant `reference`: the reference implementation's recipe (Open-CLEANER @91e40ad, verl's
+`tool_agent_loop.py`) where it differs from ours, every difference a field set here (README,
+"Fidelity to the reference implementation"): infrastructure failures rolled back, no tool-call
+cap but rollback off after 30 tool rounds, one call per turn (extra calls ignored), tool texts cut
+to 256 characters (middle) and streams cut silently, no pre-imported modules, the difflib
+character ratio on the turn tails, the reference's exhaustion note, retries outside the turn
+budget, the exact-string math reward, SAAR in validation every 10 steps, checkpoints every 10,
+and no off-policy correction (`correction=none`; spliced spans are still rescored under the
+purified context, which only the mismatch metrics read then):
+
+  python launch/train.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner,reference,runlocal \
+    --workdir=/tmp/ref_runlocal
 
 Print a variant:
 
@@ -55,9 +69,18 @@ MODELS = {
 
 
 def get_config(arg=None):
-    args = parse_arg(arg, model="qwen3_4b", arm="cleaner", correction="tis", runlocal=False)
+    args = parse_arg(
+        arg, model="qwen3_4b", arm="cleaner", correction="", reference=False, runlocal=False
+    )
     if args["model"] not in MODELS or args["arm"] not in ("cleaner", "baseline"):
         raise ValueError(f"model must be one of {sorted(MODELS)} and arm cleaner|baseline: {args}")
+    reference = args["reference"]
+    correction = args["correction"] or ("none" if reference else "tis")
+    if reference and correction != "none":
+        raise ValueError(
+            f"`reference` runs without an off-policy correction; drop correction={correction} "
+            "or drop reference"
+        )
     m = MODELS[args["model"]]
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -114,7 +137,19 @@ def get_config(arg=None):
         top_k=0,
         max_turns=16,
         max_response_tokens=20480,
-        max_tool_attempts=30,
+        # Async rollouts (runtime/async_rollout.py): 0 = synchronous (sample, then update); S >= 1
+        # = the sampler runs up to S rounds ahead, every trained token at most S versions old.
+        max_staleness=0,
+        # At a weight push, in-flight trajectories continue on their K/V from the old weights
+        # ("keep") or re-prefill under the new ones ("reprefill").
+        push_kv="keep",
+        # At most 4 calls of a turn run; "fail": the others are answered with a visible error
+        # ("ignore": dropped unanswered, the reference with 1).
+        max_calls_per_turn=4,
+        extra_calls="fail",
+        max_tool_attempts=30,  # executed calls per trajectory; 0 = no cap (the reference)
+        max_tool_response_chars=0,  # 0 = no cut of a call's whole text (reference: 256, middle)
+        retries_count_as_turns=True,  # SAAR retries count against max_turns (reference: no)
         # The sampler's compute dtype and weight copy; "" = model.dtype. The sampler-vs-trainer
         # log-prob gap is logged as logprob_mismatch/*.
         dtype="",
@@ -144,8 +179,21 @@ def get_config(arg=None):
         similarity="tokens",
         disable_after_exhaustion=True,
         recompute_spliced_logprobs=True,
+        # Reference switches (saar/config.py): roll back infrastructure failures too; turn
+        # rollback off after this many tool rounds (0 = never; the reference: 30); the note
+        # after exhausted retries ("ours" | "reference").
+        infra_failures_roll_back=False,
+        max_rounds_before_disable=0,
+        exhaustion_note="ours",
     )
-    c.sandbox = dict(num_workers=8, timeout_s=4.0)
+    # `preimport`: modules bound in every call's globals (np, sp aliases); the reference binds
+    # none. `truncation_marker`: appended to a stream cut at 1000 characters ("" = silent).
+    c.sandbox = dict(
+        num_workers=8,
+        timeout_s=4.0,
+        preimport=("math", "itertools", "collections", "numpy", "sympy"),
+        truncation_marker="\n... [output truncated]",
+    )
     c.reward = dict(
         math_mode="strict",
         overlong_buffer=4096,
@@ -165,7 +213,7 @@ def get_config(arg=None):
         clip_eps_high=0.28,
         dual_clip_c=10.0,
         entropy_coef=0.0,
-        **off_policy.preset_fields(args["correction"]),
+        **off_policy.preset_fields(correction),
     )
     c.optim = dict(
         learning_rate=m["learning_rate"],
@@ -204,6 +252,25 @@ def get_config(arg=None):
         lr_schedule="cosine",  # or "constant" after the warmup
         checkpoint_every=200,
     )
+    if reference:
+        c.saar.update(
+            similarity="reference",
+            similarity_on="turn_tail",
+            infra_failures_roll_back=True,
+            max_rounds_before_disable=30,
+            exhaustion_note="reference",
+        )
+        c.rollout.update(
+            max_calls_per_turn=1,
+            extra_calls="ignore",
+            max_tool_attempts=0,
+            max_tool_response_chars=256,
+            retries_count_as_turns=False,
+        )
+        c.sandbox.update(preimport=(), truncation_marker="")
+        c.reward.math_mode = "reference"
+        c.validation.update(every=10, saar=True)
+        c.checkpoint.every = 10
     if args["runlocal"]:
         c.model.update(preset="tiny", remat=False, attention_block=128)
         c.prepare_synthetic = True

@@ -242,7 +242,11 @@ def collector_for(config: ml_collections.ConfigDict, chat: ChatFormat, engine, p
         limits=RolloutLimits(
             max_turns=r.max_turns,
             max_response_tokens=r.max_response_tokens,
+            max_calls_per_turn=r.max_calls_per_turn,
+            extra_calls=r.extra_calls,
             max_tool_attempts=r.max_tool_attempts,
+            max_tool_response_chars=r.max_tool_response_chars,
+            retries_count_as_turns=r.retries_count_as_turns,
         ),
         sampling=dict(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k),
         saar_enabled=config.saar.enabled,
@@ -262,6 +266,17 @@ def reward_config_from(config: ml_collections.ConfigDict) -> RewardConfig:
             penalty_factor=r.overlong_factor,
             count_policy_tokens_only=r.overlong_policy_tokens_only,
         ),
+    )
+
+
+def tool_sandbox_config(config: ml_collections.ConfigDict) -> SandboxConfig:
+    """`sandbox`: the pool that runs the policy's tool calls."""
+    sb = config.sandbox
+    return SandboxConfig(
+        num_workers=sb.num_workers,
+        timeout_s=sb.timeout_s,
+        preimport=tuple(sb.preimport),
+        truncation_marker=sb.truncation_marker,
     )
 
 
@@ -410,7 +425,7 @@ def build(
         engine_config = dataclasses.replace(engine_config, num_pages=pages)
     rt.engine = Engine((graphdef, rt.sampler_state), engine_config, rt.placement)
     sb = config.sandbox
-    rt.tools = SandboxPool(SandboxConfig(num_workers=sb.num_workers, timeout_s=sb.timeout_s))
+    rt.tools = SandboxPool(tool_sandbox_config(config))
     rt.judge = LazySandbox(sb.num_workers, sb.timeout_s)
     rt.scorer = RewardScorer(reward_config_from(config), code_runner=rt.judge)
     rt.collector = collector_for(config, rt.chat, rt.engine, rt.tools)

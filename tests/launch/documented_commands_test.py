@@ -143,6 +143,8 @@ PLANS: dict[str, Plan] = {
     },
     "python launch/train.py --config=configs/paper.py:model=qwen2_7b,arm=cleaner,runlocal "
     "--workdir=/tmp/runlocal": Plan(CHECK, f"{_SHIPPED}[paper:model=qwen2_7b,arm=cleaner]"),
+    "python launch/train.py --config=configs/paper.py:model=qwen3_4b,arm=cleaner,reference,"
+    "runlocal --workdir=/tmp/ref_runlocal": Plan(RUN),
     "python launch/train.py --config=configs/paper.py:arm=baseline --print_config": Plan(
         CHECK, "prints the config and stops before any check"
     ),

@@ -303,3 +303,77 @@ def test_float16_becomes_bfloat16_on_tpu_only(platform, model_dtype, rollout_dty
     # Idempotent: nothing is float16 after the change; bfloat16/float32 configs are kept.
     if platform == "tpu":
         assert config_lib.adapt_dtypes_to_platform(config, "tpu") == []
+
+
+# Every reference switch and the value `reference` gives it (README fidelity table); our
+# defaults are the values of the same fields without `reference`.
+REFERENCE = {
+    "saar.similarity": ("tokens", "reference"),
+    "saar.similarity_on": ("code", "turn_tail"),
+    "saar.infra_failures_roll_back": (False, True),
+    "saar.max_rounds_before_disable": (0, 30),
+    "saar.exhaustion_note": ("ours", "reference"),
+    "saar.recompute_spliced_logprobs": (True, True),  # kept: rescored under the purified context
+    "rollout.max_calls_per_turn": (4, 1),
+    "rollout.extra_calls": ("fail", "ignore"),
+    "rollout.max_tool_attempts": (30, 0),
+    "rollout.max_tool_response_chars": (0, 256),
+    "rollout.retries_count_as_turns": (True, False),
+    "sandbox.preimport": (("math", "itertools", "collections", "numpy", "sympy"), ()),
+    "sandbox.truncation_marker": ("\n... [output truncated]", ""),
+    "reward.math_mode": ("strict", "reference"),
+    "loss.off_policy": ("tis", "none"),
+    "train.old_logprobs": ("recompute", "recompute"),
+    "validation.saar": (False, True),
+    "validation.every": (25, 10),
+    "checkpoint.every": (25, 10),
+}
+
+
+def _get(c, dotted):
+    for key in dotted.split("."):
+        c = c[key]
+    return c
+
+
+@pytest.mark.parametrize("model", ["qwen3_4b", "qwen2_7b"])
+def test_reference_variant_sets_every_switch(model):
+    ours = _load("paper", f"model={model}")
+    ref = _load("paper", f"model={model},reference")
+    for field, (default, reference) in REFERENCE.items():
+        assert (field, _get(ours, field)) == (field, default)
+        assert (field, _get(ref, field)) == (field, reference)
+    # Everything else is the paper's recipe, unchanged (the rollback probability per model).
+    flat_ours, flat_ref = dict(_flat(ours)), dict(_flat(ref))
+    changed = {k for k in flat_ours if flat_ours[k] != flat_ref[k]}
+    assert changed == {k for k, (a, b) in REFERENCE.items() if a != b}
+    assert ref.saar.rollback_probability == ours.saar.rollback_probability
+
+
+def test_reference_switches_reach_the_collector_and_the_sandbox():
+    from cleaner_jax.runtime import parts
+
+    c = _load("paper", "reference")
+    saar = parts.saar_config_from(c)
+    assert (saar.similarity_on, saar.infra_failures_roll_back) == ("turn_tail", True)
+    assert (saar.max_rounds_before_disable, saar.exhaustion_note) == (30, "reference")
+    collector = parts.collector_for(c, chat=None, engine=None, pool=None)
+    limits = collector.limits
+    assert (limits.max_calls_per_turn, limits.extra_calls, limits.max_tool_attempts) == (
+        1,
+        "ignore",
+        0,
+    )
+    assert (limits.max_tool_response_chars, limits.retries_count_as_turns) == (256, False)
+    sandbox = parts.tool_sandbox_config(c)
+    assert (sandbox.preimport, sandbox.truncation_marker) == ((), "")
+    assert parts.reward_config_from(c).math_mode == "reference"
+    settings = config_lib.train_settings(c)
+    assert settings.validation.saar and not settings.off_policy.enabled
+
+
+def test_reference_refuses_a_correction():
+    with pytest.raises(ValueError, match="correction=tis"):
+        _load("paper", "reference,correction=tis")
+    assert _load("paper", "reference,correction=none").loss.off_policy == "none"
+    assert _load("paper", "correction=none").loss.off_policy == "none"
