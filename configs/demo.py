@@ -231,6 +231,8 @@ def get_config(arg=None):
         timeout_s=4.0,
         preimport=("math", "itertools", "collections", "numpy", "sympy"),
         truncation_marker="\n... [output truncated]",
+        memory_limit_mb=1024,
+        max_infra_retries=2,
     )
     c.reward = dict(
         math_mode="strict",

@@ -188,11 +188,16 @@ def get_config(arg=None):
     )
     # `preimport`: modules bound in every call's globals (np, sp aliases); the reference binds
     # none. `truncation_marker`: appended to a stream cut at 1000 characters ("" = silent).
+    # `memory_limit_mb`: address space a call may map above its warm worker's (the reference:
+    # 512 MB in all). `max_infra_retries`: reruns on a fresh worker after a worker crash (the
+    # reference reports code-judge's internal_error at once).
     c.sandbox = dict(
         num_workers=8,
         timeout_s=4.0,
         preimport=("math", "itertools", "collections", "numpy", "sympy"),
         truncation_marker="\n... [output truncated]",
+        memory_limit_mb=1024,
+        max_infra_retries=2,
     )
     c.reward = dict(
         math_mode="strict",
@@ -267,7 +272,9 @@ def get_config(arg=None):
             max_tool_response_chars=256,
             retries_count_as_turns=False,
         )
-        c.sandbox.update(preimport=(), truncation_marker="")
+        c.sandbox.update(
+            preimport=(), truncation_marker="", memory_limit_mb=512, max_infra_retries=0
+        )
         c.reward.math_mode = "reference"
         c.validation.update(every=10, saar=True)
         c.checkpoint.every = 10

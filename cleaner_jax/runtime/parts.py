@@ -277,6 +277,8 @@ def tool_sandbox_config(config: ml_collections.ConfigDict) -> SandboxConfig:
         timeout_s=sb.timeout_s,
         preimport=tuple(sb.preimport),
         truncation_marker=sb.truncation_marker,
+        memory_limit_mb=sb.memory_limit_mb,
+        max_infra_retries=sb.max_infra_retries,
     )
 
 

@@ -321,6 +321,8 @@ REFERENCE = {
     "rollout.retries_count_as_turns": (True, False),
     "sandbox.preimport": (("math", "itertools", "collections", "numpy", "sympy"), ()),
     "sandbox.truncation_marker": ("\n... [output truncated]", ""),
+    "sandbox.memory_limit_mb": (1024, 512),
+    "sandbox.max_infra_retries": (2, 0),
     "reward.math_mode": ("strict", "reference"),
     "loss.off_policy": ("tis", "none"),
     "train.old_logprobs": ("recompute", "recompute"),
@@ -367,6 +369,7 @@ def test_reference_switches_reach_the_collector_and_the_sandbox():
     assert (limits.max_tool_response_chars, limits.retries_count_as_turns) == (256, False)
     sandbox = parts.tool_sandbox_config(c)
     assert (sandbox.preimport, sandbox.truncation_marker) == ((), "")
+    assert (sandbox.memory_limit_mb, sandbox.max_infra_retries) == (512, 0)
     assert parts.reward_config_from(c).math_mode == "reference"
     settings = config_lib.train_settings(c)
     assert settings.validation.saar and not settings.off_policy.enabled
