@@ -136,7 +136,11 @@ class Collector:
         count = lambda ex: len(self.prompt_tokens(ex))  # noqa: E731
         return filter_overlong(examples, count, self.max_prompt_tokens)
 
-    def collect(
+    def collect(self, examples: Sequence[Example], n: int, **kwargs) -> list[Rollout]:
+        """`acollect` for callers without a running event loop."""
+        return asyncio.run(self.acollect(examples, n, **kwargs))
+
+    async def acollect(
         self,
         examples: Sequence[Example],
         n: int,
@@ -150,7 +154,8 @@ class Collector:
         """n rollouts per example, grouped example by example (rollouts[g*n:(g+1)*n]).
 
         `group_offset` is the global index of `examples[0]` when this process rolls out a share
-        of a larger batch: seeds and `Rollout.group` then match a single-process run.
+        of a larger batch: seeds and `Rollout.group` then match a single-process run. Runs on
+        the event loop that drives the engine (the caller's).
         """
         sampling = dict(self.sampling)
         if temperature is not None:
@@ -171,17 +176,10 @@ class Collector:
                     )
                 )
                 seeds.append(seed)
-        trajectories = asyncio.run(
-            run_rollouts(
-                prompts,
-                policies,
-                self.tools,
-                self.codec,
-                self.saar if enabled else None,
-                self.limits,
-                seeds,
-            )
-        )
+        trajectories = await run_rollouts(
+            prompts, policies, self.tools, self.codec, self.saar if enabled else None, self.limits,
+            seeds,
+        )  # fmt: skip
         out = [
             Rollout(ex, g, t, len(p), float(sampling.get("temperature", 1.0)))
             for (ex, g), t, p in zip(groups, trajectories, prompts, strict=True)

@@ -207,6 +207,8 @@ class TrainSettings:
     row_len: int
     rows_per_micro: int
     old_logprobs: str  # "recompute" | "sampler"
+    max_staleness: int  # rollout.max_staleness: 0 = synchronous; S >= 1 = async rollouts
+    push_kv: str  # rollout.push_kv: "keep" | "reprefill" (in-flight K/V at a weight push)
     off_policy: OffPolicyConfig  # `loss.off_policy*`: the sampler/trainer correction
     logprob_chunk: int
     train_files: tuple[str, ...]
@@ -228,6 +230,11 @@ def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
             f"train.old_logprobs must be 'recompute' or 'sampler', got {c.train.old_logprobs!r}"
         )
     correction = off_policy_settings(c)
+    if c.rollout.max_staleness < 0 or c.rollout.push_kv not in ("keep", "reprefill"):
+        raise ConfigError(
+            f"rollout.max_staleness={c.rollout.max_staleness} must be >= 0 and rollout.push_kv="
+            f"{c.rollout.push_kv!r} 'keep' or 'reprefill'"
+        )
     return TrainSettings(
         total_steps=c.total_steps,
         prompts_per_step=c.rollout.prompts_per_step,
@@ -242,6 +249,8 @@ def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
         row_len=c.train.row_len,
         rows_per_micro=c.train.rows_per_micro,
         old_logprobs=c.train.old_logprobs,
+        max_staleness=int(c.rollout.max_staleness),
+        push_kv=c.rollout.push_kv,
         off_policy=correction,
         logprob_chunk=c.train.logprob_chunk,
         train_files=tuple(c.data.train_files),

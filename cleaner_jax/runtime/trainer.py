@@ -18,6 +18,7 @@ derive from (seed, step), so a resumed run continues exactly.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -35,6 +36,7 @@ from cleaner_jax.rl.credit import call_outcome, credit_diagnostics
 from cleaner_jax.rl.packing import pack, split_rows
 from cleaner_jax.rl.rewards import reward_metrics
 from cleaner_jax.rl.update import round_rows, split_minibatches
+from cleaner_jax.runtime import async_rollout
 from cleaner_jax.runtime import metrics as metrics_lib
 from cleaner_jax.runtime import parts as parts_lib
 from cleaner_jax.runtime.collect import Rollout
@@ -104,6 +106,12 @@ def _correct(settings: TrainSettings, rollouts: list[Rollout], samples) -> dict:
     return off_policy.apply(samples, cfg)
 
 
+def _engine_busy(engine) -> float:
+    """Seconds the engine has spent in its steps' prefill and decode calls so far."""
+    stats = getattr(engine, "stats", {}) if engine is not None else {}
+    return float(stats.get("prefill_time", 0.0) + stats.get("decode_time", 0.0))
+
+
 def _exchange(rollouts: list[Rollout], results: list) -> tuple[list[Rollout], list]:
     """Every process's rollouts and reward results, in global prompt order (a collective)."""
     if jax.process_count() == 1:
@@ -134,7 +142,23 @@ class Trainer:
         self.opt_state = self.updater.init(self.state)
         self._load_data()
         self.step = 0
+        self._round = 0  # async: the next round's index (`async_rollout.Round.index`)
+        self._data_state = self.iterator.get_state()  # async: after the last round taken
         self._maybe_resume()
+        self.producer = None
+        if settings.max_staleness > 0:
+            self.producer = async_rollout.RolloutProducer(
+                self._make_round,
+                rt.engine,
+                max_staleness=settings.max_staleness,
+                first_round=self._round,
+                reprefill=settings.push_kv == "reprefill",
+            )
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.close()
+            self.producer = None
 
     def _load_data(self):
         s = self.settings
@@ -159,18 +183,28 @@ class Trainer:
         )
         self.step = int(meta["step"])
         self.iterator.set_state(meta["data"])
+        # Async runs: rounds rolled out but not taken were dropped with the process; the next
+        # round re-draws from the data state after the last round taken, under these weights.
+        self._round = int(meta.get("round", 0))
+        self._data_state = self.iterator.get_state()
         self.rt.sync_sampler(self.state, version=self.step)
         logging.info("resumed from step %d", self.step)
 
-    def _collect_share(self, examples, n, *, tag, **sampling) -> list[Rollout]:
+    async def _acollect_share(self, examples, n, *, tag, **sampling) -> list[Rollout]:
         """Rolls out this process's share of the prompts (all of them with one process)."""
         mine = distributed.process_share(examples)
-        return self.collector.collect(
+        return await self.collector.acollect(
             [examples[i] for i in mine], n, tag=tag, group_offset=mine[0] if mine else 0, **sampling
         )
 
+    def _collect_share(self, examples, n, **kwargs) -> list[Rollout]:
+        return asyncio.run(self._acollect_share(examples, n, **kwargs))
+
     def _score(self, rollouts: list[Rollout]):
-        results = self.scorer.score_batch_sync([r.reward_input(self.rt.chat) for r in rollouts])
+        return asyncio.run(self._ascore(rollouts))
+
+    async def _ascore(self, rollouts: list[Rollout]):
+        results = await self.scorer.score_batch([r.reward_input(self.rt.chat) for r in rollouts])
         # A failed check scores 0 and is logged; when all of a batch fails, the reward code
         # itself is broken (verifier workers cannot start, ...) and training on it is no use.
         if results and all(r.error is not None for r in results):
@@ -182,9 +216,15 @@ class Trainer:
 
     def sample(self, examples, n: int, *, tag, **sampling) -> tuple[list[Rollout], list]:
         """n scored rollouts per example with the current weights (no update), in global order
-        on every process; `sampling`: saar_enabled, temperature, top_p overrides."""
-        rollouts = self._collect_share(examples, n, tag=tag, **sampling)
-        return _exchange(rollouts, self._score(rollouts))
+        on every process; `sampling`: saar_enabled, temperature, top_p overrides. With async
+        rollouts they run on the producer's loop, beside the rounds in flight."""
+
+        async def run():
+            rollouts = await self._acollect_share(examples, n, tag=tag, **sampling)
+            return rollouts, await self._ascore(rollouts)
+
+        pair = asyncio.run(run()) if self.producer is None else self.producer.run(run())
+        return _exchange(*pair)
 
     def validate(self) -> dict:
         v = self.settings.validation
@@ -245,11 +285,77 @@ class Trainer:
         }
         return b
 
+    async def _make_round(self, index: int, version: int) -> async_rollout.Round:
+        """One round on the producer's loop: the next prompts, rolled out and scored."""
+        c, t0 = self.settings, time.perf_counter()
+        examples = self.iterator.next_batch(c.prompts_per_step)
+        data_state = self.iterator.get_state()
+        rollouts = await self._acollect_share(
+            examples, c.n, tag=("train_round", index), saar_enabled=c.saar_active(version)
+        )
+        results = await self._ascore(rollouts)
+        tokens = sum(len(x.trajectory.tokens) for x in rollouts)
+        seconds = time.perf_counter() - t0
+        return async_rollout.Round(index, version, data_state, rollouts, results, tokens, seconds)
+
+    def _take_batch(self, timer) -> _Batch:
+        """`_sample_batch` from the producer's rounds: rounds with a token more than
+        `max_staleness` versions old are dropped; dynamic sampling takes rounds until full."""
+        c = self.settings
+        state = DynamicSamplingState(c.prompts_per_step, c.n, c.max_sampling_rounds)
+        b = _Batch([], [], [], [], {}, 0)
+        waited, dropped, ages = 0.0, 0, {}
+        while True:
+            rnd, wait = self.producer.take()
+            waited += wait
+            self._round, self._data_state = rnd.index + 1, rnd.data_state
+            with timer("exchange"):
+                rollouts, results = _exchange(rnd.rollouts, rnd.results)
+            ok, ages = async_rollout.check_round(
+                dataclasses.replace(rnd, rollouts=rollouts), self.step, c.max_staleness
+            )
+            if not ok:
+                dropped += 1
+                logging.warning("round %d is older than the bound: dropped", rnd.index)
+                continue
+            b.local_tokens += rnd.local_tokens
+            b.sampled += rollouts
+            b.sampled_results += results
+            if not c.dynamic_sampling:
+                b.rollouts, b.results = rollouts, results
+                break
+            rows = state.add(np.array([x.score for x in results], np.float32))
+            b.rollouts += [rollouts[i] for i in rows]
+            b.results += [results[i] for i in rows]
+            if state.full or state.exhausted:
+                break
+        b.metrics = {
+            **ages,
+            "time/wait_rollout": waited,
+            "async/dropped_rounds": float(dropped),
+            "async/producer_idle_s": self.producer.pop_idle_seconds(),
+            "async/round_seconds": rnd.seconds,
+        }
+        if c.dynamic_sampling:
+            b.metrics["dynamic_sampling/rounds"] = float(state.rounds)
+        return b
+
+    def _push_weights(self) -> None:
+        """The new weights to the sampler: directly, or through the producer's loop."""
+        version = self.step + 1
+        if self.producer is None:
+            self.rt.sync_sampler(self.state, version=version)
+            return
+        # Cast and placed here, before the next update donates `self.state`.
+        self.rt.sampler_state = self.rt.sampler_params(self.state)
+        self.producer.push(self.rt.sampler_state, version)
+
     def train_step(self) -> dict:
         c = self.settings
         n = c.n
         timer = metrics_lib.PhaseTimer()
-        batch = self._sample_batch(timer)
+        engine_busy0 = _engine_busy(self.rt.engine)
+        batch = self._sample_batch(timer) if self.producer is None else self._take_batch(timer)
         rollouts, results, sampled = batch.rollouts, batch.results, batch.sampled
         metrics = batch.metrics
         metrics["saar/active"] = float(c.saar_active(self.step))
@@ -281,7 +387,7 @@ class Trainer:
                 )
             metrics.update({f"train/{k}": v for k, v in upd.items()})
         with timer("sync_weights"):
-            self.rt.sync_sampler(self.state, version=self.step + 1)
+            self._push_weights()
         outcomes = [
             call_outcome(r.trajectory, s.acc) for r, s in zip(rollouts, results, strict=True)
         ]
@@ -295,7 +401,10 @@ class Trainer:
         phases = timer.pop()
         metrics.update(phases)
         # Per process: this process's tokens over its own rollout time.
-        metrics["rollout_tokens_per_s"] = batch.local_tokens / max(phases["time/rollout"], 1e-9)
+        rollout_s = phases.get("time/rollout", metrics.get("async/round_seconds", 0.0))
+        metrics["rollout_tokens_per_s"] = batch.local_tokens / max(rollout_s, 1e-9)
+        # The sampler's engine steps (prefill + decode calls) during this step, for the timeline.
+        metrics["time/sampler_busy"] = _engine_busy(self.rt.engine) - engine_busy0
         return metrics
 
     def fit(self) -> dict:
@@ -311,11 +420,14 @@ class Trainer:
                 metrics.update(self.validate())
             metrics["step_time_s"] = time.time() - t0
             self.writer.write(self.step, metrics)
+            meta = {"step": self.step, "data": self.iterator.get_state()}
+            if self.producer is not None:  # the iterator ran ahead: save where training is
+                meta.update(data=self._data_state, round=self._round)
             self.ckpt.save(
                 self.step,
                 self.state,
                 self.opt_state,
-                {"step": self.step, "data": self.iterator.get_state()},
+                meta,
                 force=self.step == c.total_steps,
             )
             last = metrics
@@ -335,7 +447,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         parts_lib.prepare_synthetic(config, workdir)
     settings = train_settings(config)
     rt = parts_lib.build(config, "train", workdir)
+    trainer = None
     try:
-        return Trainer(rt, settings, workdir).fit()
+        trainer = Trainer(rt, settings, workdir)
+        return trainer.fit()
     finally:
+        if trainer is not None:
+            trainer.close()
         rt.close()

@@ -181,11 +181,20 @@ class Engine:
         # The null page onto itself: a copy that changes nothing anyone reads.
         self._k, self._v = self._steps.copy(self._k, self._v, jnp.int32(0), jnp.int32(0))
 
-    def update_params(self, state: Any, version: int | None = None) -> None:
-        """Swap the weights and invalidate the prefix cache (in-flight requests continue).
-        `state` should already be on the placement (`rl.distributed.sampler_replica`).
-        `version`: the new weights' policy version (default: the previous one + 1); tokens
-        sampled from now on record it."""
+    def update_params(
+        self, state: Any, version: int | None = None, reprefill: bool = False
+    ) -> None:
+        """Swap the weights and invalidate the prefix cache. `state` should already be on the
+        placement (`rl.distributed.sampler_replica`). `version`: the new weights' policy
+        version (default: the previous one + 1); tokens sampled from now on record it.
+
+        In-flight requests continue: with `reprefill` False on the K/V their earlier tokens left
+        under the old weights; with True they are preempted first and prefill again under the new
+        weights (a generation's next token then follows the new policy exactly). Call it between
+        engine steps (on the loop that drives the engine) or when nothing is in flight."""
+        if reprefill:
+            for req in list(filter(None, self._slots)):
+                self._preempt(req, reason="weight push")
         self._state = self.placement.put(state, self.model_config)
         self.pages.reset()
         self.policy_version = self.policy_version + 1 if version is None else int(version)
@@ -202,19 +211,17 @@ class Engine:
     ) -> list[GenerationResult]:
         """Synchronous `generate` over many prompts (runs its own event loop)."""
         plist = params if isinstance(params, (list, tuple)) else [params] * len(prompts)
-
-        async def run():
-            return await asyncio.gather(
-                *(self.generate(p, q) for p, q in zip(prompts, plist, strict=True))
-            )
-
-        return asyncio.run(run())
+        calls = [self.generate(p, q) for p, q in zip(prompts, plist, strict=True)]
+        return asyncio.run(_gather(calls))
 
     def score_batch(self, items: Sequence[tuple[Sequence[int], int]]) -> list[list[float]]:
-        async def run():
-            return await asyncio.gather(*(self.score(t, s) for t, s in items))
+        return asyncio.run(_gather([self.score(t, s) for t, s in items]))
 
-        return asyncio.run(run())
+    def abandon(self) -> None:
+        """Drops every pending request (the loop awaiting them stopped), freeing its pages."""
+        for req in list(filter(None, self._slots)):
+            self._finish(req, None)
+        self._waiting.clear()
 
     # ------------------------------------------------------------------ submission
     def _check_tokens(self, tokens: Sequence[int], min_len: int) -> list[int]:
@@ -409,8 +416,8 @@ class Engine:
                 )
             )
 
-    def _preempt(self, req: EngineRequest) -> None:
-        logging.info("KV pool exhausted: preempting request %d for recompute", req.arrival)
+    def _preempt(self, req: EngineRequest, reason: str = "KV pool exhausted") -> None:
+        logging.info("%s: preempting request %d for recompute", reason, req.arrival)
         self.stats["preemptions"] += 1
         self.pages.finish(req.seq, req.tokens)
         self._slots[req.slot] = None
@@ -487,3 +494,7 @@ class Engine:
         t3 = time.perf_counter()
         self.stats["decode_time"] += t3 - t0
         self.stats["decode_device_time"] += t2 - t1
+
+
+async def _gather(calls):
+    return await asyncio.gather(*calls)
