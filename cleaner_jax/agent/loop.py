@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -110,6 +111,9 @@ class SandboxToolRunner:
     def __init__(self, pool: Any, timeout_s: float | None = None) -> None:
         self.pool = pool
         self.timeout_s = timeout_s
+        # Wall seconds during which at least one call was running (the rollout timeline).
+        self.busy_seconds = 0.0
+        self._running, self._since = 0, 0.0
 
     async def run(self, call: ToolCall) -> ToolResult:
         if call.code is None:
@@ -117,7 +121,15 @@ class SandboxToolRunner:
                 "SandboxToolRunner got a call without code; malformed calls must be answered "
                 "with their parse error (saar.rollout does this), not executed."
             )
-        res = await self.pool.run(call.code, timeout_s=self.timeout_s)
+        if self._running == 0:
+            self._since = time.perf_counter()
+        self._running += 1
+        try:
+            res = await self.pool.run(call.code, timeout_s=self.timeout_s)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self.busy_seconds += time.perf_counter() - self._since
         return ToolResult(
             ok=res.ok,
             text=res.to_tool_response_text(),

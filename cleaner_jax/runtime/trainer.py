@@ -354,7 +354,7 @@ class Trainer:
         c = self.settings
         n = c.n
         timer = metrics_lib.PhaseTimer()
-        engine_busy0 = _engine_busy(self.rt.engine)
+        busy0 = self._busy()
         batch = self._sample_batch(timer) if self.producer is None else self._take_batch(timer)
         rollouts, results, sampled = batch.rollouts, batch.results, batch.sampled
         metrics = batch.metrics
@@ -403,9 +403,16 @@ class Trainer:
         # Per process: this process's tokens over its own rollout time.
         rollout_s = phases.get("time/rollout", metrics.get("async/round_seconds", 0.0))
         metrics["rollout_tokens_per_s"] = batch.local_tokens / max(rollout_s, 1e-9)
-        # The sampler's engine steps (prefill + decode calls) during this step, for the timeline.
-        metrics["time/sampler_busy"] = _engine_busy(self.rt.engine) - engine_busy0
+        # The timeline: seconds in the sampler's engine steps (prefill + decode calls) and with
+        # a tool call running, during this step (async: also for rounds taken later).
+        busy = self._busy()
+        metrics["time/sampler_busy"] = busy[0] - busy0[0]
+        metrics["time/tools_busy"] = busy[1] - busy0[1]
         return metrics
+
+    def _busy(self) -> tuple[float, float]:
+        tools = getattr(self.collector, "tools", None)
+        return _engine_busy(self.rt.engine), float(getattr(tools, "busy_seconds", 0.0))
 
     def fit(self) -> dict:
         c = self.settings
