@@ -119,7 +119,9 @@ def get_config(arg=None):
         ),
     )
     c.tokenizer_path = ""  # default: model.hf_path
-    c.mesh = dict(data=1, fsdp=-1, tensor=1)
+    # `rollout_devices` k > 0: disaggregated, the first k devices sample and the rest train
+    # (one process; the weights cross at every push); 0: the sampler on the training devices.
+    c.mesh = dict(data=1, fsdp=-1, tensor=1, rollout_devices=0)
     c.multiprocess = False  # jax.distributed.initialize() from the environment
 
     c.data = dict(

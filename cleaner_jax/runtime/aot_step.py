@@ -19,7 +19,9 @@ compile).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
 import time
 
 import jax
@@ -77,7 +79,8 @@ def compile_step(
     platform = platform_of(devices)
     dtype_changes = config_lib.adapt_dtypes_to_platform(config, platform)
     cfg = _model_cfg(config, num_layers)
-    mesh = sharding_lib.make_mesh(dict(config.mesh), devices=devices)
+    rollout_devices, train_devices = sampler_budget.split_devices(config, devices)
+    mesh = sharding_lib.make_mesh(sampler_budget.mesh_axes(config), devices=train_devices)
     hbm = topology_lib.hbm_bytes_per_device(sl)
     peak = sl.peak_flops_per_chip / topology_lib.devices_per_chip(sl)
     bw = sl.hbm_bytes_per_s_per_chip / topology_lib.devices_per_chip(sl)
@@ -145,9 +148,11 @@ def compile_step(
         except Exception as e:  # noqa: BLE001 - the compiler's refusal is the measurement
             prefix_shared[length] = {"error": str(e).splitlines()[0][:400]}
 
-    sampler = _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm, run)
+    sampler = _sampler(
+        config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm, run, rollout_devices
+    )
 
-    _add_residents(reports, sizes)
+    _add_residents(reports, sizes, split=rollout_devices is not None)
     model = _model_work(config, cfg, mesh, rows, sampler, sizes)
     out_programs = {}
     for name, r in reports.items():
@@ -244,40 +249,85 @@ def _model_work(config, cfg, mesh, rows, sampler: dict, sizes: dict) -> dict:
     return out
 
 
-def _add_residents(reports: dict, sizes: dict) -> None:
+def _add_residents(reports: dict, sizes: dict, split: bool = False) -> None:
+    """What else each program's devices hold while it runs; split (`mesh.rollout_devices`), the
+    sampler's devices hold its weights and pool only and the trainer's none of them."""
     opt, sampler, kv = sizes["opt_state"], sizes.get("sampler_weights", 0), sizes.get("kv_pool", 0)
     params = sizes["params"]
+    if split:
+        sampler = kv = params = opt_on_sampler = 0
+    else:
+        opt_on_sampler = opt
     other = {
         "update/grad": opt + sampler + kv,
         "update/apply": sampler + kv,
         "recompute": opt + sampler + kv,
-        "prefill": params + opt,
-        "decode": params + opt,
+        "prefill": params + opt_on_sampler,
+        "decode": params + opt_on_sampler,
         "weight_sync": opt + kv + sampler,
     }
     for name, r in reports.items():
         r.resident_other = other.get(name.split("@")[0], opt + sampler + kv)
 
 
-def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm, run) -> dict:
+def _split_pool_model(progs_at, mesh, placement, wanted, hbm, fraction, page) -> tuple[int, int]:
+    """(fixed bytes, bytes per page) of the sampler's programs on devices of their own, from
+    probe compiles: at 64 and 128 pages, then again between 64 and the pool size that estimate
+    gives (the generated code grows a little with the pool)."""
+    from cleaner_jax.sampling.paged_cache import pages_for_memory
+
+    def probe(k: int) -> int:
+        return max(
+            aot.compile_program(
+                f"probe/{n}", *progs_at(k, mesh, placement)[n], placement.mesh
+            ).program_bytes
+            for n in wanted
+        )
+
+    lo, k = probe(64), 128
+    for _ in range(2):
+        per_page = max(page, (probe(k) - lo) / (k - 64))
+        fixed = lo - 64 * per_page
+        k = max(128, pages_for_memory(hbm, int(fixed), 0, fraction, math.ceil(per_page)))
+    return int(fixed), int(math.ceil(per_page))
+
+
+def _sampler_progs(sampler_cfg, params, engine, num_pages, mesh, placement) -> dict:
+    from cleaner_jax.sampling import aot as sampler_aot
+
+    graphdef = nnx.split(nnx.eval_shape(lambda: Qwen(sampler_cfg, rngs=nnx.Rngs(0))))[0]
+    engine = dataclasses.replace(engine, num_pages=num_pages)
+    return sampler_aot.sampler_programs(graphdef, params, engine, mesh, placement=placement)
+
+
+def _sampler(
+    config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm, run, rollout_devices=None
+) -> dict:
     """Compiles the sampler's programs on the placement a run builds (`sampling.placement`:
-    tensor-parallel over one host's devices) with the pool a run allocates; fills `sizes`."""
+    tensor-parallel over one host's devices, or over `mesh.rollout_devices` of its own) with the
+    pool a run allocates; fills `sizes`. Split, the weights cross by a device-to-device copy
+    after a cast on the training mesh, not one program: `weight_sync` is then not compiled."""
     wanted = [p for p in ("prefill", "decode", "weight_sync") if p in programs]
+    if rollout_devices is not None and "weight_sync" in wanted:
+        wanted.remove("weight_sync")
     if not wanted:
         return {}
-    from cleaner_jax.sampling import aot as sampler_aot
     from cleaner_jax.sampling.paged_cache import bytes_per_page, pages_for_memory
 
     engine = parts_lib.engine_config_from(config)
     dtype = parts_lib.sampler_dtype(config)
     devices = list(mesh.devices.flat)
     process = devices[0].process_index
-    placement = sampler_placement(
-        cfg,
-        [d for d in devices if d.process_index == process],
-        tensor_parallel=config.rollout.engine.get("tensor_parallel", 0),
-        train_devices=devices,
-    )
+    tp = config.rollout.engine.get("tensor_parallel", 0)
+    if rollout_devices is not None:
+        placement = sampler_placement(cfg, rollout_devices, tensor_parallel=tp)
+    else:
+        placement = sampler_placement(
+            cfg,
+            [d for d in devices if d.process_index == process],
+            tensor_parallel=tp,
+            train_devices=devices,
+        )
     sampler_cfg = cfg.replace(dtype=dtype)
     sampler_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype)), params)
     sizes["sampler_weights"] = aot.tree_bytes_per_device(
@@ -285,6 +335,7 @@ def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm,
     )
     page = bytes_per_page(cfg, engine.page_size, dtype, shards=placement.tp)
     num_pages = engine.num_pages
+    cost = page  # bytes a page of the pool costs
     if not num_pages:
         # As `sampler_budget.kv_pages_for` sizes it when the engine is built: in use then are the
         # trainer's parameters and the sampler's weights; the reserve is AdamW state and the
@@ -296,16 +347,13 @@ def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm,
         step = grad.program_bytes - sizes["params"] if grad is not None else sizes["params"]
         reserve = sizes["opt_state"] + step
         fraction = config.rollout.engine.get("memory_fraction", sampler_budget.KV_MEMORY_FRACTION)
-        num_pages = pages_for_memory(hbm, in_use, reserve, fraction, page)
+        if rollout_devices is not None:  # the sampler's devices hold nothing of the trainer's
+            progs_at = functools.partial(_sampler_progs, sampler_cfg, params, engine)
+            in_use, cost = _split_pool_model(progs_at, mesh, placement, wanted, hbm, fraction, page)
+            reserve = 0
+        num_pages = pages_for_memory(hbm, in_use, reserve, fraction, cost)
     sizes["kv_pool"] = num_pages * page
-    sampler_graphdef = nnx.split(nnx.eval_shape(lambda: Qwen(sampler_cfg, rngs=nnx.Rngs(0))))[0]
-    progs = sampler_aot.sampler_programs(
-        sampler_graphdef,
-        params,
-        dataclasses.replace(engine, num_pages=num_pages),
-        mesh,
-        placement=placement,
-    )
+    progs = _sampler_progs(sampler_cfg, params, engine, num_pages, mesh, placement)
     for name in wanted:
         fn, args, kwargs = progs[name]
         # Prefill and decode run on the sampler's own mesh (their shard_map names it); the sync
@@ -313,6 +361,7 @@ def _sampler(config, cfg, graphdef, params, mesh, programs, reports, sizes, hbm,
         on = placement.mesh if name != "weight_sync" else placement.sync_mesh
         run(name, fn, args, kwargs, f"tp {placement.tp}, {num_pages} pages", on=on)
     return {
+        "split": None if rollout_devices is None else len(rollout_devices),
         "num_pages": num_pages,
         "pages_from": "config" if engine.num_pages else "sized net of training (num_pages=0)",
         "tokens_in_pool": num_pages * engine.page_size,

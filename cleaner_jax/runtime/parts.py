@@ -45,8 +45,10 @@ from cleaner_jax.runtime.metrics import MetricsWriter
 from cleaner_jax.runtime.sampler_budget import (
     KV_MEMORY_FRACTION,
     kv_pages_for,
+    mesh_axes,
     placement_for,
     sampler_dtype,
+    split_devices,
 )
 from cleaner_jax.saar import RolloutLimits, SaarConfig
 from cleaner_jax.sampling import Engine, EngineConfig
@@ -124,7 +126,7 @@ def sampler_graphdef(bundle: ModelBundle, dtype: str) -> nnx.GraphDef:
 
 def build_model(config: ml_collections.ConfigDict, vocab_size: int) -> ModelBundle:
     """Creates the mesh and the parameters (sharded on it)."""
-    mesh = sharding.make_mesh(dict(config.mesh))
+    mesh = sharding.make_mesh(mesh_axes(config), devices=split_devices(config)[1])
     cfg = model_config_for(config, vocab_size)
     if cfg.vocab_size < vocab_size:
         raise ValueError(
@@ -187,7 +189,7 @@ def load_policy(config: ml_collections.ConfigDict, checkpoint: str = "", step: i
             f"checkpoint {checkpoint!r} is neither an HF dir (no config.json) nor an orbax "
             "checkpoint directory; pass a trainer workdir, its checkpoints/ dir or an HF export"
         )
-    mesh = sharding.make_mesh(dict(config.mesh))
+    mesh = sharding.make_mesh(mesh_axes(config), devices=split_devices(config)[1])
     cfg = model_config_for(config, len(tokenizer))
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Qwen(cfg, rngs=nnx.Rngs(0))))
     shardings = sharding.state_shardings(abstract, mesh, cfg=cfg)

@@ -35,11 +35,44 @@ def sampler_dtype(config: ml_collections.ConfigDict) -> str:
 KV_MEMORY_FRACTION = 0.9
 
 
+def mesh_axes(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """The training mesh's axis sizes from `config.mesh` (without `rollout_devices`)."""
+    return {k: int(v) for k, v in config.mesh.items() if k != "rollout_devices"}
+
+
+def split_devices(config: ml_collections.ConfigDict, devices=None) -> tuple[list | None, list]:
+    """(the sampler's devices, or None when it shares the training devices; the training
+    mesh's devices) per `mesh.rollout_devices` (k): 0 = one device set for both (the sampler on
+    the training devices, the default); k > 0 = disaggregated, the first k devices sample and
+    the rest train, the weights crossing over at every push. `devices` default: all devices
+    (abstract ones for AOT compiles); a split needs them in one process."""
+    k = int((config.get("mesh") or {}).get("rollout_devices", 0))
+    devices = list(devices if devices is not None else jax.devices())
+    if k == 0:
+        return None, devices
+    processes = {d.process_index for d in devices}
+    if len(processes) > 1:
+        raise ValueError(
+            f"mesh.rollout_devices={k}: split meshes are single-process for now ({len(processes)} "
+            "processes here); use mesh.rollout_devices=0 (the sampler on every host's devices)"
+        )
+    if not 0 < k < len(devices):
+        raise ValueError(
+            f"mesh.rollout_devices={k} must leave devices to train on: 0 < k < {len(devices)}"
+        )
+    devices = sorted(devices, key=lambda d: d.id)
+    return devices[:k], devices[k:]
+
+
 def placement_for(config: ml_collections.ConfigDict, model: ModelBundle) -> SamplerPlacement:
     """This process's sampler placement (`sampling.placement`): tensor-parallel over its local
     devices (`rollout.engine.tensor_parallel`, 0 = gcd(kv heads, local devices); 1 on CPU), laid
-    out against the training mesh for the weight sync."""
+    out against the training mesh for the weight sync; with `mesh.rollout_devices` over the
+    sampler's own devices, the weights then cast on the training mesh and copied across."""
     tp = config.rollout.engine.get("tensor_parallel", 0)
+    rollout, _ = split_devices(config)
+    if rollout is not None:
+        return sampler_placement(model.cfg, rollout, tensor_parallel=tp)
     return sampler_placement(
         model.cfg, tensor_parallel=tp, train_devices=list(model.mesh.devices.flat)
     )
@@ -93,7 +126,8 @@ def kv_pages_for(
     if memory is None:
         return None
     limit, in_use = memory
-    reserve = 0 if updater is None else training_reserve_bytes(config, model, updater)
+    split = split_devices(config)[0] is not None  # the update runs on other devices
+    reserve = 0 if updater is None or split else training_reserve_bytes(config, model, updater)
     fraction = e.get("memory_fraction", KV_MEMORY_FRACTION)
     page = bytes_per_page(model.cfg, e.page_size, sampler_dtype(config), shards=placement.tp)
     pages = pages_for_memory(limit, in_use, reserve, fraction, page)

@@ -120,3 +120,23 @@ def test_runlocal_step_compiles_for_tpu(topology):
         assert result[key] > 0
     # The rows are split over the mesh's batch shards: one row per device at rows_per_micro=1.
     assert result["rows_per_micro"] == result["devices"] // result["mesh"]["tensor"]
+
+
+@pytest.mark.tpu_compile
+def test_split_mesh_programs_compile_for_v5p8():
+    """Issue #31: `mesh.rollout_devices` = 2 of v5p-8's 4 chips sample (tensor-parallel), the
+    other 2 train (fsdp); the pool is sized for the sampler's chips alone (probe compiles), every
+    program keeps 10% of HBM free, and no weight-sync program exists (the weights are copied)."""
+    config = paper.get_config("model=qwen3_4b,arm=cleaner,runlocal")
+    config.model.tiny.update(head_dim=128, num_heads=4, num_kv_heads=2)
+    config.mesh.rollout_devices = 2
+    result = aot_step.compile_step(config, "v5p-8")
+    programs = result["programs"]
+    assert set(programs) == {"update/grad", "update/apply", "recompute", "prefill", "decode"}
+    assert result["mesh"]["fsdp"] == 2 and result["sampler"]["split"] == 2
+    assert result["sampler"]["tensor_parallel"] == 2
+    assert result["fits_with_headroom"]
+    # The sampler's chips hold none of the trainer's buffers, the trainer's none of the pool.
+    for name in ("prefill", "decode"):
+        assert programs[name]["total_bytes"] == programs[name]["program_bytes"]
+    assert programs["update/grad"]["total_bytes"] < 0.01 * result["hbm_bytes_per_device"]

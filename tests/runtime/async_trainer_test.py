@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from cleaner_jax.data import demo_assets
@@ -44,6 +45,17 @@ def _overrides(assets, total_steps):
     }
 
 
+def _config(overrides: dict):
+    c = load_config(f"{DEMO}:runlocal")
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        node = c
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
 def test_sigkill_mid_run_and_resume_keep_the_bound(assets, tmp_path):
     work = tmp_path / "run"
     flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}"
@@ -62,14 +74,7 @@ def test_sigkill_mid_run_and_resume_keep_the_bound(assets, tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    c = load_config(f"{DEMO}:runlocal")
-    for key, value in _overrides(assets, 4).items():
-        *path, leaf = key.split(".")
-        node = c
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    trainer.run(c, str(work))
+    trainer.run(_config(_overrides(assets, 4)), str(work))
 
     rows = [r for r in read_metrics(work) if "async/staleness_max" in r]
     # Steps 1-2 (perhaps 3) from the killed run, then 3 and 4 resumed from checkpoint 2.
@@ -81,3 +86,23 @@ def test_sigkill_mid_run_and_resume_keep_the_bound(assets, tmp_path):
     # rounds of 2 prompts taken, the next round is round 4.
     meta = json.loads((work / "checkpoints" / "4" / "meta" / "metadata").read_text())
     assert (meta["round"], meta["data"]["index"]) == (4, 8)
+
+
+def test_split_mesh_async_run_samples_and_trains_on_disjoint_devices(assets, tmp_path):
+    """`mesh.rollout_devices` = 2 of the 8 forced CPU devices sample, 6 train; async (S = 1)."""
+    from cleaner_jax.runtime import parts as parts_lib
+    from cleaner_jax.runtime.config import train_settings
+
+    c = _config({**_overrides(assets, 2), "mesh.rollout_devices": 2})
+    rt = parts_lib.build(c, "train", str(tmp_path))
+    t = trainer.Trainer(rt, train_settings(c), str(tmp_path))
+    try:
+        t.fit()
+    finally:
+        t.close()
+        rt.close()
+    sampler, train = set(rt.placement.devices), set(rt.model.mesh.devices.flat)
+    assert sampler and not sampler & train and len(train) == 6
+    assert all(x.sharding.device_set == sampler for x in jax.tree.leaves(rt.sampler_state))
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2] and rows[-1]["async/staleness_max"] <= 1
