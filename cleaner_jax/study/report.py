@@ -306,6 +306,13 @@ _ABSENT = "not tested: no seed ran both arms."
 _SUBJECTS = {"cleaner": "SAAR", "switch": "switching SAAR on", "correction": "the correction"}
 
 
+def _same(diffs: Mapping[str, list[float]], what: str) -> str:
+    """A note when every paired difference is exactly 0 (e.g. a correction whose weights are all
+    1: the arms then sample the same rollouts), which an interval of 0 to 0 alone leaves vague."""
+    values = [d for v in diffs.values() for d in v]
+    return f" The two arms logged the same {what}." if values and not any(values) else ""
+
+
 def _pair_claims(runs: plots.Runs, design: Mapping | None, reference: str) -> list[str]:
     """Without a baseline arm: each other arm - `reference`, failure rate and final accuracy."""
     lines = []
@@ -315,12 +322,14 @@ def _pair_claims(runs: plots.Runs, design: Mapping | None, reference: str) -> li
         text, effect = (
             _verdict(diffs, "first-attempt failure rate", subject) if diffs else (_ABSENT, None)
         )
+        text += _same(diffs, "rate at every step of every seed")
         lines.append(
             f"- **(a) First-attempt failure rate, {arm} vs {reference}** ({arm} - {reference}, "
             f"paired by seed and step): {text}{_mde_comparison(effect, design)}"
         )
         finals = _final_diffs(runs, arm, reference)
         text = _verdict(finals, "final held-out accuracy", subject)[0] if finals else _ABSENT
+        text += _same(finals, "final accuracy in every seed")
         lines.append(
             f"- **(b) Held-out accuracy, {arm} vs {reference}** ({arm} - {reference}, final, "
             f"paired by seed): {text}"

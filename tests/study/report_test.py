@@ -385,3 +385,30 @@ def test_reference_arm_and_comparison():
     assert plots.reference_arm({"correction_seed0": [], "cleaner_seed0": []}) == "cleaner"
     with pytest.raises(ValueError, match="two arms"):
         plots.comparison(("cleaner",))
+
+
+def test_identical_arms_are_said_to_be_identical(tmp_path):
+    """A correction whose weights are all 1 samples the cleaner arm's rollouts: every paired
+    difference is 0 and the claim says so beside its 0-width interval."""
+    runs = {}
+    for seed in (0, 1):
+        rows = [
+            {"step": 0, "val/reward/acc": 0.4},
+            {"step": 1, "saar/first_attempt_failure_rate": 0.3 + 0.1 * seed},
+            {"step": 2, "saar/first_attempt_failure_rate": 0.2, "val/reward/acc": 0.5 + seed / 10},
+        ]
+        for arm in ("cleaner", "correction"):
+            runs[f"{arm}_seed{seed}"] = str(tmp_path / f"{arm}_seed{seed}")
+            _write(runs[f"{arm}_seed{seed}"], rows)
+    text = open(
+        report.write_report(str(tmp_path), runs, timings={}, corpus_stats={}, mode="correction")
+    ).read()
+    assert (
+        "the correction changes the first-attempt failure rate by 0.000 (95% CI 0.000 to 0.000, "
+        "p = 1.000): not significant. The two arms logged the same rate at every step of every "
+        "seed."
+    ) in text
+    assert "The two arms logged the same final accuracy in every seed." in text
+    # Per-seed rates 0.25 and 0.3: mean 0.275, se 0.025, half-width 12.706 * 0.025 = 0.318.
+    # Without off-policy metrics the correction arm's fractions read "not measured".
+    assert "| correction | 2 | 0.275 [-0.043, 0.593] |" in text and "not measured" in text
