@@ -3,8 +3,8 @@ r"""The embedded default: the miniature CLEANER study on a CPU (README Quick sta
   python launch/demo.py --mode=full --workdir=/tmp/cleaner_demo   # ~12 min on 2 cores
   python launch/demo.py --mode=quick --workdir=/tmp/cleaner_quick # ~3 min, one seed
   python launch/demo.py --mode=long --workdir=/tmp/cleaner_long   # more seeds/steps, 31 min
-  python launch/demo.py --mode=correction --workdir=/tmp/cleaner_corr  # long's sizes: SAAR
-                                                  # alone vs SAAR + off-policy correction (#30)
+  python launch/demo.py --mode=correction --workdir=/tmp/cleaner_corr  # long's sizes, arms
+      cleaner and correction (SAAR + off-policy correction, #30), compared with cleaner; 25 min
 The study is `configs/demo.py:<mode>` (its `study.*` fields) and, per arm and seed, the variant
 `configs/demo.py:<mode>,arm=...,seed=...`; print one with
   python launch/train.py --config=configs/demo.py:full,arm=baseline --print_config
