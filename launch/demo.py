@@ -5,6 +5,10 @@ r"""The embedded default: the miniature CLEANER study on a CPU (README Quick sta
   python launch/demo.py --mode=long --workdir=/tmp/cleaner_long   # more seeds/steps, 31 min
   python launch/demo.py --mode=correction --workdir=/tmp/cleaner_corr  # long's sizes, arms
       cleaner and correction (SAAR + off-policy correction, #30), compared with cleaner; 25 min
+  python launch/demo.py --mode=async --workdir=/tmp/cleaner_async  # long's sizes, arms cleaner
+      and async (S = 1 async rollouts with token TIS, #31), compared with cleaner
+  python launch/demo.py --mode=reference --workdir=/tmp/cleaner_ref  # long's sizes, baseline and
+      cleaner under the reference implementation's switches that apply to the task (#32)
 The study is `configs/demo.py:<mode>` (its `study.*` fields) and, per arm and seed, the variant
 `configs/demo.py:<mode>,arm=...,seed=...`; print one with
   python launch/train.py --config=configs/demo.py:full,arm=baseline --print_config
@@ -29,7 +33,7 @@ _DEMO_CONFIG = os.path.join(
 _MODE = flags.DEFINE_enum(
     "mode",
     "full",
-    ["quick", "full", "long", "correction"],
+    ["quick", "full", "long", "correction", "async", "reference"],
     "Study size and arms (a configs/demo.py variant).",
 )
 _CONFIG_FILE = flags.DEFINE_string("config_file", _DEMO_CONFIG, "The study's config file.")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's two Quick start commands. Each creates/uses .venv and installs what it needs.
-#   bash launch/quickstart.sh demo [quick|full|long|correction] [WORKDIR]  -- the embedded miniature CLEANER study
+#   bash launch/quickstart.sh demo [quick|full|long|correction|async|reference] [WORKDIR]  -- the embedded miniature CLEANER study
 #   bash launch/quickstart.sh test [pytest args...]             -- the test suite (what CI runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +58,7 @@ case "$cmd" in
     exec "$venv/bin/python" launch/demo.py --mode="$mode" --workdir="$workdir"
     ;;
   *)
-    echo "usage: bash launch/quickstart.sh {demo [quick|full|long|correction] [WORKDIR] | test [pytest args]}" >&2
+    echo "usage: bash launch/quickstart.sh {demo [quick|full|long|correction|async|reference] [WORKDIR] | test [pytest args]}" >&2
     exit 2
     ;;
 esac

@@ -160,6 +160,10 @@ PLANS: dict[str, Plan] = {
     ),
     "python launch/bench_scale.py --out=/tmp/bench_scale.json": Plan(SKIP, _BENCH),
     "python launch/bench_tools.py --out=/tmp/bench_tools.json": Plan(SKIP, _BENCH),
+    "python launch/bench_tools.py --skip_tools --out=/tmp/bench_saar.json": Plan(SKIP, _BENCH),
+    "python launch/bench_async.py --demo_dir=/tmp/cleaner_demo --out=/tmp/bench_async.json": Plan(
+        SKIP, _BENCH
+    ),
     "python launch/bench_train.py --out=/tmp/bench_train.json": Plan(SKIP, _BENCH),
     "python launch/convert.py --hf_dir=/ckpt/Qwen3-4B --out_dir=/tmp/qwen3_4b_export "
     "--dtype=bfloat16 [--torch_check]": Plan(RUN),
@@ -169,6 +173,14 @@ PLANS: dict[str, Plan] = {
     "python launch/demo.py --mode=quick --workdir=/tmp/cleaner_quick": Plan(
         SKIP, "~3 min; this exact command (another workdir) is tests/study/demo_test.py"
     ),
+    **{
+        f"python launch/demo.py --mode={mode} --workdir=/tmp/cleaner_{short}": Plan(
+            SKIP,
+            f"long's sizes with other arms ({mode}; ~30 min); the same stages run in quick mode "
+            "in tests/study/demo_test.py, its arms' configs in tests/runtime/configs_test.py",
+        )
+        for mode, short in (("correction", "corr"), ("async", "async"), ("reference", "ref"))
+    },
     "python launch/demo.py --mode=long --workdir=/tmp/cleaner_long": Plan(
         SKIP,
         "the long study (est. ~45 min); the same stages run in quick mode in "

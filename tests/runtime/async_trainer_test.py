@@ -89,11 +89,15 @@ def test_sigkill_mid_run_and_resume_keep_the_bound(assets, tmp_path):
 
 
 def test_split_mesh_async_run_samples_and_trains_on_disjoint_devices(assets, tmp_path):
-    """`mesh.rollout_devices` = 2 of the 8 forced CPU devices sample, 6 train; async (S = 1)."""
+    """`mesh.rollout_devices` = 2 of the 8 forced CPU devices sample, 6 train; async (S = 1)
+    with DAPO dynamic sampling, which takes rounds from the producer until its groups are full
+    (the random model's groups mostly score alike: several rounds are taken a step)."""
     from cleaner_jax.runtime import parts as parts_lib
     from cleaner_jax.runtime.config import train_settings
 
-    c = _config({**_overrides(assets, 2), "mesh.rollout_devices": 2})
+    c = _config(
+        {**_overrides(assets, 2), "mesh.rollout_devices": 2, "advantage.dynamic_sampling": True}
+    )
     rt = parts_lib.build(c, "train", str(tmp_path))
     t = trainer.Trainer(rt, train_settings(c), str(tmp_path))
     try:
@@ -106,3 +110,5 @@ def test_split_mesh_async_run_samples_and_trains_on_disjoint_devices(assets, tmp
     assert all(x.sharding.device_set == sampler for x in jax.tree.leaves(rt.sampler_state))
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2] and rows[-1]["async/staleness_max"] <= 1
+    rounds = [r["dynamic_sampling/rounds"] for r in rows]  # up to max_sampling_rounds (3)
+    assert all(1 <= x <= 3 for x in rounds) and max(rounds) > 1
