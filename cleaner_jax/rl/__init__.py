@@ -4,6 +4,7 @@
   advantages: compute_advantages (grpo, drgrpo, rloo), dynamic-sampling helpers
   credit:     call_outcome, credit_diagnostics (where outcome reward puts failed calls' credit)
   loss:       policy_loss, chunked_logprobs_and_entropy, token_logprobs_and_entropy, k3_kl
+  off_policy: OffPolicyConfig, apply (TIS / MIS / decoupled weights of π_prox / μ), PRESETS
   packing:    TrainSample, pack, split_rows
   logprobs:   packed_logprobs, prefix_shared_logprobs, mismatch_metrics
   update:     Updater, make_optimizer, OptimConfig, LossConfig,

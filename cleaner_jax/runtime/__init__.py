@@ -5,6 +5,8 @@
                scorer, collector, updater, checkpointer, metrics writer), prepare_synthetic
   collect:     Collector (the rollout phase over agent.run_rollouts), Rollout
   trainer:     Trainer, run (the GRPO loop)
+  async_rollout: RolloutProducer, Round, check_round (rollouts ahead of the trainer, bounded)
+  sampler_budget: placement_for, split_devices, kv_pages_for (where the sampler runs, its pool)
   sft:         run (cold-start SFT)
   evaluation:  Evaluator, EvalOptions, evaluate (pass@k with and without test-time SAAR)
   checkpoint, metrics: orbax checkpoints; JSONL/TensorBoard metrics
