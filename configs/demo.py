@@ -27,7 +27,7 @@ Print a variant:
 import ml_collections
 
 from cleaner_jax.rl import off_policy
-from cleaner_jax.runtime.config import parse_arg
+from cleaner_jax.runtime.config import apply_reference_switches, parse_arg
 
 MODES = {
     "quick": dict(
@@ -318,22 +318,7 @@ def get_config(arg=None):
         # implementation"); left ours: the sandbox's pre-imports and memory limit (the SFT
         # corpus was written against ours), validation without SAAR and its cadence (held-out
         # accuracy stays the same measurement in every mode).
-        c.saar.update(
-            similarity="reference",
-            similarity_on="turn_tail",
-            infra_failures_roll_back=True,
-            max_rounds_before_disable=30,
-            exhaustion_note="reference",
-        )
-        c.rollout.update(
-            max_calls_per_turn=1,
-            extra_calls="ignore",
-            max_tool_attempts=0,
-            max_tool_response_chars=256,
-            retries_count_as_turns=False,
-        )
-        c.sandbox.update(truncation_marker="", max_infra_retries=0)
-        c.reward.math_mode = "reference"
+        apply_reference_switches(c)
     if args["runlocal"]:
         c.prepare_synthetic = True
         c.rollout.update(prompts_per_step=2, n=2)

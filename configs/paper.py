@@ -49,7 +49,7 @@ Print a variant:
 import ml_collections
 
 from cleaner_jax.rl import off_policy
-from cleaner_jax.runtime.config import parse_arg
+from cleaner_jax.runtime.config import apply_reference_switches, parse_arg
 
 # Per-model paper settings (DESIGN §1): the architecture, learning rate, rollback probability.
 MODELS = {
@@ -260,24 +260,8 @@ def get_config(arg=None):
         checkpoint_every=200,
     )
     if reference:
-        c.saar.update(
-            similarity="reference",
-            similarity_on="turn_tail",
-            infra_failures_roll_back=True,
-            max_rounds_before_disable=30,
-            exhaustion_note="reference",
-        )
-        c.rollout.update(
-            max_calls_per_turn=1,
-            extra_calls="ignore",
-            max_tool_attempts=0,
-            max_tool_response_chars=256,
-            retries_count_as_turns=False,
-        )
-        c.sandbox.update(
-            preimport=(), truncation_marker="", memory_limit_mb=512, max_infra_retries=0
-        )
-        c.reward.math_mode = "reference"
+        apply_reference_switches(c)
+        c.sandbox.update(preimport=(), memory_limit_mb=512)
         c.validation.update(every=10, saar=True)
         c.checkpoint.every = 10
     if args["runlocal"]:

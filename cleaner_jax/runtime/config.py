@@ -18,6 +18,35 @@ import ml_collections
 from cleaner_jax.rl import off_policy
 from cleaner_jax.rl.off_policy import OffPolicyConfig
 
+# The reference implementation's recipe (Open-CLEANER @91e40ad; README "Fidelity to the
+# reference implementation"), as config sections -> fields: what any task takes. The paper
+# config's `reference` variant also sets the sandbox's pre-imports and memory, validation with
+# SAAR and the validation/checkpoint cadence.
+REFERENCE_SWITCHES = {
+    "saar": dict(
+        similarity="reference",
+        similarity_on="turn_tail",
+        infra_failures_roll_back=True,
+        max_rounds_before_disable=30,
+        exhaustion_note="reference",
+    ),
+    "rollout": dict(
+        max_calls_per_turn=1,
+        extra_calls="ignore",
+        max_tool_attempts=0,
+        max_tool_response_chars=256,
+        retries_count_as_turns=False,
+    ),
+    "sandbox": dict(truncation_marker="", max_infra_retries=0),
+    "reward": dict(math_mode="reference"),
+}
+
+
+def apply_reference_switches(c: ml_collections.ConfigDict) -> None:
+    """Sets `REFERENCE_SWITCHES` on a config (in place)."""
+    for section, fields in REFERENCE_SWITCHES.items():
+        c[section].update(fields)
+
 
 class ConfigError(ValueError):
     """A config that cannot run as given: its message names the field and what to set."""

@@ -129,6 +129,27 @@ class _Batch:
     metrics: dict
     local_tokens: int  # tokens this process rolled out
 
+    def add(self, rollouts, results, state: DynamicSamplingState | None) -> bool:
+        """Adds one round; True once the batch is complete (at once without dynamic sampling,
+        `state` None; with it, when enough groups are kept or the rounds are spent)."""
+        self.sampled += rollouts
+        self.sampled_results += results
+        if state is None:
+            self.rollouts, self.results = rollouts, results
+            return True
+        rows = state.add(np.array([x.score for x in results], np.float32))
+        self.rollouts += [rollouts[i] for i in rows]
+        self.results += [results[i] for i in rows]
+        return state.full or state.exhausted
+
+
+def _dynamic_sampling_metrics(state: DynamicSamplingState) -> dict:
+    return {
+        "dynamic_sampling/rounds": float(state.rounds),
+        "dynamic_sampling/kept_groups": float(state.kept_groups),
+        "dynamic_sampling/dropped_groups": float(state.dropped_groups),
+    }
+
 
 class Trainer:
     """The GRPO loop over the parts of a "train" `Runtime` (built by `parts.build`)."""
@@ -268,21 +289,10 @@ class Trainer:
                 results = self._score(rollouts)
             with timer("exchange"):
                 rollouts, results = _exchange(rollouts, results)
-            b.sampled += rollouts
-            b.sampled_results += results
-            if not c.dynamic_sampling:
-                b.rollouts, b.results = rollouts, results
-                return b
-            rows = state.add(np.array([x.score for x in results], np.float32))
-            b.rollouts += [rollouts[i] for i in rows]
-            b.results += [results[i] for i in rows]
-            if state.full or state.exhausted:
+            if b.add(rollouts, results, state if c.dynamic_sampling else None):
                 break
-        b.metrics = {
-            "dynamic_sampling/rounds": float(state.rounds),
-            "dynamic_sampling/kept_groups": float(state.kept_groups),
-            "dynamic_sampling/dropped_groups": float(state.dropped_groups),
-        }
+        if c.dynamic_sampling:
+            b.metrics = _dynamic_sampling_metrics(state)
         return b
 
     async def _make_round(self, index: int, version: int) -> async_rollout.Round:
@@ -319,15 +329,7 @@ class Trainer:
                 logging.warning("round %d is older than the bound: dropped", rnd.index)
                 continue
             b.local_tokens += rnd.local_tokens
-            b.sampled += rollouts
-            b.sampled_results += results
-            if not c.dynamic_sampling:
-                b.rollouts, b.results = rollouts, results
-                break
-            rows = state.add(np.array([x.score for x in results], np.float32))
-            b.rollouts += [rollouts[i] for i in rows]
-            b.results += [results[i] for i in rows]
-            if state.full or state.exhausted:
+            if b.add(rollouts, results, state if c.dynamic_sampling else None):
                 break
         b.metrics = {
             **ages,
@@ -335,9 +337,8 @@ class Trainer:
             "async/dropped_rounds": float(dropped),
             "async/producer_idle_s": self.producer.pop_idle_seconds(),
             "async/round_seconds": rnd.seconds,
+            **(_dynamic_sampling_metrics(state) if c.dynamic_sampling else {}),
         }
-        if c.dynamic_sampling:
-            b.metrics["dynamic_sampling/rounds"] = float(state.rounds)
         return b
 
     def _push_weights(self) -> None:
