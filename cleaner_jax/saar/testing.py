@@ -106,6 +106,21 @@ def call_text(code: str, name: str = "code_interpreter") -> str:
     return "<tool_call>" + json.dumps({"name": name, "arguments": {"code": code}}) + "</tool_call>"
 
 
+def turn_text(reasoning: str, *codes: str) -> str:
+    """An assistant turn: `reasoning`, a well-formed call per code, the end-of-turn token."""
+    return reasoning + "".join(call_text(c) for c in codes) + "<|im_end|>"
+
+
+def success_text(code: str) -> str:
+    """`ScriptedTools`' default result text for `code` (reference format)."""
+    return f"Tool call success\nstdout: {code}\nstderr: "
+
+
+def tool_message(codec: CharCodec, *texts: str, note: str | None = None) -> str:
+    """The tool message `codec` renders for result `texts` (and a note), as text."""
+    return codec.decode(codec.encode_tool_response(list(texts), note))
+
+
 def scripted_logprobs(generation_index: int, n: int) -> list[float]:
     """The log-probs `ScriptedPolicy` reports for its `generation_index`-th generation."""
     return [-(generation_index + 1) - j / 1000 for j in range(n)]
@@ -160,9 +175,7 @@ class ScriptedTools:
     ) -> None:
         self.table = dict(table or {})
         self.fallback = fallback or (
-            lambda call: ToolResult(
-                ok=True, text=f"Tool call success\nstdout: {call.code}\nstderr: "
-            )
+            lambda call: ToolResult(ok=True, text=success_text(call.code or ""))
         )
         self.calls: list[ToolCall] = []
 

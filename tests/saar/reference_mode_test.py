@@ -13,7 +13,16 @@ import pytest
 from cleaner_jax.saar import Provenance, RolloutLimits, SaarConfig, ToolResult, rollout
 from cleaner_jax.saar.rollout import TRUNCATION_MIDDLE, truncate_middle
 from cleaner_jax.saar.similarity import text_similarity, token_similarity
-from cleaner_jax.saar.testing import CharCodec, ScriptedPolicy, ScriptedTools, call_text, failure
+from cleaner_jax.saar.testing import (
+    CharCodec,
+    ScriptedPolicy,
+    ScriptedTools,
+    call_text,
+    failure,
+    success_text,
+    tool_message,
+    turn_text,
+)
 
 P, S, SH, DP, T, FB = (
     Provenance.PROMPT,
@@ -36,16 +45,11 @@ INFRA = ToolResult(
 )
 
 
-def turn(reasoning, *codes):
-    return reasoning + "".join(call_text(c) for c in codes) + "<|im_end|>"
-
-
-def ok_text(code):
-    return f"Tool call success\nstdout: {code}\nstderr: "
+turn, ok_text = turn_text, success_text
 
 
 def msg(*texts, note=None):
-    return CODEC.decode(CODEC.encode_tool_response(list(texts), note))
+    return tool_message(CODEC, *texts, note=note)
 
 
 DEFAULT = SaarConfig()

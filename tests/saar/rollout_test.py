@@ -17,6 +17,9 @@ from cleaner_jax.saar.testing import (
     failure,
     scored_logprobs,
     scripted_logprobs,
+    success_text,
+    tool_message,
+    turn_text,
 )
 
 P, S, SH, DP, T, FB = (
@@ -35,16 +38,11 @@ SYNTAX = failure("SyntaxError", "'(' was never closed")
 NAME = failure()
 
 
-def turn(reasoning, *codes):
-    return reasoning + "".join(call_text(c) for c in codes) + "<|im_end|>"
-
-
-def ok_text(code):
-    return f"Tool call success\nstdout: {code}\nstderr: "
+turn, ok_text = turn_text, success_text
 
 
 def msg(*texts, note=None):
-    return CODEC.decode(CODEC.encode_tool_response(list(texts), note))
+    return tool_message(CODEC, *texts, note=note)
 
 
 DEFAULT = SaarConfig()
