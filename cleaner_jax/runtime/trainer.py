@@ -14,6 +14,11 @@
 5. hand the new parameters to the sampler, log metrics, validate, checkpoint.
 Resuming restores params, optimizer state, step and the data iterator position; rollout seeds
 derive from (seed, step), so a resumed run continues exactly.
+
+With `rollout.max_staleness` S >= 1, step 1 is a producer's (`runtime/async_rollout.py`): rounds
+are rolled out ahead while the trainer updates, at most S versions stale per trained token; step
+5 pushes the weights to the producer's loop. Seeds then derive from (seed, round), and a resume
+re-rolls the rounds that were not yet taken.
 """
 
 from __future__ import annotations
