@@ -119,12 +119,12 @@ def test_saar_switched_on_mid_training(assets, tmp_path):
 def test_a_batch_whose_every_reward_check_failed_stops_the_run(assets, tmp_path, monkeypatch):
     from cleaner_jax.rl import rewards
 
-    def broken(self, items):
+    async def broken(self, items):
         return [rewards.RewardResult(0.0, False, {}, error="verifier worker did not start")] * len(
             items
         )
 
-    monkeypatch.setattr(rewards.RewardScorer, "score_batch_sync", broken)
+    monkeypatch.setattr(rewards.RewardScorer, "score_batch", broken)
     c = _config(assets, 1)
     c.validation.every = 0
     with pytest.raises(RuntimeError, match="every reward check .* failed.*did not start"):
@@ -142,12 +142,12 @@ def test_dynamic_sampling_refills_the_batch_from_further_rounds(assets, tmp_path
     scores = iter([[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
     calls = []
 
-    def scripted(self, items):
+    async def scripted(self, items):
         batch = next(scores)
         calls.append(len(items))
         return [rewards.RewardResult(s, s > 0, {}) for s in batch]
 
-    monkeypatch.setattr(rewards.RewardScorer, "score_batch_sync", scripted)
+    monkeypatch.setattr(rewards.RewardScorer, "score_batch", scripted)
     seen = []
     real_advantages = trainer.compute_advantages
     monkeypatch.setattr(
