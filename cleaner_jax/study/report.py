@@ -43,6 +43,12 @@ _FIGURES = (
     ("credit/adv_recovered", "E[advantage | recovered failed call]"),
     ("off_policy/sampled/clipped_frac", "off-policy correction: sampled tokens clipped"),
     ("train/is_weight_mean", "off-policy correction: mean importance weight"),
+    # The step's timeline (async rollouts): trainer and producer idle, sampler and tools busy.
+    ("time/wait_rollout", "timeline: trainer waiting for rollouts (s per step)"),
+    ("async/producer_idle_s", "timeline: producer waiting on the staleness bound (s per step)"),
+    ("time/sampler_busy", "timeline: sampler busy, prefill + decode calls (s per step)"),
+    ("time/tools_busy", "timeline: a sandbox call running (s per step)"),
+    ("async/staleness_mean", "mean staleness of trained tokens (versions)"),
 )
 _ONE = "one seed, no interval"
 
