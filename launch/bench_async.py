@@ -7,7 +7,8 @@ demo's task with tools in the real sandbox:
 (sft/hf_export/final), which calls the tool; without it a random tiny model on freshly prepared
 assets (it rarely calls the tool). Every arm is a GRPO run of the `correction` arm (SAAR with
 token TIS) for `--steps` steps; arms alternate run by run over `--reps` reps, and each run's
-first step (compiles, an empty pipeline) is left out. Per arm, the median over the timed steps of
+first `--warmup_steps` steps (compiles; a pipeline filling during the slow first step) are left
+out. Per arm, the median over the timed steps of
 all reps: step time, trainer idle (waiting for rollouts), producer idle (waiting on the bound),
 sampler busy (engine prefill + decode calls), tools busy (a sandbox call running), update, and
 the fractions of the step the sampler and the trainer were busy. Prints a table, writes JSON with
@@ -31,7 +32,13 @@ from cleaner_jax.runtime.metrics import read_metrics
 
 _DEMO_DIR = flags.DEFINE_string("demo_dir", "", "A launch/demo.py workdir (assets + SFT model).")
 _OUT = flags.DEFINE_string("out", "/tmp/bench_async.json", "Where the JSON goes.")
-_STEPS = flags.DEFINE_integer("steps", 6, "Steps per run (the first is not timed).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Steps per run.")
+_WARMUP = flags.DEFINE_integer(
+    "warmup_steps",
+    3,
+    "Leading steps of each run not timed: compiles, and an async pipeline filling up (a producer "
+    "S rounds ahead rolls out during the slow first step what later steps then only take).",
+)
 _REPS = flags.DEFINE_integer("reps", 2, "Runs per arm, alternating arm by arm.")
 _ARMS = flags.DEFINE_list("arms", ["0", "1", "2"], "max_staleness values to compare.")
 _MODE = flags.DEFINE_string("mode", "long", "The configs/demo.py mode the runs use.")
@@ -88,7 +95,7 @@ def main(argv):
         for s in arms:
             work = tempfile.mkdtemp(prefix=f"bench_async_s{s}_r{rep}_")
             trainer.run(_config(assets, hf_path, s, _STEPS.value), work)
-            rows[s] += [r for r in read_metrics(work) if r["step"] > 1]
+            rows[s] += [r for r in read_metrics(work) if r["step"] > _WARMUP.value]
     out = {"machine": facts, "loadavg_end": os.getloadavg(), "demo_dir": _DEMO_DIR.value}
     out["arms"] = {}
     for s in arms:
@@ -99,16 +106,19 @@ def main(argv):
         med["sampler_busy_frac"] = med["time/sampler_busy"] / step
         med["trainer_busy_frac"] = med["time/update"] / step
         med["steps_timed"] = len(rows[s])
+        # Throughput: timed steps over their summed wall time (the median hides slow steps).
+        med["steps_per_s"] = len(rows[s]) / sum(r["step_time_s"] for r in rows[s])
         out["arms"][f"S={s}"] = {"median": med, "rows": rows[s]}
     base = out["arms"][f"S={arms[0]}"]["median"]["step_time_s"]
     print(f"machine: {facts['cpu']}, {facts['cpu_count']} cpus; demo_dir={_DEMO_DIR.value or '-'}")
-    head = ("arm", "step s", "speedup", "trainer idle", "producer idle", "sampler busy",
+    head = ("arm", "step s", "speedup", "steps/s", "trainer idle", "producer idle", "sampler busy",
             "tools busy", "update", "sampler frac", "trainer frac")  # fmt: skip
     print(" | ".join(head))
     for name, arm in out["arms"].items():
         m = arm["median"]
         print(
             f"{name} | {m['step_time_s']:.2f} | {base / m['step_time_s']:.2f}x | "
+            f"{m['steps_per_s']:.3f} | "
             f"{m['time/wait_rollout']:.2f} | {m['async/producer_idle_s']:.2f} | "
             f"{m['time/sampler_busy']:.2f} | {m['time/tools_busy']:.2f} | "
             f"{m['time/update']:.2f} | {m['sampler_busy_frac']:.2f} | {m['trainer_busy_frac']:.2f}"
