@@ -43,7 +43,7 @@ if [ "$cmd" = test ]; then
   export CLEANER_JAX_REQUIRE_LIBTPU=1
 fi
 # The sandbox runs tool code under bubblewrap; install it where we can (root + apt), else the
-# sandbox falls back to rlimits + process groups and warns loudly.
+# sandbox falls back to its own containment (README "Sandbox isolation") and warns loudly.
 if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   apt-get install -y -qq bubblewrap >/dev/null 2>&1 || echo "warning: could not install bubblewrap" >&2
 fi
